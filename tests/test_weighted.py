@@ -1,0 +1,173 @@
+"""The weighted fine-tuning objective and the algorithms' weights, against values computed independently."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from turnrl.algorithms.weighted import AlgoConfig, build_weighted_examples
+from turnrl.errors import ConfigError
+from turnrl.records import Trajectory, TurnInfo
+from turnrl.train.common import OptimConfig
+from turnrl.train.logprobs import MaskedLogprobLM
+from turnrl.train.weighted import tokenize_examples, weighted_step_loss
+
+
+def traj(task: str, sample: int, reward: float, answer: str = "The answer is A.", truncated=(False, False)):
+    return Trajectory(
+        id=f"{task}#{sample}", task_id=task, group_id=task, sample=sample, reward=reward,
+        messages=[{"role": "system", "content": "Be brief."},
+                  {"role": "user", "content": f"Question {task}: pick A or B."},
+                  {"role": "assistant", "content": f"Thinking about {task}, sample {sample}."},
+                  {"role": "user", "content": "Final answer?"},
+                  {"role": "assistant", "content": answer}],
+        turns=[TurnInfo(tokens=8, truncated=truncated[0]), TurnInfo(tokens=5, truncated=truncated[1])],
+    )
+
+
+class FakeAccelerator:
+    """Stands in for accelerate on one CPU process: plain backward, no autocast."""
+
+    device = torch.device("cpu")
+
+    def autocast(self):
+        return torch.autocast("cpu", enabled=False)
+
+    def backward(self, loss):
+        loss.backward()
+
+
+def independent_loss(model, tokenizer, trajectories, weights, normalization: str) -> torch.Tensor:
+    """The objective from full-vocabulary logits, assistant tokens found by rendering prefixes by hand."""
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    total, tokens = torch.zeros(()), 0
+    for t, w in zip(trajectories, weights):
+        text_ids = tokenizer.apply_chat_template(t.messages, tokenize=True, return_dict=False)
+        ids = torch.tensor([text_ids])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+        targets = ids[0, 1:]
+        mask = torch.zeros(len(text_ids), dtype=torch.bool)
+        for i, m in enumerate(t.messages):
+            if m["role"] != "assistant":
+                continue
+            start = len(tokenizer.apply_chat_template(t.messages[:i], tokenize=True, add_generation_prompt=True,
+                                                      return_dict=False))
+            end = start + len(tokenizer(m["content"], add_special_tokens=False)["input_ids"])
+            assert text_ids[end] == eot
+            mask[start: end + 1] = True
+        picked = logp[torch.arange(len(targets)), targets][mask[1:]]
+        total = total + w * picked.sum()
+        tokens += int(mask.sum())
+    return -total / (len(trajectories) if normalization == "sum" else tokens)
+
+
+@pytest.mark.parametrize("normalization", ["sum", "mean"])
+def test_weighted_loss_matches_full_logits(tiny_model, tokenizer, normalization):
+    trajectories = [traj("t1", 0, 0.9), traj("t1", 1, 0.2), traj("t2", 0, 0.0), traj("t2", 1, 0.5)]
+    examples, _ = build_weighted_examples(trajectories, AlgoConfig(name="refit"))
+    items, dropped = tokenize_examples(examples, tokenizer, [tokenizer.convert_tokens_to_ids("<|im_end|>")],
+                                       OptimConfig())
+    assert dropped == {"too_long": 0, "truncated": 0, "no_tokens": 0}
+    wrapped = MaskedLogprobLM(tiny_model, chunk_tokens=7)  # several head chunks, exercised with checkpointing
+    step = weighted_step_loss(normalization, micro_batch_tokens=60, pad_id=tokenizer.pad_token_id)
+    metrics = step(items, FakeAccelerator(), wrapped)
+    grads = {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
+    tiny_model.zero_grad()
+    expected = independent_loss(tiny_model, tokenizer, trajectories, [0.9, 0.2, 0.0, 0.5], normalization)
+    expected.backward()
+    assert metrics["loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert metrics["active"] == 3  # the zero-weight trajectory is not run, but it counts in the normaliser
+    for name, p in tiny_model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-5 * float(p.grad.abs().max()))
+
+
+def test_refit_with_unit_rewards_is_sft(tiny_model, tokenizer):
+    trajectories = [traj("t1", 0, 1.0), traj("t1", 1, 1.0), traj("t2", 0, 1.0)]
+    eot = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    losses = {}
+    for name in ("refit", "sft"):
+        items, _ = tokenize_examples(build_weighted_examples(trajectories, AlgoConfig(name=name))[0], tokenizer,
+                                     eot, OptimConfig())
+        losses[name] = weighted_step_loss("sum", 4096, tokenizer.pad_token_id)(
+            items, FakeAccelerator(), MaskedLogprobLM(tiny_model))["loss"]
+        tiny_model.zero_grad()
+    assert losses["refit"] == pytest.approx(losses["sft"], rel=1e-6)
+
+
+def test_swift_weights_by_hand():
+    # Group a: rewards 1, 0, 0.5 -> mean 0.5, std (ddof 1) = 0.5 -> weights 1, -1, 0.
+    # Group b: all equal -> no signal, weights 0, counted.
+    # Group c: 0.2, 0.8 -> mean 0.5, std = sqrt(0.18) -> weights -0.3/0.4243, +0.3/0.4243.
+    trajectories = [traj("a", 0, 1.0), traj("a", 1, 0.0), traj("a", 2, 0.5),
+                    traj("b", 0, 0.3), traj("b", 1, 0.3), traj("b", 2, 0.3),
+                    traj("c", 0, 0.2), traj("c", 1, 0.8)]
+    examples, diag = build_weighted_examples(trajectories, AlgoConfig(name="swift"))
+    s = math.sqrt(0.18)
+    assert [e.weight for e in examples] == pytest.approx([1.0, -1.0, 0.0, 0, 0, 0, -0.3 / s, 0.3 / s])
+    assert diag["zero_signal_groups"] == 1
+    assert diag["negative"] == 2 and diag["positive"] == 2
+
+
+def test_swift_floor_and_kl_anchor():
+    trajectories = [traj("a", 0, 1.0), traj("a", 1, 0.0), traj("a", 2, 0.5)]
+    examples, diag = build_weighted_examples(trajectories, AlgoConfig(name="swift", negative_floor=-0.5, kl_coef=0.1))
+    assert [e.weight for e in examples] == pytest.approx([1.1, -0.4, 0.1])
+    assert diag["floored"] == 1
+
+
+def test_star_gate_keeps_the_best_of_each_group():
+    trajectories = [traj("a", 0, 0.2), traj("a", 1, 0.9), traj("a", 2, 0.9),  # tie: the earlier sample wins
+                    traj("b", 0, 0.0), traj("b", 1, 0.0)]
+    weights = [e.weight for e in build_weighted_examples(trajectories, AlgoConfig(name="star-gate"))[0]]
+    assert weights == [0, 1, 0, 1, 0]
+    thresholded, diag = build_weighted_examples(trajectories, AlgoConfig(name="star-gate", min_reward=0.5))
+    assert [e.weight for e in thresholded] == [0, 1, 0, 0, 0]
+    assert diag["groups_without_selection"] == 1
+
+
+def test_refit_refuses_negative_rewards():
+    trajectories = [traj("a", 0, 0.5), traj("a", 1, -0.25)]
+    with pytest.raises(ConfigError, match=r"refit needs rewards >= 0.*a#1.*-0.25"):
+        build_weighted_examples(trajectories, AlgoConfig(name="refit"))
+    shifted, diag = build_weighted_examples(trajectories, AlgoConfig(name="refit", shift_negative=True))
+    assert [e.weight for e in shifted] == pytest.approx([0.75, 0.0])
+
+
+def test_truncated_turn_end_token_is_not_trained(tokenizer):
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    t = traj("a", 0, 1.0, truncated=(True, False))
+    items, _ = tokenize_examples([build_weighted_examples([t], AlgoConfig(name="sft"))[0][0]], tokenizer, [eot],
+                                 OptimConfig())
+    trained = [i for i, m in zip(items[0].seq.input_ids, items[0].seq.label_mask) if m]
+    assert trained.count(eot) == 1  # only the final turn's
+    dropped = tokenize_examples(build_weighted_examples([t], AlgoConfig(name="sft"))[0], tokenizer, [eot],
+                                OptimConfig(truncated_turns="drop"))[1]
+    assert dropped["truncated"] == 1
+
+
+def test_one_refit_step_favours_high_reward(tiny_model, tokenizer):
+    """After one SGD step, the high-reward trajectory's log-probability rises more than the low-reward one's."""
+    good, bad = traj("a", 0, 1.0, "The answer is A. Alpha."), traj("a", 1, 0.1, "The answer is B. Beta.")
+    eot = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    items, _ = tokenize_examples(build_weighted_examples([good, bad], AlgoConfig(name="refit"))[0], tokenizer, eot,
+                                 OptimConfig())
+    wrapped = MaskedLogprobLM(tiny_model)
+
+    def seq_logps():
+        with torch.no_grad():
+            from turnrl.train.common import pad_batch
+            from turnrl.train.logprobs import sequence_logprobs
+
+            batch = pad_batch([it.seq for it in items], tokenizer.pad_token_id, "cpu")
+            logp, rows = wrapped(**batch)
+            return sequence_logprobs(logp, rows, len(items))
+
+    before = seq_logps()
+    opt = torch.optim.SGD(tiny_model.parameters(), lr=0.05)
+    weighted_step_loss("sum", 4096, tokenizer.pad_token_id)(items, FakeAccelerator(), wrapped)
+    opt.step()
+    gain = seq_logps() - before
+    assert gain[0] > 0 and gain[0] > gain[1]

@@ -1,0 +1,180 @@
+"""Weighted fine-tuning algorithms: each turns the scored log into (trajectory, weight) pairs.
+
+All of them optimise the same objective, 000 eq. (5)/(7): for logged trajectories tau = (a_1, y_1, ..., a_n, y_n)
+of context x with weight w,
+
+    J(theta) = E_{(x, tau) ~ log} [ w(x, tau) * sum_{t=1..n} log pi(a_t | x, tau_{t-1}; theta) ],
+
+i.e. SFT on every assistant turn, each trajectory's turns scaled by its weight. They differ only in w:
+
+- SFT:        w = 1 for every trajectory.
+- STaR-GATE:  w = 1 for the best trajectory of each group (top-k by reward, optionally above a threshold), else 0
+              (000 Sec. 4, "reward thresholding").
+- Refit:      w = r(x, tau) >= 0 (000 eq. 5; Lemma 1 needs r >= 0, so negative rewards are refused unless
+              ``shift_negative`` shifts every reward by the minimum).
+- Swift:      w = (r - mean_x) / std_x over the m trajectories of the group, std with 1/(m - 1) (000 eq. 9).
+              A group whose rewards are all equal carries no signal: its weights are 0 (DESIGN.md section 8).
+
+Two safeguards apply to any algorithm (DESIGN.md section 8, "negative weights"): ``negative_floor`` clips
+weights from below, and ``kl_coef`` anchors the policy to the logging policy: on data sampled from pi_0,
+E_{pi_0}[log pi_0 - log pi] = KL(pi_0 || pi), whose gradient is -kl_coef * grad log pi on every logged action,
+i.e. kl_coef is added to every trajectory's weight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from turnrl.errors import ConfigError
+from turnrl.records import Trajectory
+
+
+@dataclass
+class WeightedExample:
+    trajectory: Trajectory
+    weight: float
+    turns: str = "all"
+    """Which assistant turns carry the loss: ``all`` (000) or ``final`` (DRIFT)."""
+
+
+@dataclass
+class AlgoConfig:
+    """The algorithm that turns the scored log into training examples, and its parameters."""
+
+    name: str = "refit"
+    """sft, star-gate, refit, swift, drift, sft-final (weighted fine-tuning); dpo, step-dpo, m-dpo, m-kto
+    (preference learning); star-gate-d (distillation)."""
+    top_k: int = 1
+    """star-gate: trajectories kept per group."""
+    min_reward: float | None = None
+    """star-gate: keep only trajectories with reward above this (default: no threshold)."""
+    shift_negative: bool = False
+    """refit: shift rewards by their minimum instead of refusing negative ones."""
+    negative_floor: float | None = None
+    """Clip weights below this value (e.g. -1.0); default: no floor (000)."""
+    kl_coef: float = 0.0
+    """Anchor to the logging policy: adds kl_coef to every weight (see module docstring)."""
+    turns: str = "all"
+    """all: every assistant turn carries the weight (000); final: only the last one (DRIFT)."""
+    drift_beta: float = 0.1
+    """drift: temperature of the return-based importance weights."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Parameters of algorithms registered by extensions."""
+
+
+def groups_of(trajectories: list[Trajectory]) -> dict[str, list[Trajectory]]:
+    groups: dict[str, list[Trajectory]] = defaultdict(list)
+    for t in trajectories:
+        groups[t.group_id].append(t)
+    return groups
+
+
+def _rewards(trajectories: list[Trajectory]) -> list[float]:
+    missing = [t.id for t in trajectories if t.reward is None]
+    if missing:
+        raise ConfigError(f"trajectory {missing[0]} has no reward; run `turnrl score` before training")
+    return [float(t.reward) for t in trajectories]  # type: ignore[arg-type]
+
+
+def sft_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
+    return [1.0] * len(trajectories)
+
+
+def star_gate_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
+    weights = {t.id: 0.0 for t in trajectories}
+    skipped = 0
+    for group in groups_of(trajectories).values():
+        ranked = sorted(group, key=lambda t: (-float(t.reward), t.sample))  # ties: the earlier sample
+        kept = [t for t in ranked[: cfg.top_k] if cfg.min_reward is None or float(t.reward) > cfg.min_reward]
+        skipped += not kept
+        for t in kept:
+            weights[t.id] = 1.0
+    diag["groups_without_selection"] = skipped
+    return [weights[t.id] for t in trajectories]
+
+
+def refit_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
+    rewards = _rewards(trajectories)
+    low = min(rewards)
+    if low < 0:
+        if not cfg.shift_negative:
+            worst = trajectories[rewards.index(low)].id
+            raise ConfigError(
+                f"refit needs rewards >= 0 (000 Lemma 1); trajectory {worst} has reward {low:.4g}. Use rewards in "
+                "[0, 1], or set algo.shift_negative to shift all rewards by the minimum"
+            )
+        diag["shift"] = -low
+        return [r - low for r in rewards]
+    return rewards
+
+
+def swift_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
+    rewards = dict(zip((t.id for t in trajectories), _rewards(trajectories)))
+    weights: dict[str, float] = {}
+    flat = 0
+    for group in groups_of(trajectories).values():
+        r = np.array([rewards[t.id] for t in group])
+        std = float(r.std(ddof=1)) if len(r) > 1 else 0.0
+        if std == 0.0 or not math.isfinite(std):
+            flat += 1
+            weights.update({t.id: 0.0 for t in group})
+        else:
+            weights.update({t.id: float((rewards[t.id] - r.mean()) / std) for t in group})
+    diag["zero_signal_groups"] = flat
+    return [weights[t.id] for t in trajectories]
+
+
+WEIGHTS: dict[str, Callable[[list[Trajectory], AlgoConfig, dict], list[float]]] = {
+    "sft": sft_weights,
+    "sft-final": sft_weights,
+    "star-gate": star_gate_weights,
+    "refit": refit_weights,
+    "swift": swift_weights,
+}
+
+
+def effective_sample_size(weights: list[float]) -> float:
+    """(sum |w|)^2 / sum w^2: how many equally weighted examples the weights are worth."""
+    w = np.abs(np.asarray(weights, dtype=float))
+    return float(w.sum() ** 2 / (w ** 2).sum()) if (w ** 2).sum() > 0 else 0.0
+
+
+def build_weighted_examples(trajectories: list[Trajectory], cfg: AlgoConfig) -> tuple[list[WeightedExample], dict]:
+    """Weights for every logged trajectory, and diagnostics about them (for the report)."""
+    if cfg.name == "drift":
+        from turnrl.algorithms.drift import drift_weights
+
+        weigh = drift_weights
+    elif cfg.name in WEIGHTS:
+        weigh = WEIGHTS[cfg.name]
+    else:
+        raise ConfigError(f"algo.name: {cfg.name!r} is not a weighted fine-tuning algorithm; "
+                          f"expected one of {', '.join(list(WEIGHTS) + ['drift'])}")
+    diag: dict[str, Any] = {"algorithm": cfg.name, "trajectories": len(trajectories),
+                            "groups": len(groups_of(trajectories))}
+    weights = weigh(trajectories, cfg, diag)
+    if cfg.negative_floor is not None:
+        diag["floored"] = sum(w < cfg.negative_floor for w in weights)
+        weights = [max(w, cfg.negative_floor) for w in weights]
+    if cfg.kl_coef:
+        weights = [w + cfg.kl_coef for w in weights]
+    turns = "final" if cfg.name in ("drift", "sft-final") and cfg.turns == "all" else cfg.turns
+    if turns not in ("all", "final"):
+        raise ConfigError(f"algo.turns: {cfg.turns!r}; expected all or final")
+    diag.update({
+        "nonzero": int(sum(w != 0 for w in weights)),
+        "positive": int(sum(w > 0 for w in weights)),
+        "negative": int(sum(w < 0 for w in weights)),
+        "weight_mean": float(np.mean(weights)) if weights else 0.0,
+        "weight_min": float(min(weights, default=0.0)),
+        "weight_max": float(max(weights, default=0.0)),
+        "ess": effective_sample_size(weights),
+        "turns": turns,
+        "weights": [round(w, 6) for w in weights],
+    })
+    return [WeightedExample(t, w, turns) for t, w in zip(trajectories, weights)], diag

@@ -1,0 +1,103 @@
+"""The ``turnrl`` command. Each subcommand is a config dataclass; YAML files (``--config``) and flags mirror it.
+
+Flags name config fields by their dotted path (``--rollout.samples 3``, ``--optim.learning_rate 1e-5``); a YAML
+file holds the same keys nested. ``turnrl <command> --print_config`` prints the full config of a command.
+Errors in the user's input print one line naming the file, line or field and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from turnrl.errors import TurnrlError
+
+
+def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
+    from turnrl.compare import CompareConfig, compare
+    from turnrl.demo import DemoConfig, demo
+    from turnrl.evaluate import EvaluateConfig, evaluate
+    from turnrl.pipeline import RunConfig, run
+    from turnrl.score import ScoreConfig, score
+    from turnrl.simulate import SimulateConfig, simulate
+    from turnrl.train.weighted import TrainConfig
+
+    def train_cmd(cfg: TrainConfig) -> Any:
+        from turnrl.train import train
+
+        return train(cfg.run_dir, cfg.model, cfg.algo, cfg.optim, overwrite=cfg.overwrite, input=cfg.input,
+                     output=cfg.output)
+
+    return {
+        "simulate": (SimulateConfig, simulate, "Roll out the logging policy: m trajectories per task, as JSONL."),
+        "score": (ScoreConfig, score, "Compute reward components and the scalar reward of each trajectory."),
+        "train": (TrainConfig, train_cmd, "Train a policy on the scored log with one algorithm."),
+        "evaluate": (EvaluateConfig, evaluate, "Run a policy on the test split and report metrics with SEs."),
+        "compare": (CompareConfig, compare, "Compare evaluated policies: table, paired differences, report."),
+        "run": (RunConfig, run, "All stages for several algorithms on the same logged data."),
+        "demo": (DemoConfig, demo, "The whole Refit/Swift loop on the offline default, sized for a laptop CPU."),
+    }
+
+
+# `--algo refit` is short for `--algo.name refit` (and likewise for the other configs with a name field).
+_SHORTHANDS = {"--algo": "--algo.name", "--dataset": "--dataset.name", "--env": "--env.name"}
+
+
+def _expand_shorthands(argv: list[str]) -> list[str]:
+    out = []
+    for i, arg in enumerate(argv):
+        if arg in _SHORTHANDS and i + 1 < len(argv):
+            value = argv[i + 1]
+            if not value.startswith("-") and "{" not in value and not Path(value).is_file():
+                out.append(_SHORTHANDS[arg])
+                continue
+        out.append(arg)
+    return out
+
+
+def _build(cls: type, namespace: Any) -> Any:
+    values = {f.name: getattr(namespace, f.name) for f in fields(cls)}
+    for name, value in values.items():
+        if hasattr(value, "as_dict") and not is_dataclass(value):  # a nested Namespace that was not instantiated
+            values[name] = value.as_dict()
+    return cls(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    commands = _commands()
+    parser = ArgumentParser(prog="turnrl", description="Offline RL of multi-turn LLM conversation policies.",
+                            exit_on_error=True)
+    subcommands = parser.add_subcommands(dest="command", required=True)
+    subparsers = {}
+    for name, (cls, _, help_text) in commands.items():
+        sub = ArgumentParser(description=help_text)
+        sub.add_argument("--config", action=ActionConfigFile, help="A YAML file with any of these options.")
+        sub.add_class_arguments(cls, as_group=False)
+        subcommands.add_subcommand(name, sub, help=help_text)
+        subparsers[name] = sub
+    args = parser.parse_args(_expand_shorthands(list(sys.argv[1:] if argv is None else argv)))
+    name = args.command
+    cls, fn, _ = commands[name]
+    try:
+        cfg = _build(cls, subparsers[name].instantiate(args[name]))
+        fn(cfg)
+    except TurnrlError as exc:
+        print(f"turnrl {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"turnrl {name}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

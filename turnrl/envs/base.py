@@ -1,0 +1,83 @@
+"""What an environment is: a coroutine per conversation that asks for turns and returns the finished episode.
+
+An environment's :meth:`Environment.episode` is a Python generator. It yields a request whenever it needs
+something it cannot do itself -- the policy's next turn (:class:`PolicyTurn`), an LLM teacher's reply
+(:class:`TeacherTurn`), a sandboxed code execution (:class:`ToolRun`) -- receives the answer through ``send``, and
+finally returns an :class:`Episode`. The rollout engine drives many such coroutines at once and batches every
+pending request of a kind into one backend call, so an environment is written as a plain sequential script.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generator
+
+from turnrl.records import Task, TurnInfo
+
+
+@dataclass
+class PolicyTurn:
+    """The policy must produce the next assistant message of ``messages``."""
+
+    messages: list[dict[str, str]]
+    max_new_tokens: int
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TeacherTurn:
+    """An LLM teacher must reply to ``messages`` (the teacher's own view of the conversation)."""
+
+    messages: list[dict[str, str]]
+    max_new_tokens: int
+
+
+@dataclass
+class ToolRun:
+    """Code to execute in the sandbox; the answer is a :class:`turnrl.sandbox.ExecResult`."""
+
+    code: str
+
+
+@dataclass
+class Episode:
+    messages: list[dict[str, str]]
+    turns: list[TurnInfo]
+    finish: str = "done"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prefix:
+    """A logged conversation prefix to continue from; it ends where the policy is to act next."""
+
+    messages: list[dict[str, str]]
+    turns: list[TurnInfo]
+
+
+Request = PolicyTurn | TeacherTurn | ToolRun
+EpisodeCoroutine = Generator[Request, Any, Episode]
+
+
+class Environment:
+    """Base class. Subclasses set ``name`` and implement :meth:`episode` and :meth:`settings`."""
+
+    name = "base"
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that define the environment, recorded with every trajectory (part of the group key)."""
+        raise NotImplementedError
+
+    def episode(self, task: Task, prefix: Prefix | None = None) -> EpisodeCoroutine:
+        """Run one conversation on ``task``; with ``prefix``, continue a logged conversation from where it ends
+        (StepDPO's branching)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def policy_turn(messages: list[dict[str, str]], turns: list[TurnInfo], max_new_tokens: int,
+                    stop: list[str] | None = None) -> Generator[Request, Any, Any]:
+        """Ask for the policy's next message, append it, record whether it ended by itself; return the result."""
+        result = yield PolicyTurn(messages=list(messages), max_new_tokens=max_new_tokens, stop=stop or [])
+        messages.append({"role": "assistant", "content": result.text})
+        turns.append(TurnInfo(tokens=result.tokens, truncated=result.truncated))
+        return result

@@ -1,0 +1,13 @@
+"""Errors a user can act on. The CLI prints their message (no traceback) and exits with status 2."""
+
+
+class TurnrlError(Exception):
+    """Base class for errors caused by the user's input or environment, not by a bug."""
+
+
+class InputError(TurnrlError):
+    """A file, field or value the user supplied is missing or malformed; the message names it."""
+
+
+class ConfigError(TurnrlError):
+    """A configuration value is unknown or out of range; the message names the key."""

@@ -1,0 +1,213 @@
+"""``turnrl evaluate``: run a policy on the held-out questions and report 000's metrics with standard errors.
+
+Greedy by default (one run per question); with ``runs`` = k > 1 and a temperature, k sampled runs per question
+whose outcomes are averaged per question first. Writes, under ``eval/<name>/``: the conversations, the
+per-question outcomes (so methods can be compared pairwise on the same questions), ``metrics.json`` and
+``metrics.md``; and adds the policy's row to the run's ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from turnrl import stats
+from turnrl.envs import EnvConfig, make_env
+from turnrl.errors import ConfigError
+from turnrl.generation import BackendConfig, make_generator
+from turnrl.records import ResumableJsonlWriter, Task, Trajectory, read_json, read_trajectories, write_json, \
+    write_jsonl, atomic_write_text
+from turnrl.rewards import answer_changed, answers_per_turn, final_answer, uses_thinking_tags
+from turnrl.rollout import run_episodes
+from turnrl.score import RewardConfig, Scorer
+from turnrl.simulate import build_jobs, episode_to_trajectory
+from turnrl.generation import Sampling
+from turnrl.tasks import DatasetConfig, prepare_split
+
+
+@dataclass
+class EvalOptions:
+    """How the test conversations are sampled."""
+
+    runs: int = 1
+    """Runs per question (k); more than 1 needs temperature > 0."""
+    temperature: float = 0.0
+    """0: greedy."""
+    top_p: float = 0.95
+    seed: int = 1234
+    limit: int = 0
+    """Evaluate only the first N questions (0: all)."""
+    chunk_size: int = 128
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluate a policy on the test split."""
+
+    run_dir: str = "runs/turnrl"
+    name: str = ""
+    """Label of the policy in tables (default: the checkpoint's method folder, or the model name)."""
+    policy: BackendConfig = field(default_factory=BackendConfig)
+    teacher: BackendConfig = field(default_factory=BackendConfig)
+    """The LLM teacher (clarify environment only)."""
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    """Used only when the run directory has no tasks/test.jsonl yet."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    evaluation: EvalOptions = field(default_factory=EvalOptions)
+    split: str = "test"
+
+
+# name -> (is a 0/1 outcome per run, description)
+METRICS = {
+    "accuracy": (True, "final answer correct"),
+    "thinking": (True, "every assistant turn outputs <thinking> tags (000's Thinking %)"),
+    "format": (True, "final turn starts with the canonical answer statement"),
+    "accuracy_formatted": (True, "accuracy among well-formatted final turns"),
+    "answered": (True, "final turn names exactly one option"),
+    "ambiguous": (True, "final turn names several different options (scored wrong)"),
+    "answer_changed": (True, "first stated answer differs from the final one"),
+    "final_truncated": (True, "final turn hit the token cap"),
+    "reward": (False, "mean scalar reward"),
+}
+
+
+def outcome(traj: Trajectory, task: Task) -> dict[str, Any]:
+    """Everything measured about one test conversation."""
+    fa = final_answer(traj, task)
+    return {
+        "answer": fa["answer"],
+        "accuracy": float(fa["correct"]),
+        "format": float(fa["well_formatted"]),
+        "answered": float(fa["status"] == "ok"),
+        "ambiguous": float(fa["status"] == "ambiguous"),
+        "thinking": float(uses_thinking_tags(traj)),
+        "answer_changed": float(answer_changed(traj, task)),
+        "final_truncated": float(bool(traj.turns) and traj.turns[-1].truncated),
+        "reward": traj.reward,
+        "per_turn_answers": answers_per_turn(traj, task),
+        **{k: v for k, v in traj.rewards.items() if k.startswith("judge_")},
+    }
+
+
+def per_question(trajectories: list[Trajectory], tasks: dict[str, Task]) -> list[dict[str, Any]]:
+    """Outcomes averaged over the runs of each question, in question order."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for traj in trajectories:
+        by_task.setdefault(traj.task_id, []).append(outcome(traj, tasks[traj.task_id]))
+    rows = []
+    for task_id, runs in by_task.items():
+        row: dict[str, Any] = {"task_id": task_id, "gold": tasks[task_id].answer, "runs": len(runs),
+                               "answers": [r["answer"] for r in runs]}
+        for key in runs[0]:
+            values = [r[key] for r in runs if isinstance(r.get(key), (int, float)) and r.get(key) is not None]
+            if values and key not in ("answer", "per_turn_answers"):
+                row[key] = float(np.mean(values))
+        formatted = [r["accuracy"] for r in runs if r["format"]]
+        if formatted:
+            row["accuracy_formatted"] = float(np.mean(formatted))
+        rows.append(row)
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each metric's mean, SE and n over questions (binomial SE where each question has one 0/1 outcome)."""
+    single_run = all(r["runs"] == 1 for r in rows)
+    out = {}
+    keys = list(METRICS) + sorted({k for r in rows for k in r if k.startswith("judge_")})
+    for key in keys:
+        values = [r[key] for r in rows if key in r and r[key] is not None]
+        binary = METRICS.get(key, (False, ""))[0] and single_run
+        out[key] = stats.estimate(values, binary).to_dict()
+    return out
+
+
+def metrics_markdown(name: str, summary: dict[str, dict[str, float]]) -> str:
+    lines = [f"# {name}", "", "| metric | mean ± SE | n | what |", "|---|---|---|---|"]
+    for key, est in summary.items():
+        e = stats.Estimate(**est)
+        pct = key in METRICS and key != "reward"
+        lines.append(f"| {key} | {e.fmt(100 if pct else 1, 1 if pct else 3)}{' %' if pct and e.n else ''} | {e.n} | "
+                     f"{METRICS.get(key, (False, 'judge score / 10'))[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def policy_label(cfg: EvaluateConfig) -> str:
+    if cfg.name:
+        return cfg.name
+    path = Path(cfg.policy.model)
+    return path.parent.name if path.name == "checkpoint" else (path.name or cfg.policy.model)
+
+
+def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
+    """Evaluate and write the outputs; ``generator`` reuses an already loaded policy backend."""
+    ev = cfg.evaluation
+    if ev.runs < 1 or (ev.runs > 1 and ev.temperature <= 0):
+        raise ConfigError("runs: more than one run per question needs temperature > 0 (greedy runs are identical)")
+    run_dir = Path(cfg.run_dir)
+    train, test = prepare_split(cfg.dataset, run_dir)
+    tasks = test if cfg.split == "test" else train
+    if ev.limit:
+        tasks = tasks[: ev.limit]
+    task_index = {t.id: t for t in tasks}
+    name = policy_label(cfg)
+    out_dir = run_dir / "eval" / name
+    env = make_env(cfg.env)
+    settings = env.settings()
+    jobs = build_jobs(tasks, settings, ev.runs, [ev.temperature], ev.top_p, 0, ev.seed)
+    conversations = out_dir / "conversations.jsonl"
+    policy = generator or make_generator(cfg.policy)
+    _start_or_resume(out_dir, {"model": cfg.policy.model, "revision": getattr(policy, "revision", ""),
+                               "env": settings, "evaluation": asdict(ev), "split": cfg.split})
+    with ResumableJsonlWriter(conversations) as writer:
+        todo = [j for j in jobs if j.id not in writer.done]
+        if todo:
+            teacher = make_generator(cfg.teacher) if getattr(env, "needs_teacher", False) else None
+            info = {"model": cfg.policy.model, "revision": getattr(policy, "revision", ""),
+                    "backend": cfg.policy.backend}
+            for start in range(0, len(todo), ev.chunk_size):
+                chunk = todo[start: start + ev.chunk_size]
+                episodes = run_episodes(env, chunk, policy, teacher=teacher, teacher_sampling=Sampling(),
+                                        run_code=getattr(env, "run_code", None),
+                                        desc=f"evaluate {name} [{start + len(chunk)}/{len(todo)}]")
+                writer.write(episode_to_trajectory(j, e, settings, info, 0.0) for j, e in zip(chunk, episodes))
+    trajectories = read_trajectories(conversations)
+    Scorer(cfg.reward).score(trajectories, task_index)
+    write_jsonl(conversations, trajectories)
+    rows = per_question(trajectories, task_index)
+    summary = summarise(rows)
+    write_jsonl(out_dir / "per_question.jsonl", rows)
+    result = {"name": name, "model": cfg.policy.model, "split": cfg.split, "runs": ev.runs,
+              "temperature": ev.temperature, "env": settings, "reward": asdict(cfg.reward), "metrics": summary}
+    write_json(out_dir / "metrics.json", result)
+    atomic_write_text(out_dir / "metrics.md", metrics_markdown(name, summary))
+    _update_results(run_dir, name, result)
+    acc = stats.Estimate(**summary["accuracy"])
+    print(f"evaluate {name}: accuracy {acc.fmt(100)} % (n={acc.n}), format "
+          f"{stats.Estimate(**summary['format']).fmt(100)} % -> {out_dir}")
+    return result
+
+
+def _start_or_resume(out_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """Resume a killed evaluation of the same policy; start over if the policy or the settings changed."""
+    record = out_dir / "evaluation.json"
+    if record.exists() and read_json(record) != fingerprint:
+        print(f"evaluate: {out_dir} holds an evaluation of another policy or settings; starting over")
+        (out_dir / "conversations.jsonl").unlink(missing_ok=True)
+    write_json(record, fingerprint)
+
+
+def _update_results(run_dir: Path, name: str, result: dict[str, Any]) -> None:
+    path = run_dir / "results.json"
+    results = read_json(path) if path.exists() else {"methods": {}}
+    results["methods"][name] = {"model": result["model"], "metrics": result["metrics"]}
+    write_json(path, results)
+
+
+def load_per_question(run_dir: Path, name: str) -> list[dict[str, Any]]:
+    path = run_dir / "eval" / name / "per_question.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,80 @@
+"""Reward components of a finished conversation, and their combination into the scalar reward (DESIGN.md section 6).
+
+Components (each a number in [0, 1] unless noted):
+
+- ``accuracy``: the final answer is right (multiple choice: :mod:`turnrl.rewards.answers`; open answers: the
+  math checker of :mod:`turnrl.rewards.math_answers`);
+- ``format``: the final turn states its answer first, in the canonical form;
+- ``thinking``: thinking mode's tags are well formed in every assistant turn, the final answer outside them;
+- ``gold_likelihood``: STaR-GATE's reward -- how likely the reference model is to answer with the gold option
+  after the conversation that precedes the final answer (:mod:`turnrl.rewards.likelihood`);
+- ``judge_*``: the LLM judge's rubric scores / 10 (000 App. E.3; :mod:`turnrl.judge`).
+
+``reward`` is a weighted sum of components, weights from the config (non-negative, summing to 1, so the reward
+is in [0, 1]).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from turnrl.records import Task, Trajectory
+from turnrl.rewards.answers import extract_choice, has_thinking_tags, thinking_compliant
+
+CHEAP = ("accuracy", "format", "thinking")
+
+
+def canonical_phrase(env_settings: dict[str, Any]) -> str:
+    """000's reasoning protocol asks for "The answer is X"; its clarify protocol for "Answer is X"."""
+    return "answer is" if env_settings.get("name") == "clarify" else "the answer is"
+
+
+def final_answer(traj: Trajectory, task: Task) -> dict[str, Any]:
+    """Read the final answer and say whether it is right; the fields every evaluation reports."""
+    text = traj.final_assistant()
+    if task.choices:
+        parsed = extract_choice(text, task.letters, canonical_phrase(traj.env))
+        return {"answer": parsed.letter, "status": parsed.status, "correct": parsed.letter == task.answer,
+                "well_formatted": parsed.well_formatted}
+    from turnrl.rewards.math_answers import extract_math_answer, math_equal
+
+    answer = extract_math_answer(text)
+    return {"answer": answer, "status": "ok" if answer is not None else "none",
+            "correct": answer is not None and math_equal(answer, task.answer), "well_formatted": answer is not None}
+
+
+def answers_per_turn(traj: Trajectory, task: Task) -> list[str | None]:
+    if not task.choices:
+        from turnrl.rewards.math_answers import extract_math_answer
+
+        return [extract_math_answer(traj.messages[i]["content"]) for i in traj.assistant_indices()]
+    canonical = canonical_phrase(traj.env)
+    return [extract_choice(traj.messages[i]["content"], task.letters, canonical).letter
+            for i in traj.assistant_indices()]
+
+
+def answer_changed(traj: Trajectory, task: Task) -> bool:
+    """The first answer the assistant stated differs from its final one."""
+    stated = [a for a in answers_per_turn(traj, task) if a is not None]
+    return len(stated) >= 2 and stated[0] != stated[-1]
+
+
+def cheap_components(traj: Trajectory, task: Task) -> dict[str, float]:
+    fa = final_answer(traj, task)
+    contents = [traj.messages[i]["content"] for i in traj.assistant_indices()]
+    return {
+        "accuracy": float(fa["correct"]),
+        "format": float(fa["well_formatted"]),
+        "thinking": float(bool(contents) and all(thinking_compliant(c, final=(k == len(contents) - 1))
+                                                 for k, c in enumerate(contents))),
+    }
+
+
+def uses_thinking_tags(traj: Trajectory) -> bool:
+    """000's Thinking %: every assistant turn outputs <thinking> tags."""
+    idx = traj.assistant_indices()
+    return bool(idx) and all(has_thinking_tags(traj.messages[i]["content"]) for i in idx)
+
+
+def combine(components: dict[str, float], weights: dict[str, float]) -> float:
+    return float(sum(w * float(components[name]) for name, w in weights.items()))

@@ -1,0 +1,120 @@
+"""``turnrl score``: compute every trajectory's reward components and scalar reward.
+
+Reads ``rollouts/trajectories.jsonl`` and the run's tasks, writes ``scored/trajectories.jsonl`` (atomically).
+The same scoring serves ``turnrl evaluate``, so logged data and test conversations are measured alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from turnrl.errors import ConfigError, InputError
+from turnrl.records import Task, Trajectory, read_tasks, read_trajectories, write_jsonl
+from turnrl.rewards import CHEAP, cheap_components, combine
+
+DEFAULT_REWARD = {"accuracy": 0.7, "gold_likelihood": 0.3}
+SCORED = "scored/trajectories.jsonl"
+
+
+@dataclass
+class RewardConfig:
+    """Which reward components to compute and how to combine them into the scalar reward."""
+
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARD))
+    """Component -> weight; non-negative, summing to 1. Components: accuracy, format, thinking, gold_likelihood,
+    judge_overall (and the other judge_* scores). The default is graded (see docs/rewards.md for why)."""
+    reference: str = ""
+    """Model for gold_likelihood (default: the model that generated the trajectory, i.e. the logging policy)."""
+    reference_dtype: str = "bfloat16"
+    batch_size: int = 16
+
+
+@dataclass
+class ScoreConfig:
+    """Score logged trajectories."""
+
+    run_dir: str = "runs/turnrl"
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    input: str = "rollouts/trajectories.jsonl"
+    output: str = SCORED
+
+
+KNOWN = set(CHEAP) | {"gold_likelihood"}
+
+
+def validate_weights(weights: dict[str, float]) -> None:
+    if not weights:
+        raise ConfigError("reward.weights: empty; name at least one component, e.g. {accuracy: 1.0}")
+    for name, w in weights.items():
+        if name not in KNOWN and not name.startswith("judge_"):
+            raise ConfigError(f"reward.weights: unknown component {name!r}; known: {', '.join(sorted(KNOWN))}, judge_*")
+        if w < 0:
+            raise ConfigError(f"reward.weights.{name}: {w} is negative; weights must be >= 0")
+    if abs(sum(weights.values()) - 1.0) > 1e-6:
+        raise ConfigError(f"reward.weights: they sum to {sum(weights.values()):.4g}; they must sum to 1 so that "
+                          "the reward stays in [0, 1]")
+
+
+class Scorer:
+    """Computes components for batches of trajectories; expensive models are loaded once, on first use."""
+
+    def __init__(self, cfg: RewardConfig):
+        validate_weights(cfg.weights)
+        self.cfg = cfg
+        self._reference: dict[str, Any] = {}
+
+    def _reference_model(self, name: str):
+        if name not in self._reference:
+            from turnrl.models import default_device, load_model, load_tokenizer, resolve
+
+            resolved = resolve(name)
+            self._reference[name] = (load_model(resolved, dtype=self.cfg.reference_dtype, device=default_device()),
+                                     load_tokenizer(resolved))
+        return self._reference[name]
+
+    def score(self, trajectories: list[Trajectory], tasks: dict[str, Task], desc: str | None = None) -> None:
+        """Fill ``rewards`` and ``reward`` of each trajectory in place."""
+        for traj in trajectories:
+            if traj.task_id not in tasks:
+                raise InputError(f"trajectory {traj.id}: task {traj.task_id!r} is not in the run's tasks")
+            traj.rewards.update(cheap_components(traj, tasks[traj.task_id]))
+        if "gold_likelihood" in self.cfg.weights:
+            from turnrl.rewards.likelihood import gold_likelihoods
+
+            by_model: dict[str, list[Trajectory]] = {}
+            for traj in trajectories:
+                by_model.setdefault(self.cfg.reference or traj.policy.get("model", ""), []).append(traj)
+            for name, group in by_model.items():
+                model, tokenizer = self._reference_model(name)
+                values = gold_likelihoods(model, tokenizer, group, tasks, batch_size=self.cfg.batch_size, desc=desc)
+                for traj, value in zip(group, values):
+                    traj.rewards["gold_likelihood"] = value
+        judged = [k for k in self.cfg.weights if k.startswith("judge_")]
+        if judged:
+            raise ConfigError(f"reward.weights: {judged[0]} needs the judge, which is not configured")
+        for traj in trajectories:
+            traj.reward = combine(traj.rewards, self.cfg.weights)
+
+
+def load_task_index(run_dir: Path) -> dict[str, Task]:
+    tasks = {}
+    for split in ("train", "test"):
+        path = run_dir / "tasks" / f"{split}.jsonl"
+        if path.exists():
+            tasks.update({t.id: t for t in read_tasks(path)})
+    if not tasks:
+        raise InputError(f"{run_dir / 'tasks'}: no train.jsonl or test.jsonl; run `turnrl simulate` first")
+    return tasks
+
+
+def score(cfg: ScoreConfig) -> Path:
+    run_dir = Path(cfg.run_dir)
+    trajectories = read_trajectories(run_dir / cfg.input)
+    Scorer(cfg.reward).score(trajectories, load_task_index(run_dir), desc="score")
+    out = run_dir / cfg.output
+    write_jsonl(out, trajectories)
+    rewards = [t.reward for t in trajectories]
+    print(f"score: {len(trajectories)} trajectories, mean reward {sum(rewards) / len(rewards):.3f} -> {out}")
+    return out

@@ -1,0 +1,27 @@
+"""Trainers: one for weighted fine-tuning, one for preference learning; ``train`` picks by algorithm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from turnrl.algorithms.weighted import WEIGHTS, AlgoConfig
+from turnrl.errors import ConfigError
+from turnrl.train.common import OptimConfig
+
+WEIGHTED = set(WEIGHTS) | {"drift"}
+PREFERENCE = {"dpo", "step-dpo", "m-dpo", "m-kto"}
+DISTILLATION = {"star-gate-d"}
+
+
+def train(run_dir: str, model: str, algo: AlgoConfig, optim: OptimConfig, overwrite: bool = False,
+          input: str = "", output: str = "") -> Path:
+    """Train one algorithm on the run's scored log and return its checkpoint folder."""
+    from turnrl.train.weighted import TrainConfig, train_weighted
+
+    cfg = TrainConfig(run_dir=run_dir, model=model, algo=algo, optim=optim, overwrite=overwrite, output=output)
+    if input:
+        cfg.input = input
+    if algo.name in WEIGHTED:
+        return train_weighted(cfg)
+    known = sorted(WEIGHTED | PREFERENCE | DISTILLATION)
+    raise ConfigError(f"algo.name: {algo.name!r} is not available; expected one of {', '.join(known)}")

@@ -1,0 +1,267 @@
+"""What every trainer shares: the config, tokenised examples, batching, the loop, checkpoints and resumption.
+
+Built on accelerate (device placement, bf16 autocast, gradient accumulation across micro-batches, DeepSpeed /
+FSDP / multi-GPU through an accelerate config) and peft (LoRA). The loop is deliberately plain: one optimizer
+step per batch of ``batch_size`` trajectories (or pairs), split into micro-batches by a token budget, each
+micro-batch's loss already divided by the whole step's normaliser so that the accumulated gradient is exactly the
+step's gradient.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from tqdm.auto import tqdm
+
+from turnrl.errors import ConfigError
+from turnrl.records import write_json
+
+
+@dataclass
+class OptimConfig:
+    """How to fine-tune: LoRA or full, precision, optimiser and schedule, batching."""
+
+    lora: bool = False
+    """Train a LoRA adapter instead of all weights."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"
+    learning_rate: float = 1e-5
+    epochs: float = 1.0
+    """Passes over the data (fractions allowed)."""
+    batch_size: int = 8
+    """Trajectories (or pairs) per optimizer step."""
+    micro_batch_tokens: int = 4096
+    """Most tokens (padded) per forward pass; a step is split into as many micro-batches as needed."""
+    max_length: int = 2048
+    """Longer conversations are left out (and counted)."""
+    warmup_ratio: float = 0.05
+    schedule: str = "constant"
+    """constant, linear or cosine (after warm-up)."""
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "bf16"
+    """bf16: fp32 master weights under bf16 autocast (DESIGN.md section 8); fp32: no autocast."""
+    normalization: str = "sum"
+    """sum: the papers' objective, a trajectory's token log-probs summed (weights scale whole trajectories),
+    averaged over the step's trajectories; mean: summed then divided by the step's trained tokens (TRL's SFT)."""
+    truncated_turns: str = "mask_eot"
+    """A turn cut at the token cap never emitted its end-of-turn token: mask_eot trains its text but not the
+    stop; drop leaves such trajectories out."""
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_every: int = 0
+    """Save a resumable state every N optimizer steps (0: at the end of each epoch only)."""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default, one per core)."""
+
+
+def set_seed(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_for_training(model_name: str, optim: OptimConfig):
+    """The policy to train (fp32 master weights), its tokenizer, and the resolved model."""
+    from turnrl.models import load_model, load_tokenizer, resolve
+
+    resolved = resolve(model_name)
+    tokenizer = load_tokenizer(resolved)
+    lm = load_model(resolved, dtype="float32", trainable_adapter=optim.lora)
+    if optim.lora and not resolved.adapter:
+        from peft import LoraConfig, get_peft_model
+
+        lm = get_peft_model(lm, LoraConfig(r=optim.lora_r, lora_alpha=optim.lora_alpha,
+                                           lora_dropout=optim.lora_dropout, target_modules=optim.lora_targets,
+                                           task_type="CAUSAL_LM"))
+    elif not optim.lora and resolved.adapter:
+        lm = lm.merge_and_unload()  # full fine-tuning continues from the merged weights
+    if optim.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if optim.lora:
+            lm.enable_input_require_grads()
+    lm.config.use_cache = False
+    lm.train()
+    return lm, tokenizer, resolved
+
+
+@dataclass
+class TokenizedSequence:
+    """One tokenised training sequence with its loss mask."""
+
+    input_ids: list[int]
+    label_mask: list[int]
+    key: str
+
+
+def pad_batch(seqs: Sequence[TokenizedSequence], pad_id: int, device) -> dict[str, Any]:
+    import torch
+
+    width = max(len(s.input_ids) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        n = len(s.input_ids)
+        ids[r, :n] = torch.tensor(s.input_ids)
+        attention[r, :n] = 1
+        labels[r, :n] = torch.tensor(s.label_mask)
+    return {"input_ids": ids.to(device), "attention_mask": attention.to(device), "label_mask": labels.to(device)}
+
+
+def micro_batches(items: list[Any], length: Callable[[Any], int], max_tokens: int) -> list[list[Any]]:
+    """Split a step's items into micro-batches of at most ``max_tokens`` padded tokens, longest first so that
+    items of similar length share a micro-batch."""
+    ordered = sorted(items, key=length, reverse=True)
+    batches: list[list[Any]] = []
+    for item in ordered:
+        if batches and (len(batches[-1]) + 1) * length(batches[-1][0]) <= max_tokens:
+            batches[-1].append(item)
+        else:
+            batches.append([item])
+    return batches
+
+
+def epoch_steps(items: list[Any], batch_size: int, epochs: float, seed: int) -> list[list[Any]]:
+    """The optimizer steps of the whole run: each epoch shuffles the items (seeded) and cuts them into batches."""
+    steps: list[list[Any]] = []
+    whole, frac = int(epochs), epochs - int(epochs)
+    for epoch in range(whole + (1 if frac > 0 else 0)):
+        order = list(items)
+        random.Random(seed * 1000 + epoch).shuffle(order)
+        if epoch == whole:
+            order = order[: max(1, round(len(order) * frac))]
+        steps.extend(order[i: i + batch_size] for i in range(0, len(order), batch_size))
+    return steps
+
+
+class TrainLoop:
+    """The optimisation loop shared by the trainers, with logging, checkpoints and resumption.
+
+    ``step_loss(step_items, accelerator, model)`` runs the forward/backward passes of one optimizer step (calling
+    ``accelerator.backward`` per micro-batch) and returns a dict of metrics (including ``loss``).
+    """
+
+    def __init__(self, lm, tokenizer, optim: OptimConfig, out_dir: Path, base_model_name: str,
+                 steps: list[list[Any]], wrap: Callable[[Any], Any]):
+        import torch
+        from accelerate import Accelerator
+        from transformers import get_scheduler
+
+        if optim.precision not in ("bf16", "fp32"):
+            raise ConfigError(f"optim.precision: {optim.precision!r}; expected bf16 or fp32")
+        if optim.normalization not in ("sum", "mean"):
+            raise ConfigError(f"optim.normalization: {optim.normalization!r}; expected sum or mean")
+        if optim.threads:
+            torch.set_num_threads(optim.threads)
+        self.optim, self.out_dir, self.base_model_name = optim, out_dir, base_model_name
+        self.tokenizer, self.steps = tokenizer, steps
+        self.accelerator = Accelerator(mixed_precision="bf16" if optim.precision == "bf16" else "no")
+        self.lm = lm
+        model = wrap(lm)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=optim.learning_rate, weight_decay=optim.weight_decay)
+        warmup = math.ceil(optim.warmup_ratio * len(steps))
+        scheduler = get_scheduler(optim.schedule if optim.schedule != "constant" else "constant_with_warmup",
+                                  optimizer, num_warmup_steps=warmup, num_training_steps=max(1, len(steps)))
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.state_dir = out_dir / "state"
+        self.log_path = out_dir / "train_log.jsonl"
+        self.done_steps = 0
+
+    def resume(self) -> None:
+        meta = self.state_dir / "trainer_state.json"
+        if meta.exists():
+            self.accelerator.load_state(str(self.state_dir))
+            self.done_steps = json.loads(meta.read_text())["step"]
+            print(f"train: resuming from step {self.done_steps} of {len(self.steps)} ({self.state_dir})")
+        elif self.log_path.exists():
+            self.log_path.unlink()  # a log without a state is from a run that saved nothing: start over
+
+    def save_state(self, step: int) -> None:
+        tmp = self.state_dir.with_name("state.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.accelerator.save_state(str(tmp))
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        os.replace(tmp, self.state_dir)
+
+    def run(self, step_loss: Callable[[list[Any], Any, Any], dict[str, float]],
+            steps_per_epoch: int) -> list[dict[str, float]]:
+        import torch
+
+        self.resume()
+        history: list[dict[str, float]] = []
+        bar = tqdm(total=len(self.steps), initial=self.done_steps, desc="train", unit="step")
+        with self.log_path.open("a") as log:
+            for index in range(self.done_steps, len(self.steps)):
+                start = time.perf_counter()
+                metrics = step_loss(self.steps[index], self.accelerator, self.model)
+                grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.optim.max_grad_norm) \
+                    if self.optim.max_grad_norm > 0 else torch.tensor(float("nan"))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                metrics.update({"step": index + 1, "epoch": (index + 1) / steps_per_epoch,
+                                "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+                                "seconds": time.perf_counter() - start})
+                history.append(metrics)
+                log.write(json.dumps(metrics) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{metrics['loss']:.4g}", gnorm=f"{metrics['grad_norm']:.3g}")
+                bar.update(1)
+                at_epoch_end = (index + 1) % steps_per_epoch == 0
+                if (self.optim.save_every and (index + 1) % self.optim.save_every == 0) or \
+                        (at_epoch_end and index + 1 < len(self.steps)):
+                    self.save_state(index + 1)
+        bar.close()
+        return history
+
+    def save_checkpoint(self, extra: dict[str, Any]) -> Path:
+        """The trained policy as a ``save_pretrained`` folder (full weights, or a PEFT adapter), written whole."""
+        target = self.out_dir / "checkpoint"
+        tmp = self.out_dir / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        lm = self.accelerator.unwrap_model(self.model).lm
+        if hasattr(lm, "peft_config"):
+            for cfg in lm.peft_config.values():
+                cfg.base_model_name_or_path = self.base_model_name  # resolvable by name, not by a cache path
+        lm.config.use_cache = True
+        lm.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        write_json(tmp / "turnrl_train.json", extra)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        return target
+
+
+def summarise_history(history: Iterable[dict[str, float]]) -> dict[str, float]:
+    rows = list(history)
+    if not rows:
+        return {}
+    return {"steps": len(rows), "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
+            "max_grad_norm": max(r["grad_norm"] for r in rows if not math.isnan(r["grad_norm"])) if any(
+                not math.isnan(r["grad_norm"]) for r in rows) else float("nan"),
+            "seconds": sum(r["seconds"] for r in rows)}
+
+
+def config_dict(obj: Any) -> dict[str, Any]:
+    return asdict(obj)
+
+
+__all__ = ["OptimConfig", "TrainLoop", "TokenizedSequence", "pad_batch", "micro_batches", "epoch_steps",
+           "load_for_training", "set_seed", "summarise_history", "config_dict"]

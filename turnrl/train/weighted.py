@@ -1,0 +1,138 @@
+"""``turnrl train --algo {sft,star-gate,refit,swift,drift,sft-final}``: weighted fine-tuning.
+
+The loss of one optimizer step over B logged trajectories (000 eq. 5/7, as a minimisation):
+
+    L = -(1 / Z) * sum_{i in step} w_i * sum_{t in trained turns of i} sum_{tokens k of a_t} log pi(a_{t,k} | ...)
+
+with Z = B (``normalization: sum``, the papers' objective, the default) or Z = the number of trained tokens in the
+step (``normalization: mean``, TRL's SFT normalisation). Trained tokens are each assistant message's tokens
+including its end-of-turn token, except where the turn hit the token cap (see ``OptimConfig.truncated_turns``).
+Zero-weight trajectories contribute nothing to the gradient and are left out of the forward pass, but they count
+in Z, so the loss is exactly the objective over the logged data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from turnrl.algorithms.weighted import AlgoConfig, WeightedExample, build_weighted_examples
+from turnrl.chat import encode_conversation
+from turnrl.errors import ConfigError
+from turnrl.models import stop_token_ids
+from turnrl.records import read_trajectories, write_json
+from turnrl.score import SCORED
+from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainLoop, epoch_steps, load_for_training,
+                                 micro_batches, pad_batch, set_seed, summarise_history)
+from turnrl.train.logprobs import MaskedLogprobLM
+
+
+@dataclass
+class TrainConfig:
+    """Train a policy on the scored log."""
+
+    run_dir: str = "runs/turnrl"
+    model: str = ""
+    """The policy to start from (default: the logging policy recorded in the trajectories)."""
+    input: str = SCORED
+    output: str = ""
+    """Output folder inside the run directory (default: train/<algo.name>)."""
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    overwrite: bool = False
+    """Train again even if the output already has a checkpoint."""
+
+
+@dataclass
+class WeightedItem:
+    seq: TokenizedSequence
+    weight: float
+    tokens: int
+    """Trained tokens (for the mean normalisation)."""
+
+
+def tokenize_examples(examples: list[WeightedExample], tokenizer, eot_ids: list[int],
+                      optim: OptimConfig) -> tuple[list[WeightedItem], dict[str, int]]:
+    """Token ids and loss masks from the chat template (DESIGN.md section 3); counts what was left out."""
+    items, dropped = [], {"too_long": 0, "truncated": 0, "no_tokens": 0}
+    for ex in examples:
+        traj = ex.trajectory
+        enc = encode_conversation(tokenizer, traj.messages, eot_ids)
+        n_turns = len(enc.assistant_spans)
+        chosen = list(range(n_turns)) if ex.turns == "all" else [n_turns - 1]
+        truncated = [t.truncated for t in traj.turns] if len(traj.turns) == n_turns else [False] * n_turns
+        if optim.truncated_turns == "drop" and any(truncated[i] for i in chosen):
+            dropped["truncated"] += 1
+            continue
+        if len(enc.input_ids) > optim.max_length:
+            dropped["too_long"] += 1
+            continue
+        mask = enc.loss_mask(chosen, mask_eot=truncated)
+        if not any(mask):
+            dropped["no_tokens"] += 1
+            continue
+        items.append(WeightedItem(TokenizedSequence(enc.input_ids, mask, traj.id), ex.weight, sum(mask)))
+    return items, dropped
+
+
+def weighted_step_loss(normalization: str, micro_batch_tokens: int, pad_id: int):
+    """The function computing one step's loss and gradients (see the module docstring for the formula)."""
+    import torch
+
+    def step_loss(step: list[WeightedItem], accelerator, model) -> dict[str, float]:
+        z = len(step) if normalization == "sum" else max(1, sum(it.tokens for it in step))
+        active = [it for it in step if it.weight != 0]
+        loss_total, nll_total, tokens = 0.0, 0.0, 0
+        for micro in micro_batches(active, lambda it: len(it.seq.input_ids), micro_batch_tokens):
+            batch = pad_batch([it.seq for it in micro], pad_id, accelerator.device)
+            with accelerator.autocast():
+                logprobs, rows = model(**batch)
+            weights = torch.tensor([it.weight for it in micro], device=logprobs.device)[rows]
+            loss = -(weights * logprobs).sum() / z
+            accelerator.backward(loss)
+            loss_total += float(loss.detach())
+            nll_total += float(-logprobs.detach().sum())
+            tokens += int(logprobs.numel())
+        return {"loss": loss_total, "nll_per_token": nll_total / tokens if tokens else float("nan"),
+                "trajectories": len(step), "active": len(active), "tokens": tokens}
+
+    return step_loss
+
+
+def train_weighted(cfg: TrainConfig) -> Path:
+    run_dir = Path(cfg.run_dir)
+    out_dir = run_dir / (cfg.output or f"train/{cfg.algo.name}")
+    if (out_dir / "checkpoint" / "turnrl_train.json").exists() and not cfg.overwrite:
+        print(f"train: {out_dir / 'checkpoint'} exists; nothing to do (--overwrite true to train again)")
+        return out_dir / "checkpoint"
+    if cfg.optim.truncated_turns not in ("mask_eot", "drop"):
+        raise ConfigError(f"optim.truncated_turns: {cfg.optim.truncated_turns!r}; expected mask_eot or drop")
+    trajectories = read_trajectories(run_dir / cfg.input)
+    if not trajectories:
+        raise ConfigError(f"{run_dir / cfg.input}: no trajectories to train on")
+    examples, diagnostics = build_weighted_examples(trajectories, cfg.algo)
+    model_name = cfg.model or trajectories[0].policy.get("model") or ""
+    if not model_name:
+        raise ConfigError("model: not given, and the trajectories do not record their policy")
+    set_seed(cfg.optim.seed)
+    lm, tokenizer, _ = load_for_training(model_name, cfg.optim)
+    items, dropped = tokenize_examples(examples, tokenizer, stop_token_ids(tokenizer, lm), cfg.optim)
+    diagnostics["dropped"] = dropped
+    if not any(it.weight != 0 for it in items):
+        raise ConfigError(f"{cfg.algo.name}: every trajectory has weight 0 (e.g. all rewards equal); nothing to learn")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "diagnostics.json", diagnostics)
+    steps = epoch_steps(items, cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.seed)
+    steps_per_epoch = -(-len(items) // cfg.optim.batch_size)
+    loop = TrainLoop(lm, tokenizer, cfg.optim, out_dir, model_name, steps, wrap=MaskedLogprobLM)
+    print(f"train {cfg.algo.name}: {len(items)} trajectories ({diagnostics['nonzero']} with non-zero weight, "
+          f"ESS {diagnostics['ess']:.1f}), {len(steps)} steps, dropped {dropped}")
+    history = loop.run(weighted_step_loss(cfg.optim.normalization, cfg.optim.micro_batch_tokens,
+                                          tokenizer.pad_token_id), steps_per_epoch)
+    summary = summarise_history(history)
+    checkpoint = loop.save_checkpoint({"config": asdict(cfg), "model": model_name, "summary": summary,
+                                       "diagnostics": {k: v for k, v in diagnostics.items() if k != "weights"}})
+    print(f"train {cfg.algo.name}: done, loss {summary.get('first_loss', float('nan')):.4g} -> "
+          f"{summary.get('last_loss', float('nan')):.4g}; checkpoint {checkpoint}")
+    return checkpoint
