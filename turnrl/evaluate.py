@@ -76,10 +76,11 @@ METRICS = {
 }
 
 
-def outcome(traj: Trajectory, task: Task) -> dict[str, Any]:
+def outcome(traj: Trajectory, task: Task, env=None) -> dict[str, Any]:
     """Everything measured about one test conversation."""
     fa = final_answer(traj, task)
-    return {
+    extra = env.metrics(traj, task) if env is not None else {}
+    return {**extra,
         "answer": fa["answer"],
         "accuracy": float(fa["correct"]),
         "format": float(fa["well_formatted"]),
@@ -94,11 +95,11 @@ def outcome(traj: Trajectory, task: Task) -> dict[str, Any]:
     }
 
 
-def per_question(trajectories: list[Trajectory], tasks: dict[str, Task]) -> list[dict[str, Any]]:
+def per_question(trajectories: list[Trajectory], tasks: dict[str, Task], env=None) -> list[dict[str, Any]]:
     """Outcomes averaged over the runs of each question, in question order."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     for traj in trajectories:
-        by_task.setdefault(traj.task_id, []).append(outcome(traj, tasks[traj.task_id]))
+        by_task.setdefault(traj.task_id, []).append(outcome(traj, tasks[traj.task_id], env))
     rows = []
     for task_id, runs in by_task.items():
         row: dict[str, Any] = {"task_id": task_id, "gold": tasks[task_id].answer, "runs": len(runs),
@@ -114,14 +115,18 @@ def per_question(trajectories: list[Trajectory], tasks: dict[str, Task]) -> list
     return rows
 
 
+NOT_METRICS = {"task_id", "gold", "runs", "answers"}
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Each metric's mean, SE and n over questions (binomial SE where each question has one 0/1 outcome)."""
+    """Each metric's mean, SE and n over questions: binomial SE where each question has one 0/1 outcome,
+    sample SE of the per-question values otherwise."""
     single_run = all(r["runs"] == 1 for r in rows)
+    extra = sorted({k for r in rows for k in r} - set(METRICS) - NOT_METRICS)
     out = {}
-    keys = list(METRICS) + sorted({k for r in rows for k in r if k.startswith("judge_")})
-    for key in keys:
-        values = [r[key] for r in rows if key in r and r[key] is not None]
-        binary = METRICS.get(key, (False, ""))[0] and single_run
+    for key in list(METRICS) + extra:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        binary = single_run and all(v in (0.0, 1.0) for v in values) and key != "reward"
         out[key] = stats.estimate(values, binary).to_dict()
     return out
 
@@ -132,7 +137,7 @@ def metrics_markdown(name: str, summary: dict[str, dict[str, float]]) -> str:
         e = stats.Estimate(**est)
         pct = key in METRICS and key != "reward"
         lines.append(f"| {key} | {e.fmt(100 if pct else 1, 1 if pct else 3)}{' %' if pct and e.n else ''} | {e.n} | "
-                     f"{METRICS.get(key, (False, 'judge score / 10'))[1]} |")
+                     f"{METRICS.get(key, (False, ''))[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -178,7 +183,7 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
     trajectories = read_trajectories(conversations)
     Scorer(cfg.reward).score(trajectories, task_index)
     write_jsonl(conversations, trajectories)
-    rows = per_question(trajectories, task_index)
+    rows = per_question(trajectories, task_index, env)
     summary = summarise(rows)
     write_jsonl(out_dir / "per_question.jsonl", rows)
     result = {"name": name, "model": cfg.policy.model, "split": cfg.split, "runs": ev.runs,

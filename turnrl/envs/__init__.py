@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from turnrl.envs.base import Environment, Episode, Prefix
 from turnrl.errors import ConfigError
@@ -30,16 +31,25 @@ class EnvConfig:
     """clarify: token cap of the teacher's answer."""
 
 
-def make_env(cfg: EnvConfig) -> Environment:
-    if cfg.name == "reasoning":
-        from turnrl.envs.reasoning import ReasoningEnv
+def _reasoning(cfg: EnvConfig) -> Environment:
+    from turnrl.envs.reasoning import ReasoningEnv
 
-        try:
-            return ReasoningEnv(mode=cfg.mode, turns=cfg.turns, max_new_tokens=cfg.max_new_tokens,
-                                final_max_new_tokens=cfg.final_max_new_tokens or None)
-        except ValueError as exc:
-            raise ConfigError(f"env: {exc}") from None
-    raise ConfigError(f"env.name: {cfg.name!r}; expected one of reasoning, clarify, feedback, tool")
+    return ReasoningEnv(mode=cfg.mode, turns=cfg.turns, max_new_tokens=cfg.max_new_tokens,
+                        final_max_new_tokens=cfg.final_max_new_tokens or None)
+
+
+ENVIRONMENTS: dict[str, Callable[[EnvConfig], Environment]] = {
+    "reasoning": _reasoning,
+}
+
+
+def make_env(cfg: EnvConfig) -> Environment:
+    if cfg.name not in ENVIRONMENTS:
+        raise ConfigError(f"env.name: {cfg.name!r}; expected one of {', '.join(ENVIRONMENTS)}")
+    try:
+        return ENVIRONMENTS[cfg.name](cfg)
+    except ValueError as exc:
+        raise ConfigError(f"env: {exc}") from None
 
 
 __all__ = ["EnvConfig", "Environment", "Episode", "Prefix", "make_env"]

@@ -73,6 +73,15 @@ class Environment:
         (StepDPO's branching)."""
         raise NotImplementedError
 
+    needs_teacher = False
+    """True for environments whose observations come from an LLM teacher (the engine then needs a teacher)."""
+
+    def metrics(self, trajectory, task: Task) -> dict[str, float]:
+        """Environment-specific outcomes of a finished conversation, reported by ``turnrl evaluate`` next to the
+        common ones (e.g. multi@k for the feedback environment, tool-call rate for the tool environment).
+        Values in {0, 1} are summarised as proportions."""
+        return {}
+
     @staticmethod
     def policy_turn(messages: list[dict[str, str]], turns: list[TurnInfo], max_new_tokens: int,
                     stop: list[str] | None = None) -> Generator[Request, Any, Any]:

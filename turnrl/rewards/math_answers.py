@@ -24,3 +24,14 @@ def last_boxed(text: str) -> str | None:
             if depth == 0:
                 return text[brace + 1: i]
     return None
+
+
+def extract_math_answer(text: str) -> str | None:
+    """The final answer of a math solution: the last \\boxed{} content (fallbacks: see the checker's docs)."""
+    boxed = last_boxed(text)
+    return boxed.strip() if boxed else None
+
+
+def math_equal(prediction: str, gold: str) -> bool:
+    """Whether two final answers are equivalent."""
+    return prediction.strip() == gold.strip()
