@@ -14,7 +14,7 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 from turnrl.envs.base import Environment, Episode, PolicyTurn, Prefix, TeacherTurn, ToolRun
-from turnrl.generation import GenRequest, Generator, Sampling, derive_seed
+from turnrl.generation import GenRequest, Generator, Sampling, derive_seed, release_sessions
 from turnrl.records import Task
 
 
@@ -55,6 +55,9 @@ def run_episodes(
         except StopIteration as stop:
             pending.pop(i, None)
             episodes[i] = stop.value
+            release_sessions(policy, [jobs[i].id])
+            if teacher is not None:
+                release_sessions(teacher, [f"{jobs[i].id}/teacher"])
             bar.update(1)
 
     for i in range(len(jobs)):
@@ -64,7 +67,7 @@ def run_episodes(
         policy_wait = [(i, r) for i, r in waiting if isinstance(r, PolicyTurn)]
         if policy_wait:
             requests = [
-                GenRequest(messages=r.messages, sampling=replace(
+                GenRequest(messages=r.messages, session=jobs[i].id, sampling=replace(
                     jobs[i].sampling, max_new_tokens=r.max_new_tokens, stop=r.stop,
                     seed=derive_seed(jobs[i].sampling.seed, "policy", policy_turns[i])))
                 for i, r in policy_wait
@@ -78,7 +81,7 @@ def run_episodes(
                 raise RuntimeError(f"environment {env.name!r} needs a teacher backend, and none is configured")
             base = teacher_sampling or Sampling()
             requests = [
-                GenRequest(messages=r.messages, sampling=replace(
+                GenRequest(messages=r.messages, session=f"{jobs[i].id}/teacher", sampling=replace(
                     base, max_new_tokens=r.max_new_tokens,
                     seed=derive_seed(jobs[i].sampling.seed, "teacher", teacher_turns[i])))
                 for i, r in teacher_wait

@@ -33,6 +33,8 @@ class Sampling:
 class GenRequest:
     messages: list[dict[str, str]]
     sampling: Sampling
+    session: str | None = None
+    """The conversation this turn belongs to; a backend may keep its state (the KV cache) between turns."""
 
 
 @dataclass
@@ -51,6 +53,12 @@ class Generator(Protocol):
     name: str
 
     def generate(self, requests: list[GenRequest], desc: str | None = None) -> list[GenResult]: ...
+
+
+def release_sessions(generator: Any, sessions: list[str]) -> None:
+    """Tell a backend that keeps per-conversation state that these conversations are over."""
+    if hasattr(generator, "release"):
+        generator.release(sessions)
 
 
 @dataclass

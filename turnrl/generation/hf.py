@@ -1,54 +1,129 @@
-"""The ``hf`` backend: batched transformers ``generate`` with per-conversation temperature and seed.
+"""The ``hf`` backend: batched decoding with transformers models, per-conversation sampling, and KV-cache reuse.
 
-Every request carries its own sampling settings. They are applied by :class:`RowSampler`, a logits processor that
-draws each row's next token with that row's own ``torch.Generator`` and hands ``generate`` a one-hot score, so
-``generate`` runs in greedy mode and a batch can mix greedy and sampled rows at several temperatures. Because each
-row consumes its own random stream, a conversation's sample does not depend on which other conversations share
-its batch.
+Three things make multi-turn rollouts fast here, without changing what is sampled:
+
+- **Conversations keep their KV cache between turns.** A request may name its conversation (``session``). When
+  the next turn's prompt extends the previous prompt plus the reply the model gave, only the new tokens (the
+  teacher's message and the template's glue) are run through the model; the earlier turns are not re-encoded.
+  The model therefore conditions on the exact tokens it sampled, as a chat server with prefix caching would.
+- **Identical prompts are encoded once.** The m trajectories of a task share their first prompt; it is run
+  through the model once and its cache copied to the m rows.
+- **The cache grows in place** (preallocated, doubled when full) instead of being concatenated at every step.
+
+Every row samples with its own ``torch.Generator`` seeded per request (temperature, top-k, top-p; greedy where the
+temperature is 0), so a conversation's sample does not depend on which other conversations share its batch.
+Rows of a batch are laid out in aligned columns: a row whose new segment is shorter than the others' leaves masked
+holes, and positions are counted per row over unmasked tokens only.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from turnrl.chat import encode_prompt
+from turnrl.chat import render
 from turnrl.generation import BackendConfig, GenRequest, GenResult, Sampling
 from turnrl.models import default_device, load_model, load_tokenizer, resolve, stop_token_ids
 
 
-class RowSampler(LogitsProcessor):
-    """Temperature / top-k / top-p sampling with one random generator per row (greedy where temperature is 0)."""
+class GrowingLayer(DynamicLayer):
+    """A full-attention KV cache layer backed by a preallocated buffer that doubles when full."""
 
-    def __init__(self, samplings: list[Sampling], device: torch.device):
-        self.samplings = samplings
-        self.generators = [
-            torch.Generator(device=device).manual_seed(s.seed) if s.temperature > 0 else None for s in samplings
-        ]
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.length = 0
+        self._k = self._v = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = scores.float()
-        choice = scores.argmax(dim=-1)
-        for row, (s, gen) in enumerate(zip(self.samplings, self.generators)):
-            if gen is None:
-                continue
-            logits = scores[row] / s.temperature
-            if s.top_k > 0:
-                kth = torch.topk(logits, min(s.top_k, logits.numel())).values[-1]
-                logits = logits.masked_fill(logits < kth, -math.inf)
-            if s.top_p < 1.0:
-                sorted_logits, order = torch.sort(logits, descending=True)
-                cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-                drop = cumulative - torch.softmax(sorted_logits, dim=-1) > s.top_p  # keep the token crossing top_p
-                logits = logits.scatter(0, order[drop], -math.inf)
-            choice[row] = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen)[0]
-        onehot = torch.full_like(scores, -math.inf)
-        onehot[torch.arange(scores.shape[0], device=scores.device), choice] = 0.0
-        return onehot
+    def _reserve(self, like_k: torch.Tensor, like_v: torch.Tensor, need: int) -> None:
+        capacity = 0 if self._k is None else self._k.shape[-2]
+        if need <= capacity:
+            return
+        new_capacity = max(need, 2 * capacity, 256)
+        k = like_k.new_zeros(*like_k.shape[:-2], new_capacity, like_k.shape[-1])
+        v = like_v.new_zeros(*like_v.shape[:-2], new_capacity, like_v.shape[-1])
+        if self.length:
+            k[..., : self.length, :] = self._k[..., : self.length, :]
+            v[..., : self.length, :] = self._v[..., : self.length, :]
+        self._k, self._v = k, v
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        self._reserve(key_states, value_states, self.length + n)
+        self._k[..., self.length: self.length + n, :] = key_states
+        self._v[..., self.length: self.length + n, :] = value_states
+        self.length += n
+        self.keys, self.values = self._k[..., : self.length, :], self._v[..., : self.length, :]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length if self.is_initialized else 0
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized and self._k is not None:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[..., : self.length, :], self._v[..., : self.length, :]
+
+
+def new_cache(config) -> Cache:
+    """A growing cache where every layer attends to the full context; the stock dynamic cache otherwise
+    (sliding-window and hybrid models need their own layer types)."""
+    text = config.get_text_config(decoder=True)
+    if getattr(text, "sliding_window", None) or any(t != "full_attention" for t in getattr(text, "layer_types", None)
+                                                     or []):
+        return DynamicCache(config=config)
+    return Cache(layer_class_to_replicate=GrowingLayer)
+
+
+def sample_rows(scores: torch.Tensor, samplings: list[Sampling], generators: list[torch.Generator | None]) -> torch.Tensor:
+    """The next token of each row: argmax where temperature is 0, else a temperature/top-k/top-p sample drawn
+    with the row's own generator (the filtering is batched; only the draw is per row)."""
+    scores = scores.float()
+    choice = scores.argmax(dim=-1)
+    rows = [r for r, g in enumerate(generators) if g is not None]
+    if not rows:
+        return choice
+    index = torch.tensor(rows, device=scores.device)
+    logits = scores[index] / torch.tensor([samplings[r].temperature for r in rows], device=scores.device)[:, None]
+    top_k = torch.tensor([samplings[r].top_k or logits.shape[-1] for r in rows], device=scores.device)
+    top_p = torch.tensor([samplings[r].top_p for r in rows], device=scores.device)
+    if (top_k < logits.shape[-1]).any() or (top_p < 1.0).any():
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        rank = torch.arange(logits.shape[-1], device=scores.device)[None, :]
+        drop = (rank >= top_k[:, None]) | (probs.cumsum(dim=-1) - probs > top_p[:, None])  # keep the crossing token
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, -math.inf))
+    probs = torch.softmax(logits, dim=-1)
+    for k, r in enumerate(rows):
+        choice[r] = torch.multinomial(probs[k], 1, generator=generators[r])[0]
+    return choice
+
+
+@dataclass
+class _Batch:
+    """Rows decoded together, with their shared KV cache."""
+
+    cache: Cache
+    mask: torch.Tensor  # [rows, columns]: 1 where a cached column is a real token of that row
+    n_valid: torch.Tensor  # [rows]: real tokens per row (the next token's position)
+    sessions: list[str | None]
+
+
+@dataclass
+class _Session:
+    """What the cache of a conversation holds, to recognise the next prompt as an extension of it."""
+
+    batch: _Batch
+    text: str  # prompt text plus the reply's text, as the template will render them next turn
+    pending: int | None  # the last sampled token, not yet in the cache
+    stopped: bool  # the reply ended with an end-of-turn token
+    row: int
 
 
 class HFGenerator:
@@ -63,73 +138,187 @@ class HFGenerator:
             self.revision = resolved.revision
         else:
             self.model, self.tokenizer, self.revision = model, tokenizer, "in-memory"
-        self.model.eval()
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
         self.device = next(self.model.parameters()).device
+        self.pad_id = self.tokenizer.pad_token_id
+        self._sessions: dict[str, _Session] = {}
+
+    def release(self, sessions: list[str]) -> None:
+        """Forget finished conversations so their cache rows can be freed."""
+        for s in sessions:
+            self._sessions.pop(s, None)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _extension(self, request: GenRequest, prompt: str) -> list[int] | None:
+        """The tokens to feed to continue the request's conversation from its cache, or None to start afresh."""
+        session = self._sessions.get(request.session or "")
+        if session is None or not prompt.startswith(session.text):
+            return None
+        rest = prompt[len(session.text):]
+        lead = [] if session.pending is None else [session.pending]
+        if session.stopped:
+            eot_text = self.tokenizer.decode([session.pending])
+            if not rest.startswith(eot_text):
+                return None
+            rest = rest[len(eot_text):]
+        return lead + self._ids(rest)
 
     def generate(self, requests: list[GenRequest], desc: str | None = None) -> list[GenResult]:
-        prompts = [encode_prompt(self.tokenizer, r.messages) for r in requests]
-        # Longest first, grouped by the settings a batch must share, so padding and wasted steps stay small.
-        order = sorted(range(len(requests)), key=lambda i: (requests[i].sampling.max_new_tokens,
-                                                            tuple(requests[i].sampling.stop), -len(prompts[i])))
-        batches: list[list[int]] = []
-        for i in order:
-            key = (requests[i].sampling.max_new_tokens, tuple(requests[i].sampling.stop))
-            last = batches[-1] if batches else None
-            if last and len(last) < self.cfg.batch_size and key == (
-                requests[last[0]].sampling.max_new_tokens, tuple(requests[last[0]].sampling.stop)
-            ):
-                last.append(i)
-            else:
-                batches.append([i])
-        results: list[GenResult | None] = [None] * len(requests)
-        bar = tqdm(total=len(requests), desc=desc or "generate", unit="conv", leave=False,
-                   disable=desc is None)
-        for batch in batches:
-            for i, res in zip(batch, self._generate_batch([prompts[i] for i in batch],
-                                                          [requests[i].sampling for i in batch])):
-                results[i] = res
-            bar.update(len(batch))
-        bar.close()
-        return results  # type: ignore[return-value]
-
-    @torch.no_grad()
-    def _generate_batch(self, prompts: list[list[int]], samplings: list[Sampling]) -> list[GenResult]:
-        pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        stop_strings = samplings[0].stop
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            max_new_tokens=samplings[0].max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            logits_processor=LogitsProcessorList([RowSampler(samplings, self.device)]),
-            eos_token_id=self.stop_ids,
-            pad_token_id=pad,
-            stop_strings=stop_strings or None,
-            tokenizer=self.tokenizer if stop_strings else None,
-            temperature=None, top_p=None, top_k=None,
-        )
+        prompts = [render(self.tokenizer, r.messages, add_generation_prompt=True) for r in requests]
+        continuing: dict[int, list[tuple[int, list[int]]]] = {}  # id(batch) -> [(request, extension)]
+        batches: dict[int, _Batch] = {}
+        fresh: list[int] = []
+        for i, (request, prompt) in enumerate(zip(requests, prompts)):
+            ext = self._extension(request, prompt)
+            if ext is None:
+                fresh.append(i)
+            else:
+                batch = self._sessions[request.session].batch  # type: ignore[index]
+                batches[id(batch)] = batch
+                continuing.setdefault(id(batch), []).append((i, ext))
+        results: list[GenResult | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), desc=desc or "generate", unit="conv", leave=False, disable=desc is None)
+        with torch.no_grad():
+            for key, items in continuing.items():
+                self._continue(batches[key], items, requests, prompts, results)
+                bar.update(len(items))
+            for group in self._fresh_groups(fresh, requests, prompts):
+                self._start(group, requests, prompts, results)
+                bar.update(len(group))
+        bar.close()
         if was_training:
             self.model.train()
-        return [self._finish(row[width:].tolist(), samplings[0]) for row in out]
+        return results  # type: ignore[return-value]
 
-    def _finish(self, tokens: list[int], sampling: Sampling) -> GenResult:
-        """Cut a generated row at its end-of-turn token or first stop string and say which ended it."""
-        stop_at = next((p for p, t in enumerate(tokens) if t in self.stop_ids), None)
-        body = tokens[:stop_at] if stop_at is not None else tokens
+    def _fresh_groups(self, fresh: list[int], requests: list[GenRequest], prompts: list[str]) -> list[list[int]]:
+        """Batches of new conversations: identical prompts kept together (encoded once), longest first."""
+        by_prompt: dict[str, list[int]] = {}
+        for i in fresh:
+            by_prompt.setdefault(prompts[i], []).append(i)
+        ordered = sorted(by_prompt.values(), key=lambda g: -len(prompts[g[0]]))
+        groups: list[list[int]] = []
+        for same in ordered:
+            if groups and len(groups[-1]) + len(same) <= self.cfg.batch_size:
+                groups[-1].extend(same)
+            else:
+                groups.extend(same[i: i + self.cfg.batch_size] for i in range(0, len(same), self.cfg.batch_size))
+        return groups
+
+    def _start(self, group: list[int], requests, prompts, results) -> None:
+        """Encode the distinct prompts of a new batch once, copy their cache to every row, then decode."""
+        unique = list(dict.fromkeys(prompts[i] for i in group))
+        segments = [self._ids(p) for p in unique]
+        batch = _Batch(cache=new_cache(self.model.config), mask=torch.zeros(len(unique), 0, dtype=torch.long,
+                                                                           device=self.device),
+                       n_valid=torch.zeros(len(unique), dtype=torch.long, device=self.device),
+                       sessions=[None] * len(unique))
+        logits = self._feed(batch, segments)
+        rows = torch.tensor([unique.index(prompts[i]) for i in group], device=self.device)
+        self._select(batch, rows)
+        self._decode(batch, logits[rows], group, requests, prompts, results)
+
+    def _continue(self, batch: _Batch, items: list[tuple[int, list[int]]], requests, prompts, results) -> None:
+        """Feed each conversation's new tokens on top of its cached rows, then decode."""
+        rows = torch.tensor([self._sessions[requests[i].session].row for i, _ in items], device=self.device)
+        if len(rows) != len(batch.sessions) or not torch.equal(rows, torch.arange(len(rows), device=self.device)):
+            batch = self._copy_rows(batch, rows)  # some conversations ended or are elsewhere: keep only these rows
+        logits = self._feed(batch, [ext for _, ext in items])
+        self._decode(batch, logits, [i for i, _ in items], requests, prompts, results)
+
+    def _copy_rows(self, batch: _Batch, rows: torch.Tensor) -> _Batch:
+        clone = _Batch(cache=batch.cache, mask=batch.mask, n_valid=batch.n_valid, sessions=list(batch.sessions))
+        if len(rows) != len(batch.sessions):
+            import copy
+
+            clone.cache = copy.copy(batch.cache)
+            clone.cache.layers = [copy.copy(layer) for layer in batch.cache.layers]
+        self._select(clone, rows)
+        return clone
+
+    @staticmethod
+    def _select(batch: _Batch, rows: torch.Tensor) -> None:
+        for layer in batch.cache.layers:
+            layer.batch_select_indices(rows)
+        batch.mask, batch.n_valid = batch.mask[rows], batch.n_valid[rows]
+        batch.sessions = [batch.sessions[r] for r in rows.tolist()]
+
+    def _feed(self, batch: _Batch, segments: list[list[int]]) -> torch.Tensor:
+        """Run right-padded segments through the model on top of the cache; logits at each row's last token."""
+        width = max(len(s) for s in segments)
+        ids = torch.full((len(segments), width), self.pad_id, dtype=torch.long, device=self.device)
+        seg_mask = torch.zeros((len(segments), width), dtype=torch.long, device=self.device)
+        for r, s in enumerate(segments):
+            ids[r, : len(s)] = torch.tensor(s, device=self.device)
+            seg_mask[r, : len(s)] = 1
+        positions = batch.n_valid[:, None] + torch.arange(width, device=self.device)[None, :]
+        batch.mask = torch.cat([batch.mask, seg_mask], dim=1)
+        out = self.model(input_ids=ids, attention_mask=batch.mask, position_ids=positions,
+                         past_key_values=batch.cache, use_cache=True)
+        lengths = seg_mask.sum(dim=1)
+        batch.n_valid = batch.n_valid + lengths
+        return out.logits[torch.arange(len(segments), device=self.device), lengths - 1]
+
+    def _decode(self, batch: _Batch, logits: torch.Tensor, request_ids: list[int], requests, prompts, results) -> None:
+        samplings = [requests[i].sampling for i in request_ids]
+        generators = [torch.Generator(device=self.device).manual_seed(s.seed) if s.temperature > 0 else None
+                      for s in samplings]
+        caps = [s.max_new_tokens for s in samplings]
+        rows = len(request_ids)
+        generated: list[list[int]] = [[] for _ in range(rows)]
+        finish: list[str | None] = [None] * rows
+        stop_ids = set(self.stop_ids)
+        for step in range(max(caps)):
+            tokens = sample_rows(logits, samplings, generators)
+            feed = torch.zeros(rows, dtype=torch.long, device=self.device)
+            for r in range(rows):
+                if finish[r] is not None:
+                    continue
+                token = int(tokens[r])
+                generated[r].append(token)
+                if token in stop_ids:
+                    finish[r] = "stop"
+                elif samplings[r].stop and self._hit_stop_string(generated[r], samplings[r].stop):
+                    finish[r] = "stop_string"
+                elif len(generated[r]) >= caps[r]:
+                    finish[r] = "length"
+                else:
+                    feed[r] = 1  # rows that go on feed their token; a row's final token stays pending
+            if not feed.any():
+                break
+            batch.mask = torch.cat([batch.mask, feed[:, None]], dim=1)
+            out = self.model(input_ids=torch.where(feed.bool(), tokens, self.pad_id)[:, None],
+                             attention_mask=batch.mask, position_ids=batch.n_valid[:, None],
+                             past_key_values=batch.cache, use_cache=True)
+            batch.n_valid = batch.n_valid + feed
+            logits = out.logits[:, -1]
+        batch.sessions = [requests[i].session for i in request_ids]
+        for r, i in enumerate(request_ids):
+            results[i] = self._result(generated[r], finish[r] or "length", samplings[r])
+            self._remember(requests[i], batch, r, prompts[i], generated[r], results[i])
+
+    def _hit_stop_string(self, tokens: list[int], stops: list[str]) -> bool:
+        tail = self.tokenizer.decode(tokens[-16:], skip_special_tokens=True)
+        return any(s in tail for s in stops)
+
+    def _result(self, tokens: list[int], finish: str, sampling: Sampling) -> GenResult:
+        body = tokens[:-1] if finish == "stop" else tokens
         text = self.tokenizer.decode(body, skip_special_tokens=True)
-        hits = [(text.find(s) + len(s), s) for s in sampling.stop if s in text]
-        if hits:
-            cut = min(hits)[0]
+        if finish == "stop_string":
+            cut = min(text.find(s) + len(s) for s in sampling.stop if s in text)
             text = text[:cut]
-            n_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            return GenResult(text=text, tokens=min(n_tokens, len(body)), finish="stop_string")
-        if stop_at is not None:
-            return GenResult(text=text, tokens=stop_at + 1, finish="stop")
-        return GenResult(text=text, tokens=len(tokens), finish="length")
+        return GenResult(text=text, tokens=len(tokens), finish=finish)
+
+    def _remember(self, request: GenRequest, batch: _Batch, row: int, prompt: str, tokens: list[int],
+                  result: GenResult) -> None:
+        if not request.session:
+            return
+        body = tokens[:-1] if result.finish == "stop" else tokens
+        if self.tokenizer.decode(body, skip_special_tokens=True) != result.text or not tokens:
+            self._sessions.pop(request.session, None)  # text was cut: the cache no longer matches it
+            return
+        self._sessions[request.session] = _Session(batch=batch, text=prompt + result.text, pending=tokens[-1],
+                                                   stopped=result.finish == "stop", row=row)

@@ -1,0 +1,170 @@
+"""The ``openai`` backend: any OpenAI-compatible chat-completions endpoint (``vllm serve``, ``turnrl serve``, a
+hosted API), through the official ``openai`` client.
+
+- **Endpoints.** ``base_url`` lists one or more endpoints; requests are dealt to them round-robin, so a rollout
+  scales over many ``vllm serve`` instances. An empty list means the client's default (``$OPENAI_BASE_URL`` or
+  https://api.openai.com/v1).
+- **Key.** Read from the environment variable named by ``api_key_env``; it is handed to the client and never
+  logged, stored or put in an error message. Local servers need none (a placeholder is sent).
+- **Concurrency.** At most ``concurrency`` requests are in flight; results come back in request order.
+- **Retries.** A timeout, a failed connection, or HTTP 408/409/429/5xx is retried up to ``max_retries`` times
+  with exponential backoff (or the server's ``Retry-After``), each retry on the next endpoint. Any other 4xx is a
+  mistake in the request or the setup (unknown model, bad key); it stops the run with an error naming the
+  endpoint, the status and the server's message.
+- **Sampling.** temperature, top_p, max_tokens, seed and stop strings come from each request's
+  :class:`~turnrl.generation.Sampling` (top_k, which the OpenAI API lacks, is sent as vLLM's extra ``top_k``
+  field only when set).
+- **Finish.** ``length`` -> "length". ``stop`` -> "stop_string" when the server reports the stop string that ended
+  the turn (vLLM and ``turnrl serve`` return it as ``stop_reason``); the string is then appended to the text, since
+  the API drops it and the hf backend keeps it. Otherwise "stop". Hosted APIs that do not report the matched stop
+  string give "stop" for both.
+- **Roles.** ``tool`` messages are sent as ``user`` messages: logged tool observations carry no ``tool_call_id``,
+  which the API requires of a tool message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from turnrl.errors import ConfigError, TurnrlError
+from turnrl.generation import BackendConfig, GenRequest, GenResult, Sampling
+
+RETRYABLE_STATUS = {408, 409, 429}
+"""Besides every 5xx: request timeout, conflict, rate limit."""
+BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0
+
+
+class EndpointError(TurnrlError):
+    """An endpoint refused a request (a 4xx other than 408/409/429) or kept failing after every retry."""
+
+
+class OpenAIGenerator:
+    name = "openai"
+
+    def __init__(self, cfg: BackendConfig, sleep: Callable[[float], None] = time.sleep):
+        from openai import OpenAI
+
+        if cfg.concurrency < 1:
+            raise ConfigError(f"concurrency: {cfg.concurrency}; expected at least 1 request in flight")
+        if cfg.max_retries < 0:
+            raise ConfigError(f"max_retries: {cfg.max_retries}; expected 0 or more")
+        key = os.environ.get(cfg.api_key_env, "")
+        if not key:
+            if not cfg.base_url:
+                raise ConfigError(f"backend openai: no base_url and ${cfg.api_key_env} is not set; export your API key "
+                                  f"in {cfg.api_key_env}, or point base_url at a local server (vllm serve, turnrl serve)")
+            key = "EMPTY"  # local servers accept any key unless started with one
+        self.cfg = cfg
+        self.revision = ""
+        self._sleep = sleep
+        self._clients = [OpenAI(api_key=key, base_url=url, timeout=cfg.timeout, max_retries=0)
+                         for url in (cfg.base_url or [None])]
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [str(c.base_url).rstrip("/") for c in self._clients]
+
+    def generate(self, requests: list[GenRequest], desc: str | None = None) -> list[GenResult]:
+        if not requests:
+            return []
+        bar = tqdm(total=len(requests), desc=desc or "generate", unit="req", leave=False, disable=desc is None)
+        pool = ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(requests)))
+        try:
+            futures = [pool.submit(self._complete, r) for r in requests]
+            for f in futures:
+                f.add_done_callback(lambda _: bar.update(1))
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f in done and f.exception() is not None), None)
+            if failed is not None:
+                raise failed.exception()  # type: ignore[misc]
+            return [f.result() for f in futures]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+
+    def _complete(self, request: GenRequest) -> GenResult:
+        import openai
+
+        with self._lock:
+            first = next(self._turn)
+        params = self._params(request)
+        last = ""
+        for attempt in range(self.cfg.max_retries + 1):
+            client = self._clients[(first + attempt) % len(self._clients)]
+            endpoint = str(client.base_url).rstrip("/")
+            retry_after = None
+            try:
+                response = client.chat.completions.create(**params)
+                return _to_result(response, request.sampling)
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                if status not in RETRYABLE_STATUS and status < 500:
+                    raise EndpointError(f"{endpoint}: HTTP {status} for model {self.cfg.model!r}: "
+                                        f"{_server_message(exc)}") from None
+                last = f"HTTP {status} from {endpoint}: {_server_message(exc)}"
+                retry_after = _retry_after(exc.response.headers)
+            except openai.APITimeoutError:
+                last = f"{endpoint}: no answer within {self.cfg.timeout:g} s"
+            except openai.APIConnectionError as exc:
+                last = f"{endpoint}: connection failed ({exc.__cause__ or exc})"
+            if attempt < self.cfg.max_retries:
+                self._sleep(retry_after if retry_after is not None else
+                            min(BACKOFF_MAX, BACKOFF_BASE * 2 ** attempt) * random.uniform(0.5, 1.0))
+        raise EndpointError(f"gave up after {self.cfg.max_retries + 1} attempts (max_retries "
+                            f"{self.cfg.max_retries}); last: {last}")
+
+    def _params(self, request: GenRequest) -> dict[str, Any]:
+        s = request.sampling
+        params: dict[str, Any] = {
+            "model": self.cfg.model,
+            "messages": [{"role": "user" if m["role"] == "tool" else m["role"], "content": m["content"]}
+                         for m in request.messages],
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_new_tokens,
+            "seed": s.seed,
+        }
+        if s.stop:
+            params["stop"] = list(s.stop)
+        if s.top_k > 0:
+            params["extra_body"] = {"top_k": s.top_k}
+        return params
+
+
+def _to_result(response: Any, sampling: Sampling) -> GenResult:
+    choice = response.choices[0]
+    text = choice.message.content or ""
+    tokens = response.usage.completion_tokens if response.usage is not None else 0
+    if choice.finish_reason == "length":
+        return GenResult(text=text, tokens=tokens, finish="length")
+    matched = getattr(choice, "stop_reason", None)
+    if isinstance(matched, str) and matched in sampling.stop:
+        return GenResult(text=text + matched, tokens=tokens, finish="stop_string")
+    return GenResult(text=text, tokens=tokens, finish="stop")
+
+
+def _server_message(exc: Any) -> str:
+    body = exc.body
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return body["detail"]
+    return str(body) if body else exc.response.reason_phrase
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return min(BACKOFF_MAX, max(0.0, float(value))) if value is not None else None
+    except ValueError:
+        return None
