@@ -1,0 +1,450 @@
+"""The run's plots (PNG) and one self-contained ``report.html``: table, plots, weight diagnostics, conversations.
+
+Plots, written to ``plots/`` in the run directory (matplotlib's Agg renderer, no display needed):
+
+- ``accuracy.png``: accuracy ± SE per method, and each method's paired accuracy difference against Base with its
+  bootstrap 95% interval;
+- ``rewards.png``: the reward distribution of the logged data and of each policy's test conversations;
+- ``training.png``: loss and gradient norm per optimizer step of each trained algorithm (``train_log.jsonl``);
+- ``<family>_at_k.png``: for metrics indexed by k (``multi@1..T`` of the feedback environment), mean ± SE against k;
+- ``weights.png``: the training weights of each weighted algorithm (``diagnostics.json``).
+
+``report.html`` opens without a network: CSS and JavaScript inline, plots as data URIs, the test conversations
+embedded as JSON (each distinct text stored once, so the prompts that every method shares cost nothing). Its
+conversation browser shows, for a chosen test question, Base's conversation beside each method's, with the rewards
+and any judge justifications.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from turnrl import stats
+from turnrl.compare import AT_K, Comparison, describe_runs, diagnostics_table, display_name, paired_tables, \
+    results_table, settings_mismatch
+from turnrl.records import Task, Trajectory, atomic_write_text, iter_jsonl, read_json, read_tasks, \
+    read_trajectories
+
+TEMPLATE = Path(__file__).with_name("report_template.html")
+LOGGED = "scored/trajectories.jsonl"
+BASE_COLOR = "#7f7f7f"
+
+
+def method_colors(methods: list[str], baseline: str = "base") -> dict[str, str]:
+    """One color per method, the same in every plot; Base in grey."""
+    from matplotlib import colormaps
+
+    palette = [colormaps["tab10"](i) for i in range(10) if i != 7]  # tab10's grey is Base's
+    others = [m for m in methods if m != baseline]
+    colors = {m: _hex(palette[i % len(palette)]) for i, m in enumerate(others)}
+    colors[baseline] = BASE_COLOR
+    return colors
+
+
+def _hex(rgba) -> str:
+    return "#" + "".join(f"{int(round(255 * v)):02x}" for v in rgba[:3])
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def plot_accuracy(comparison: Comparison, colors: dict[str, str], baseline: str = "base") -> bytes:
+    c = comparison
+    names = [c.results[m].name for m in c.methods]
+    diffs = c.paired.get(baseline, {})
+    fig = _figure(10 if diffs else 6, 0.9 + 0.4 * len(c.methods))
+    axes = fig.subplots(1, 2 if diffs else 1, sharey=True, squeeze=False)[0]
+    y = np.arange(len(c.methods))[::-1]
+    acc = [c.results[m].summary["accuracy"] for m in c.methods]
+    axes[0].barh(y, [100 * e.mean for e in acc], xerr=[100 * e.se for e in acc], capsize=3,
+                 color=[colors[m] for m in c.methods])
+    for yi, e in zip(y, acc):
+        axes[0].text(min(100 * (e.mean + e.se), 100) + 1, yi, f"{100 * e.mean:.1f}", va="center", fontsize=8)
+    axes[0].set(yticks=y, yticklabels=names, xlabel="accuracy (%), ± SE", xlim=(0, 115))
+    axes[0].set_title("Accuracy on the test questions", fontsize=10)
+    if diffs:
+        ax = axes[1]
+        ax.axvline(0, color="black", lw=0.8)
+        for yi, m in zip(y, c.methods):
+            d = diffs.get(m, {}).get("accuracy")
+            if d is None or d.n == 0:
+                continue
+            ax.errorbar([100 * d.diff], [yi], xerr=[[100 * (d.diff - d.low)], [100 * (d.high - d.diff)]],
+                        fmt="o", color=colors[m], capsize=3)
+        ax.set(xlabel="accuracy difference (points), 95% bootstrap interval")
+        ax.set_title(f"Paired against {display_name(baseline)} (same questions)", fontsize=10)
+    return _png(fig)
+
+
+def plot_rewards(logged: list[float], per_method: dict[str, list[float]], names: dict[str, str],
+                 colors: dict[str, str]) -> bytes:
+    """One histogram per source on shared bins; bar heights are shares so that sources of any size compare."""
+    sources = ([("Logged data (train)", logged, "#444444")] if logged else []) + \
+        [(f"{names[m]} (test)", v, colors[m]) for m, v in per_method.items() if v]
+    values = np.concatenate([np.asarray(v, dtype=float) for _, v, _ in sources])
+    low, high = float(values.min()), float(values.max())
+    if high - low < 1e-9:
+        low, high = low - 0.5, high + 0.5
+    bins = np.linspace(low, high, 26)
+    fig = _figure(7, 0.5 + 1.05 * len(sources))
+    axes = fig.subplots(len(sources), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (label, v, color) in zip(axes, sources):
+        v = np.asarray(v, dtype=float)
+        ax.hist(v, bins=bins, weights=np.full(len(v), 1 / len(v)), color=color)
+        ax.axvline(v.mean(), color="black", lw=1, ls="--")
+        ax.text(0.99, 0.9, f"{label}: mean {v.mean():.3f}, n={len(v)}", transform=ax.transAxes, ha="right",
+                va="top", fontsize=8)
+        ax.set_ylabel("share", fontsize=8)
+        ax.tick_params(labelsize=8)
+    axes[0].set_title("Reward distributions (dashed: mean)", fontsize=10)
+    axes[-1].set_xlabel("reward")
+    return _png(fig)
+
+
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(values) < window:
+        return values
+    kernel = np.ones(window) / window
+    return np.convolve(values, kernel, mode="valid")
+
+
+def plot_training(logs: dict[str, list[dict[str, Any]]], names: dict[str, str], colors: dict[str, str]) -> bytes:
+    """Per algorithm: the loss and the gradient norm (before clipping) of each optimizer step."""
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [k for k in ("loss", "grad_norm") if any(k in r for rows in logs.values() for r in rows)]
+    fig = _figure(4.2 * len(panels), 0.6 + 1.9 * len(logs))
+    axes = fig.subplots(len(logs), len(panels), squeeze=False)
+    for row, (algo, records) in enumerate(logs.items()):
+        for col, key in enumerate(panels):
+            ax = axes[row][col]
+            points = [(r.get("step", i + 1), r[key]) for i, r in enumerate(records)
+                      if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+            if not points:
+                ax.set_axis_off()
+                continue
+            steps, values = (np.asarray(x, dtype=float) for x in zip(*points))
+            window = max(1, len(values) // 20)
+            ax.plot(steps, values, color=colors.get(algo, "black"), alpha=0.35 if window > 1 else 1.0, lw=1)
+            if window > 1:
+                ax.plot(steps[window - 1:], _moving_average(values, window), color=colors.get(algo, "black"), lw=1.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(f"{names.get(algo, algo)}: {key.replace('_', ' ')}", fontsize=9)
+            ax.tick_params(labelsize=8)
+            if row == len(logs) - 1:
+                ax.set_xlabel("optimizer step", fontsize=8)
+    return _png(fig)
+
+
+def plot_at_k(family: str, comparison: Comparison, colors: dict[str, str]) -> bytes:
+    """Mean ± SE of ``family@k`` against k, one line per method."""
+    fig = _figure(6, 4)
+    ax = fig.subplots()
+    scale = 1.0
+    for m in comparison.methods:
+        summary = comparison.results[m].summary
+        points = sorted((int(AT_K.match(k)["k"]), e) for k, e in summary.items()
+                        if AT_K.match(k) and AT_K.match(k)["family"] == family and e.n)
+        if not points:
+            continue
+        scale = 100 if all(0 <= e.mean <= 1 for _, e in points) else 1
+        ks = [k for k, _ in points]
+        ax.errorbar(ks, [scale * e.mean for _, e in points], yerr=[scale * e.se for _, e in points], marker="o",
+                    capsize=3, color=colors[m], label=comparison.results[m].name)
+        ax.set_xticks(ks)
+    ax.set(xlabel="k (turns)", ylabel=f"{family}@k" + (" (%)" if scale == 100 else ""))
+    ax.set_title(f"{family}@k: success within the first k turns, ± SE", fontsize=10)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_weights(diagnostics: dict[str, dict[str, Any]], names: dict[str, str], colors: dict[str, str]) -> bytes:
+    fig = _figure(4.2 * min(3, len(diagnostics)), 2.6 * math.ceil(len(diagnostics) / 3))
+    axes = fig.subplots(math.ceil(len(diagnostics) / 3), min(3, len(diagnostics)), squeeze=False).ravel()
+    for ax in axes[len(diagnostics):]:
+        ax.set_axis_off()
+    for ax, (algo, diag) in zip(axes, diagnostics.items()):
+        w = np.asarray(diag["weights"], dtype=float)
+        ax.hist(w, bins=30, color=colors.get(algo, "black"))
+        ax.set_title(f"{names.get(algo, algo)}: ESS {effective_sample_size(diag):.1f} of {len(w)}", fontsize=9)
+        ax.set_xlabel("weight", fontsize=8)
+        ax.set_ylabel("trajectories", fontsize=8)
+        ax.tick_params(labelsize=8)
+    return _png(fig)
+
+
+def effective_sample_size(diag: dict[str, Any]) -> float:
+    """As the trainer recorded it (:func:`turnrl.algorithms.weighted.effective_sample_size`), else from the weights."""
+    if isinstance(diag.get("ess"), (int, float)):
+        return float(diag["ess"])
+    from turnrl.algorithms.weighted import effective_sample_size as ess
+
+    return ess(diag["weights"])
+
+
+# --------------------------------------------------------------------------------------------- run directory
+
+
+@dataclass
+class RunFiles:
+    """What the report reads besides the comparison; each part is empty where its file is absent."""
+
+    logged: list[dict[str, Any]]
+    """scored/trajectories.jsonl: the logged (training) data."""
+    conversations: dict[str, list[Trajectory]]
+    """eval/<method>/conversations.jsonl: each method's test conversations."""
+    tasks: dict[str, Task]
+    logs: dict[str, list[dict[str, Any]]]
+    """train/<algo>/train_log.jsonl"""
+    diagnostics: dict[str, dict[str, Any]]
+    """train/<algo>/diagnostics.json"""
+    config: dict[str, Any] | None
+    timings: dict[str, Any] | None
+
+
+def read_run(comparison: Comparison) -> RunFiles:
+    run_dir = comparison.run_dir
+
+    def optional_json(name: str) -> Any:
+        return read_json(run_dir / name) if (run_dir / name).exists() else None
+
+    logged = [obj for _, obj in iter_jsonl(run_dir / LOGGED)] if (run_dir / LOGGED).exists() else []
+    conversations = {m: read_trajectories(run_dir / "eval" / m / "conversations.jsonl") for m in comparison.methods
+                     if (run_dir / "eval" / m / "conversations.jsonl").exists()}
+    tasks: dict[str, Task] = {}
+    for split in ("test", "train"):
+        if (run_dir / "tasks" / f"{split}.jsonl").exists():
+            for t in read_tasks(run_dir / "tasks" / f"{split}.jsonl"):
+                tasks.setdefault(t.id, t)
+    logs, diagnostics = {}, {}
+    for folder in sorted((run_dir / "train").glob("*")):
+        if (folder / "train_log.jsonl").exists():
+            logs[folder.name] = [obj for _, obj in iter_jsonl(folder / "train_log.jsonl")]
+        if (folder / "diagnostics.json").exists():
+            diagnostics[folder.name] = read_json(folder / "diagnostics.json")
+    return RunFiles(logged, conversations, tasks, logs, diagnostics, optional_json("run_config.json"),
+                    optional_json("timings.json"))
+
+
+def _rewards(records: list[Any]) -> list[float]:
+    values = [r.get("reward") if isinstance(r, dict) else r.reward for r in records]
+    return [float(v) for v in values if isinstance(v, (int, float))]
+
+
+def weight_rows(diagnostics: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """One row per weighted algorithm: effective sample size, weight signs and range, and the group counts the
+    algorithm recorded (the groups that carried no signal among them)."""
+    rows = []
+    for algo, diag in diagnostics.items():
+        if not diag.get("weights"):
+            continue
+        w = np.asarray(diag["weights"], dtype=float)
+        ess = effective_sample_size(diag)
+        groups = diag.get("groups")
+        # zero_signal_groups (Swift), all-fail groups (DRIFT), groups_without_selection (STaR-GATE), ...
+        group_counts = {k: v for k, v in diag.items() if "groups" in k and k != "groups" and isinstance(v, int)}
+        rows.append({
+            "algorithm": display_name(algo),
+            "trajectories": str(len(w)),
+            "groups": str(groups) if groups is not None else "",
+            "ess": f"{ess:.1f} ({100 * ess / len(w):.1f}%)",
+            "nonzero": f"{int((w != 0).sum())} / {int((w > 0).sum())} / {int((w < 0).sum())}",
+            "range": f"{w.min():.3g} .. {w.max():.3g}",
+            "group_counts": [f"{k.replace('_', ' ')}: {v}" + (f" ({100 * v / groups:.1f}% of groups)" if groups else "")
+                             for k, v in group_counts.items()],
+            # DRIFT: the effective sample size within each group
+            "group_ess": " / ".join(f"{diag[k]:.2f}" for k in ("group_ess_mean", "group_ess_median", "group_ess_min")
+                                    if isinstance(diag.get(k), (int, float))),
+        })
+    return rows
+
+
+def logged_summary(logged: list[dict[str, Any]]) -> dict[str, str] | None:
+    if not logged:
+        return None
+    rewards = _rewards(logged)
+    accuracy = [float(r["rewards"]["accuracy"]) for r in logged if "accuracy" in r.get("rewards", {})]
+    out = {"trajectories": str(len(logged)), "tasks": str(len({r.get("task_id") for r in logged})),
+           "groups": str(len({r.get("group_id") for r in logged}))}
+    if rewards:
+        out["mean reward"] = stats.mean(rewards).fmt(1, 3)
+    if accuracy:
+        out["accuracy"] = stats.proportion(accuracy).fmt(100, 1) + " %"
+    return out
+
+
+class StringTable:
+    """Each distinct text once; conversations refer to texts by index."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.items: list[str] = []
+
+    def __call__(self, text: str) -> int:
+        if text not in self.index:
+            self.index[text] = len(self.items)
+            self.items.append(text)
+        return self.index[text]
+
+
+def _judge_texts(traj: Trajectory) -> dict[str, str]:
+    """What the judges wrote about a conversation (:mod:`turnrl.judge` keeps it in ``meta["judge"]`` and
+    ``meta["judge_second"]``): the full answer with its justifications, or why it could not be read."""
+    texts = {}
+    for key, value in traj.meta.items():
+        if not key.startswith("judge"):
+            continue
+        label = key.replace("_", " ").replace("judge second", "second judge")
+        if isinstance(value, str):
+            texts[label] = value
+        elif isinstance(value, dict):
+            label += f" ({value['model']})" if value.get("model") else ""
+            if value.get("text"):
+                texts[label] = value["text"]
+            elif value.get("error") or value.get("failed"):
+                texts[label] = f"unreadable answer ({value.get('error', 'no scores')}):\n" + \
+                    (value.get("failed") or [""])[-1]
+    return texts
+
+
+def conversation_data(comparison: Comparison, files: RunFiles, baseline: str = "base") -> dict[str, Any]:
+    """The browser's data: the questions, and per method and question its test conversations."""
+    strings = StringTable()
+    conversations: dict[str, dict[str, list]] = {}
+    for m, trajectories in files.conversations.items():
+        answers = {r["task_id"]: r.get("answers", []) for r in comparison.results[m].rows}
+        by_task: dict[str, list] = {}
+        for traj in trajectories:
+            runs = by_task.setdefault(traj.task_id, [])
+            stated = answers.get(traj.task_id, [])  # the per-question rows list each run's answer in file order
+            runs.append({
+                "id": traj.id,
+                "m": [[msg["role"], strings(msg["content"])] for msg in traj.messages],
+                "r": traj.reward,
+                "c": {k: round(float(v), 4) for k, v in traj.rewards.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                "j": {k: strings(v) for k, v in _judge_texts(traj).items()},
+                "a": stated[len(runs)] if len(runs) < len(stated) else None,
+                "cap": [i for i, t in enumerate(traj.turns) if t.truncated],
+                "f": traj.finish,
+            })
+        conversations[m] = by_task
+    ids = list(dict.fromkeys([t for t in files.tasks if any(t in c for c in conversations.values())] +
+                             [t for c in conversations.values() for t in c]))
+    questions = []
+    for task_id in ids:
+        task = files.tasks.get(task_id)
+        questions.append({"id": task_id, "q": strings(task.question) if task else None,
+                          "choices": task.choices if task else [], "gold": task.answer if task else None})
+    return {"strings": strings.items, "questions": questions, "baseline": baseline,
+            "methods": [{"key": m, "name": comparison.results[m].name} for m in comparison.methods],
+            "conv": conversations,
+            "accuracy": {m: comparison.results[m].values("accuracy") for m in comparison.methods}}
+
+
+def _script_json(obj: Any) -> str:
+    """JSON safe inside a <script> element: no "</script>" or "<!--" can appear."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+
+
+@dataclass
+class Plot:
+    key: str
+    title: str
+    caption: str
+    png: bytes
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+def make_plots(comparison: Comparison, files: RunFiles, baseline: str = "base") -> list[Plot]:
+    c = comparison
+    everyone = list(dict.fromkeys(c.methods + list(files.logs) + list(files.diagnostics)))
+    names = {m: display_name(m) for m in everyone}
+    colors = method_colors(everyone, baseline)
+    plots = [Plot("accuracy", "Accuracy", "Accuracy ± SE per method; right: paired difference against Base on the "
+                  "same questions with its 95% bootstrap interval.", plot_accuracy(c, colors, baseline))]
+    logged = _rewards(files.logged)
+    per_method = {m: _rewards(trajectories) for m, trajectories in files.conversations.items()}
+    if logged or any(per_method.values()):
+        plots.append(Plot("rewards", "Reward distributions", "The scalar reward of every logged trajectory (the "
+                          "training data) and of each policy's test conversations.",
+                          plot_rewards(logged, per_method, names, colors)))
+    families = sorted({AT_K.match(k)["family"] for m in c.methods for k in c.results[m].summary if AT_K.match(k)})
+    for family in families:
+        plots.append(Plot(f"{family}_at_k", f"{family}@k", f"{family}@k against k, per method (mean ± SE over "
+                          "questions).", plot_at_k(family, c, colors)))
+    if files.logs:
+        plots.append(Plot("training", "Training curves", "Loss and gradient norm (before clipping) per optimizer "
+                          "step; with many steps, faint: each step, solid: moving average.",
+                          plot_training(files.logs, names, colors)))
+    weighted = {a: d for a, d in files.diagnostics.items() if d.get("weights")}
+    if weighted:
+        plots.append(Plot("weights", "Training weights", "Histogram of the weight of each logged trajectory; ESS: "
+                          "effective sample size, (sum |w|)^2 / sum w^2.", plot_weights(weighted, names, colors)))
+    return plots
+
+
+def write_plots(run_dir: Path, plots: list[Plot]) -> None:
+    """plots/<key>.png, each written whole; plots of an earlier report that no longer apply are removed."""
+    folder = run_dir / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    keep = {f"{p.key}.png" for p in plots}
+    for old in folder.glob("*.png"):
+        if old.name not in keep:
+            old.unlink()
+    for plot in plots:
+        tmp = folder / f".{plot.key}.png.tmp"
+        tmp.write_bytes(plot.png)
+        tmp.replace(folder / f"{plot.key}.png")
+
+
+def write_report(comparison: Comparison, baseline: str = "base") -> Path:
+    """Write plots/*.png and report.html in the run directory; return the report's path."""
+    import jinja2
+    from markupsafe import Markup
+
+    run_dir = comparison.run_dir
+    files = read_run(comparison)
+    plots = make_plots(comparison, files, baseline)
+    write_plots(run_dir, plots)
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    page = env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
+        title=f"turnrl report: {run_dir.resolve().name}",
+        run_dir=str(run_dir),
+        n_questions=max(comparison.n_questions(m) for m in comparison.methods),
+        runs=describe_runs(comparison),
+        results=results_table(comparison),
+        mismatch=settings_mismatch(comparison),
+        paired=paired_tables(comparison, baseline),
+        diagnostics=diagnostics_table(comparison),
+        best_baseline=display_name(comparison.best_baseline) if comparison.best_baseline else None,
+        figures=plots,
+        weights=weight_rows(files.diagnostics),
+        logged=logged_summary(files.logged),
+        config=json.dumps(files.config, indent=2, ensure_ascii=False) if files.config is not None else None,
+        timings=files.timings,
+        data=Markup(_script_json(conversation_data(comparison, files, baseline))),
+    )
+    out = run_dir / "report.html"
+    atomic_write_text(out, page)
+    return out
