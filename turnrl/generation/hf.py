@@ -256,11 +256,13 @@ class HFGenerator:
             seg_mask[r, : len(s)] = 1
         positions = batch.n_valid[:, None] + torch.arange(width, device=self.device)[None, :]
         batch.mask = torch.cat([batch.mask, seg_mask], dim=1)
-        out = self.model(input_ids=ids, attention_mask=batch.mask, position_ids=positions,
-                         past_key_values=batch.cache, use_cache=True)
         lengths = seg_mask.sum(dim=1)
+        # Only the columns where some row's segment ends need logits (a vocabulary-sized row per position).
+        last_columns, column_of_row = torch.unique(lengths - 1, return_inverse=True)
+        out = self.model(input_ids=ids, attention_mask=batch.mask, position_ids=positions,
+                         past_key_values=batch.cache, use_cache=True, logits_to_keep=last_columns)
         batch.n_valid = batch.n_valid + lengths
-        return out.logits[torch.arange(len(segments), device=self.device), lengths - 1]
+        return out.logits[torch.arange(len(segments), device=self.device), column_of_row]
 
     def _decode(self, batch: _Batch, logits: torch.Tensor, request_ids: list[int], requests, prompts, results) -> None:
         samplings = [requests[i].sampling for i in request_ids]

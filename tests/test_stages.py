@@ -1,0 +1,136 @@
+"""The stage commands as a user runs them: resumable simulate, and clear errors that lose nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from turnrl.cli import main
+
+
+def turnrl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "turnrl.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"turnrl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def simulate_args(run_dir: Path, model: Path) -> list[str]:
+    return ["simulate", "--run_dir", str(run_dir), "--policy.model", str(model), "--policy.dtype", "float32",
+            "--dataset.name", "arc-easy", "--dataset.n_train", "10", "--dataset.n_test", "2",
+            "--env.max_new_tokens", "6", "--rollout.samples", "2", "--rollout.chunk_size", "2"]
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir) -> list[str]:
+    run_dir = tmp_path_factory.mktemp("full")
+    turnrl(*simulate_args(run_dir, tiny_model_dir))
+    return lines(run_dir / "rollouts" / "trajectories.jsonl")
+
+
+def test_simulate_killed_then_resumed_matches_an_uninterrupted_run(tmp_path, tiny_model_dir, uninterrupted):
+    assert len(uninterrupted) == 20
+    out = tmp_path / "rollouts" / "trajectories.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "turnrl.cli", *simulate_args(tmp_path, tiny_model_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(lines(out)) == 0 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(lines(out))
+    assert 0 < written < 20, f"the kill should land mid-run (saw {written} of 20 records)"
+    turnrl(*simulate_args(tmp_path, tiny_model_dir))
+    assert lines(out) == uninterrupted
+
+
+def test_simulate_resumes_after_a_partly_written_record(tmp_path, tiny_model_dir, uninterrupted):
+    out = tmp_path / "rollouts" / "trajectories.jsonl"
+    out.parent.mkdir(parents=True)
+    text = "\n".join(uninterrupted[:7]) + "\n" + uninterrupted[7][:40]  # a kill in the middle of a write
+    out.write_text(text)
+    turnrl(*simulate_args(tmp_path, tiny_model_dir))
+    assert lines(out) == uninterrupted
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, tiny_model_dir, uninterrupted):
+    out = tmp_path / "rollouts" / "trajectories.jsonl"
+    turnrl(*simulate_args(tmp_path, tiny_model_dir))
+    before = out.read_text()
+    proc = turnrl(*simulate_args(tmp_path, tiny_model_dir), "--rollout.samples", "3", check=False)
+    assert proc.returncode == 2
+    assert "started with other settings" in proc.stderr and "rollout" in proc.stderr
+    assert out.read_text() == before
+
+
+def test_malformed_line_names_file_and_line_and_keeps_outputs(tmp_path, capsys):
+    rollouts = tmp_path / "rollouts" / "trajectories.jsonl"
+    rollouts.parent.mkdir(parents=True)
+    good = {"id": "t#0", "task_id": "t", "group_id": "t", "messages": [{"role": "user", "content": "q"},
+                                                                        {"role": "assistant", "content": "a"}]}
+    rollouts.write_text(json.dumps(good) + "\n" + '{"id": "t#1", "task_id": ' + "\n")
+    scored = tmp_path / "scored" / "trajectories.jsonl"
+    scored.parent.mkdir(parents=True)
+    scored.write_text("previous results\n")
+    assert main(["score", "--run_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{rollouts}:2: not valid JSON" in err
+    assert scored.read_text() == "previous results\n"
+
+
+def test_missing_field_is_named(tmp_path, capsys):
+    rollouts = tmp_path / "rollouts" / "trajectories.jsonl"
+    rollouts.parent.mkdir(parents=True)
+    rollouts.write_text(json.dumps({"id": "t#0", "task_id": "t", "group_id": "t"}) + "\n")
+    assert main(["score", "--run_dir", str(tmp_path)]) == 2
+    assert f"{rollouts}:1: missing field 'messages'" in capsys.readouterr().err
+
+
+def test_bad_message_role_is_named(tmp_path, capsys):
+    rollouts = tmp_path / "rollouts" / "trajectories.jsonl"
+    rollouts.parent.mkdir(parents=True)
+    bad = {"id": "t#0", "task_id": "t", "group_id": "t", "messages": [{"role": "narrator", "content": "x"}]}
+    rollouts.write_text(json.dumps(bad) + "\n")
+    assert main(["score", "--run_dir", str(tmp_path)]) == 2
+    assert "messages[0].role is 'narrator'" in capsys.readouterr().err
+
+
+def test_unknown_dataset(tmp_path, capsys):
+    assert main(["simulate", "--run_dir", str(tmp_path), "--dataset.name", "arc-medium"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset.name: unknown dataset 'arc-medium'" in err and "arc-easy" in err
+    assert not (tmp_path / "tasks").exists()
+
+
+def test_missing_model_path(tmp_path, capsys):
+    assert main(["simulate", "--run_dir", str(tmp_path), "--policy.model", str(tmp_path / "no-such-model"),
+                 "--dataset.n_train", "4", "--dataset.n_test", "2"]) == 2
+    assert "no-such-model': no such file or folder" in capsys.readouterr().err
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    config = tmp_path / "simulate.yaml"
+    config.write_text("run_dir: x\nrollout:\n  samplez: 3\n")
+    proc = turnrl("simulate", "--config", str(config), check=False)
+    assert proc.returncode == 2
+    assert "samplez" in proc.stderr
+
+
+def test_dataset_file_with_missing_column(tmp_path, capsys):
+    data = tmp_path / "questions.jsonl"
+    data.write_text(json.dumps({"q": "Which is a gas?", "label": "A", "options": ["air", "rock"]}) + "\n")
+    assert main(["simulate", "--run_dir", str(tmp_path / "run"), "--dataset.name", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}: no column 'question'" in err and "dataset.columns" in err
