@@ -27,16 +27,11 @@ def traj(task: str, sample: int, reward: float, answer: str = "The answer is A."
     )
 
 
-class FakeAccelerator:
-    """Stands in for accelerate on one CPU process: plain backward, no autocast."""
+def FakeAccelerator():
+    """accelerate on one CPU process in fp32: plain backward, no autocast."""
+    from accelerate import Accelerator
 
-    device = torch.device("cpu")
-
-    def autocast(self):
-        return torch.autocast("cpu", enabled=False)
-
-    def backward(self, loss):
-        loss.backward()
+    return Accelerator(cpu=True, mixed_precision="no")
 
 
 def independent_loss(model, tokenizer, trajectories, weights, normalization: str) -> torch.Tensor:

@@ -9,6 +9,7 @@ step's gradient.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -148,6 +149,36 @@ def epoch_steps(items: list[Any], batch_size: int, epochs: float, seed: int) -> 
     return steps
 
 
+def process_share(items: list[Any], accelerator) -> list[Any]:
+    """This process's part of a step's items under data parallelism (all of them on one process)."""
+    return items[accelerator.process_index:: accelerator.num_processes]
+
+
+@contextlib.contextmanager
+def gradient_sync(accelerator, model, last: bool):
+    """Accumulate a step's micro-batches locally and synchronise (and, under DeepSpeed, step) only on the last.
+
+    Every process must run the same number of synchronised backward passes per step: exactly one, the last.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        accelerator.gradient_state._set_sync_gradients(last)
+        yield
+    elif accelerator.num_processes > 1 and not last:
+        with accelerator.no_sync(model):
+            yield
+    else:
+        yield
+
+
+def finish_step_without_data(accelerator, model) -> None:
+    """A process whose share of the step is empty still joins the step's gradient synchronisation."""
+    with gradient_sync(accelerator, model, last=True):
+        dummy = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+        accelerator.backward(dummy)
+
+
 class TrainLoop:
     """The optimisation loop shared by the trainers, with logging, checkpoints and resumption.
 
@@ -169,7 +200,16 @@ class TrainLoop:
             torch.set_num_threads(optim.threads)
         self.optim, self.out_dir, self.base_model_name = optim, out_dir, base_model_name
         self.tokenizer, self.steps = tokenizer, steps
-        self.accelerator = Accelerator(mixed_precision="bf16" if optim.precision == "bf16" else "no")
+        from turnrl.models import default_device
+
+        # cpu=True on a machine without a GPU is what lets torchrun / accelerate launch run data-parallel on CPUs.
+        self.accelerator = Accelerator(mixed_precision="bf16" if optim.precision == "bf16" else "no",
+                                       cpu=default_device() == "cpu")
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None:
+            # Steps are cut into micro-batches here, not by DeepSpeed: one micro-batch per backward, no scaling.
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+            plugin.deepspeed_config["gradient_accumulation_steps"] = 1
         self.lm = lm
         model = wrap(lm)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -187,17 +227,26 @@ class TrainLoop:
         if meta.exists():
             self.accelerator.load_state(str(self.state_dir))
             self.done_steps = json.loads(meta.read_text())["step"]
-            print(f"train: resuming from step {self.done_steps} of {len(self.steps)} ({self.state_dir})")
-        elif self.log_path.exists():
+            self.accelerator.print(f"train: resuming from step {self.done_steps} of {len(self.steps)} "
+                                   f"({self.state_dir})")
+        elif self.log_path.exists() and self.accelerator.is_main_process:
             self.log_path.unlink()  # a log without a state is from a run that saved nothing: start over
+        self.accelerator.wait_for_everyone()
 
     def save_state(self, step: int) -> None:
+        """A resumable state (weights, optimizer, scheduler, RNG of every process), swapped in whole."""
         tmp = self.state_dir.with_name("state.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        tmp.mkdir(parents=True, exist_ok=True)
         self.accelerator.save_state(str(tmp))
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
-        shutil.rmtree(self.state_dir, ignore_errors=True)
-        os.replace(tmp, self.state_dir)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            os.replace(tmp, self.state_dir)
+        self.accelerator.wait_for_everyone()
 
     def run(self, step_loss: Callable[[list[Any], Any, Any], dict[str, float]],
             steps_per_epoch: int) -> list[dict[str, float]]:
@@ -205,8 +254,9 @@ class TrainLoop:
 
         self.resume()
         history: list[dict[str, float]] = []
-        bar = tqdm(total=len(self.steps), initial=self.done_steps, desc="train", unit="step")
-        with self.log_path.open("a") as log:
+        main = self.accelerator.is_main_process
+        bar = tqdm(total=len(self.steps), initial=self.done_steps, desc="train", unit="step", disable=not main)
+        with self.log_path.open("a") if main else contextlib.nullcontext() as log:
             for index in range(self.done_steps, len(self.steps)):
                 start = time.perf_counter()
                 metrics = step_loss(self.steps[index], self.accelerator, self.model)
@@ -219,8 +269,9 @@ class TrainLoop:
                                 "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
                                 "seconds": time.perf_counter() - start})
                 history.append(metrics)
-                log.write(json.dumps(metrics) + "\n")
-                log.flush()
+                if main:
+                    log.write(json.dumps(metrics) + "\n")
+                    log.flush()
                 bar.set_postfix(loss=f"{metrics['loss']:.4g}", gnorm=f"{metrics['grad_norm']:.3g}")
                 bar.update(1)
                 at_epoch_end = (index + 1) % steps_per_epoch == 0
@@ -234,18 +285,22 @@ class TrainLoop:
         """The trained policy as a ``save_pretrained`` folder (full weights, or a PEFT adapter), written whole."""
         target = self.out_dir / "checkpoint"
         tmp = self.out_dir / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        lm = self.accelerator.unwrap_model(self.model).lm
-        if hasattr(lm, "peft_config"):
-            for cfg in lm.peft_config.values():
-                cfg.base_model_name_or_path = self.base_model_name  # resolvable by name, not by a cache path
-        lm.config.use_cache = True
-        lm.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        write_json(tmp / "turnrl_train.json", extra)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        # Every process takes part in gathering the weights (sharded under FSDP / ZeRO-3); the main one writes.
+        state = self.accelerator.get_state_dict(self.model)
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            lm = self.accelerator.unwrap_model(self.model).lm
+            if hasattr(lm, "peft_config"):
+                for cfg in lm.peft_config.values():
+                    cfg.base_model_name_or_path = self.base_model_name  # resolvable by name, not a cache path
+            lm.config.use_cache = True
+            lm.save_pretrained(tmp, state_dict={k.removeprefix("lm."): v for k, v in state.items()})
+            self.tokenizer.save_pretrained(tmp)
+            write_json(tmp / "turnrl_train.json", extra)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         return target
 
 

@@ -23,8 +23,9 @@ from turnrl.errors import ConfigError
 from turnrl.models import stop_token_ids
 from turnrl.records import read_trajectories, write_json
 from turnrl.score import SCORED
-from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainLoop, epoch_steps, load_for_training,
-                                 micro_batches, pad_batch, set_seed, summarise_history)
+from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainLoop, epoch_steps, finish_step_without_data,
+                                 gradient_sync, load_for_training, micro_batches, pad_batch, process_share, set_seed,
+                                 summarise_history)
 from turnrl.train.logprobs import MaskedLogprobLM
 
 
@@ -77,25 +78,32 @@ def tokenize_examples(examples: list[WeightedExample], tokenizer, eot_ids: list[
 
 
 def weighted_step_loss(normalization: str, micro_batch_tokens: int, pad_id: int):
-    """The function computing one step's loss and gradients (see the module docstring for the formula)."""
+    """The function computing one step's loss and gradients (see the module docstring for the formula).
+
+    Under data parallelism each process takes its share of the step's trajectories; Z is the whole step's, and
+    the loss is multiplied by the number of processes because their gradients are averaged.
+    """
     import torch
 
     def step_loss(step: list[WeightedItem], accelerator, model) -> dict[str, float]:
         z = len(step) if normalization == "sum" else max(1, sum(it.tokens for it in step))
-        active = [it for it in step if it.weight != 0]
-        loss_total, nll_total, tokens = 0.0, 0.0, 0
-        for micro in micro_batches(active, lambda it: len(it.seq.input_ids), micro_batch_tokens):
+        active = process_share([it for it in step if it.weight != 0], accelerator)
+        micros = micro_batches(active, lambda it: len(it.seq.input_ids), micro_batch_tokens)
+        totals = torch.zeros(3, device=accelerator.device)  # loss, summed NLL, tokens
+        for k, micro in enumerate(micros):
             batch = pad_batch([it.seq for it in micro], pad_id, accelerator.device)
-            with accelerator.autocast():
-                logprobs, rows = model(**batch)
-            weights = torch.tensor([it.weight for it in micro], device=logprobs.device)[rows]
-            loss = -(weights * logprobs).sum() / z
-            accelerator.backward(loss)
-            loss_total += float(loss.detach())
-            nll_total += float(-logprobs.detach().sum())
-            tokens += int(logprobs.numel())
+            with gradient_sync(accelerator, model, last=k == len(micros) - 1):
+                with accelerator.autocast():
+                    logprobs, rows = model(**batch)
+                weights = torch.tensor([it.weight for it in micro], device=logprobs.device)[rows]
+                loss = -(weights * logprobs).sum() / z
+                accelerator.backward(loss * accelerator.num_processes)
+            totals += torch.stack([loss.detach(), -logprobs.detach().sum(), torch.tensor(float(logprobs.numel()))])
+        if not micros and accelerator.num_processes > 1:
+            finish_step_without_data(accelerator, model)
+        loss_total, nll_total, tokens = accelerator.reduce(totals, reduction="sum").tolist()
         return {"loss": loss_total, "nll_per_token": nll_total / tokens if tokens else float("nan"),
-                "trajectories": len(step), "active": len(active), "tokens": tokens}
+                "trajectories": len(step), "active": sum(it.weight != 0 for it in step), "tokens": int(tokens)}
 
     return step_loss
 
@@ -121,18 +129,19 @@ def train_weighted(cfg: TrainConfig) -> Path:
     diagnostics["dropped"] = dropped
     if not any(it.weight != 0 for it in items):
         raise ConfigError(f"{cfg.algo.name}: every trajectory has weight 0 (e.g. all rewards equal); nothing to learn")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "diagnostics.json", diagnostics)
     steps = epoch_steps(items, cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.seed)
     steps_per_epoch = -(-len(items) // cfg.optim.batch_size)
     loop = TrainLoop(lm, tokenizer, cfg.optim, out_dir, model_name, steps, wrap=MaskedLogprobLM)
-    print(f"train {cfg.algo.name}: {len(items)} trajectories ({diagnostics['nonzero']} with non-zero weight, "
+    if loop.accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "diagnostics.json", diagnostics)
+    loop.accelerator.print(f"train {cfg.algo.name}: {len(items)} trajectories ({diagnostics['nonzero']} with non-zero weight, "
           f"ESS {diagnostics['ess']:.1f}), {len(steps)} steps, dropped {dropped}")
     history = loop.run(weighted_step_loss(cfg.optim.normalization, cfg.optim.micro_batch_tokens,
                                           tokenizer.pad_token_id), steps_per_epoch)
     summary = summarise_history(history)
     checkpoint = loop.save_checkpoint({"config": asdict(cfg), "model": model_name, "summary": summary,
                                        "diagnostics": {k: v for k, v in diagnostics.items() if k != "weights"}})
-    print(f"train {cfg.algo.name}: done, loss {summary.get('first_loss', float('nan')):.4g} -> "
+    loop.accelerator.print(f"train {cfg.algo.name}: done, loss {summary.get('first_loss', float('nan')):.4g} -> "
           f"{summary.get('last_loss', float('nan')):.4g}; checkpoint {checkpoint}")
     return checkpoint
