@@ -21,8 +21,10 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
     from turnrl.compare import CompareConfig, compare
     from turnrl.demo import DemoConfig, demo
     from turnrl.evaluate import EvaluateConfig, evaluate
+    from turnrl.iterate import IterateConfig, iterate
     from turnrl.pipeline import RunConfig, run
     from turnrl.score import ScoreConfig, score
+    from turnrl.serve import ServeConfig, serve
     from turnrl.simulate import SimulateConfig, simulate
     from turnrl.train.weighted import TrainConfig
 
@@ -39,6 +41,8 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
         "evaluate": (EvaluateConfig, evaluate, "Run a policy on the test split and report metrics with SEs."),
         "compare": (CompareConfig, compare, "Compare evaluated policies: table, paired differences, report."),
         "run": (RunConfig, run, "All stages for several algorithms on the same logged data."),
+        "iterate": (IterateConfig, iterate, "Online iterative preference learning (M-DPO / M-KTO, 003)."),
+        "serve": (ServeConfig, serve, "Serve a model over the OpenAI-compatible chat-completions API."),
         "demo": (DemoConfig, demo, "The whole Refit/Swift loop on the offline default, sized for a laptop CPU."),
     }
 

@@ -19,6 +19,7 @@ from turnrl import stats
 from turnrl.envs import EnvConfig, make_env
 from turnrl.errors import ConfigError
 from turnrl.generation import BackendConfig, make_generator
+from turnrl.judge import LABELS as JUDGE_LABELS, summary_markdown as judge_markdown
 from turnrl.records import ResumableJsonlWriter, Task, Trajectory, read_json, read_trajectories, write_json, \
     write_jsonl, atomic_write_text
 from turnrl.rewards import answer_changed, answers_per_turn, final_answer, uses_thinking_tags
@@ -126,18 +127,29 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     out = {}
     for key in list(METRICS) + extra:
         values = [r[key] for r in rows if r.get(key) is not None]
-        binary = single_run and all(v in (0.0, 1.0) for v in values) and key != "reward"
+        binary = single_run and all(v in (0.0, 1.0) for v in values) and key != "reward" and \
+            not key.startswith("judge_")
         out[key] = stats.estimate(values, binary).to_dict()
     return out
 
 
+def _judge_description(key: str) -> str:
+    """judge_overall -> "judge: Overall (0-10)"; judge_second_* likewise for the second judge."""
+    second = key.startswith("judge_second_")
+    metric = key.removeprefix("judge_second_" if second else "judge_")
+    return f"{'second judge' if second else 'judge'}: {JUDGE_LABELS.get(metric, metric)} (0-10)"
+
+
 def metrics_markdown(name: str, summary: dict[str, dict[str, float]]) -> str:
+    """The metrics with SEs; proportions as percentages, the judge's scores (stored / 10) on its 0-10 scale."""
     lines = [f"# {name}", "", "| metric | mean ± SE | n | what |", "|---|---|---|---|"]
     for key, est in summary.items():
         e = stats.Estimate(**est)
         pct = key in METRICS and key != "reward"
-        lines.append(f"| {key} | {e.fmt(100 if pct else 1, 1 if pct else 3)}{' %' if pct and e.n else ''} | {e.n} | "
-                     f"{METRICS.get(key, (False, ''))[1]} |")
+        judge = key.startswith("judge_")
+        value = e.fmt(10, 2) if judge else e.fmt(100 if pct else 1, 1 if pct else 3)
+        what = _judge_description(key) if judge else METRICS.get(key, (False, ""))[1]
+        lines.append(f"| {key} | {value}{' %' if pct and e.n else ''} | {e.n} | {what} |")
     return "\n".join(lines) + "\n"
 
 
@@ -181,15 +193,19 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
                                         desc=f"evaluate {name} [{start + len(chunk)}/{len(todo)}]")
                 writer.write(episode_to_trajectory(j, e, settings, info, 0.0) for j, e in zip(chunk, episodes))
     trajectories = read_trajectories(conversations)
-    Scorer(cfg.reward).score(trajectories, task_index)
+    scorer = Scorer(cfg.reward)
+    scorer.score(trajectories, task_index, desc=f"score {name}")
     write_jsonl(conversations, trajectories)
     rows = per_question(trajectories, task_index, env)
     summary = summarise(rows)
     write_jsonl(out_dir / "per_question.jsonl", rows)
     result = {"name": name, "model": cfg.policy.model, "split": cfg.split, "runs": ev.runs,
               "temperature": ev.temperature, "env": settings, "reward": asdict(cfg.reward), "metrics": summary}
+    if scorer.judge_summary:
+        result["judge"] = scorer.judge_summary  # parse failures per judge; agreement of two judges
     write_json(out_dir / "metrics.json", result)
-    atomic_write_text(out_dir / "metrics.md", metrics_markdown(name, summary))
+    atomic_write_text(out_dir / "metrics.md", metrics_markdown(name, summary) + (
+        "\n## Judge\n\n" + judge_markdown(scorer.judge_summary) if scorer.judge_summary else ""))
     _update_results(run_dir, name, result)
     acc = stats.Estimate(**summary["accuracy"])
     print(f"evaluate {name}: accuracy {acc.fmt(100)} % (n={acc.n}), format "

@@ -1,15 +1,16 @@
 """``turnrl run`` and ``turnrl demo``: every stage for several algorithms on the same logged data.
 
 simulate (logging policy on the train split) -> score -> for each algorithm: train -> evaluate on the test split
-(Base too) -> a comparison table. Every stage reads the previous stage's files in the run directory and is
-skipped when its output is already complete, so a killed run restarted with the same command resumes.
+(Base too) -> a comparison table, plots and report.html. Every stage reads the previous stage's files in the run
+directory and is skipped when its output is already complete, so a killed run restarted with the same command
+resumes.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,18 @@ from turnrl.score import RewardConfig, ScoreConfig, score
 from turnrl.simulate import RolloutOptions, SimulateConfig, simulate
 from turnrl.tasks import DatasetConfig
 from turnrl.train.common import OptimConfig
+
+
+@dataclass
+class RefreshOptions:
+    """004 App. D.5's rollout refresh: train, re-sample the training prompts from the updated policy, train on."""
+
+    algorithms: list[str] = field(default_factory=list)
+    """Weighted algorithms to train once more with refresh, evaluated as <name>-refresh (e.g. [drift])."""
+    rounds: int = 1
+    """Re-samplings. optim.epochs is split evenly over the rounds + 1 training stages, so the total number of
+    optimizer steps matches the plain run's (004: 100 steps, re-sample, 100 more). Each stage continues from the
+    previous checkpoint; round r samples with seed rollout.seed + r and lives in refresh/<name>/round<r>/."""
 
 
 @dataclass
@@ -48,6 +61,7 @@ class RunConfig:
     """Overrides for one algorithm, e.g. {swift: {optim: {learning_rate: 5.0e-6}, algo: {negative_floor: -1.0}}}."""
     evaluation: EvalOptions = field(default_factory=EvalOptions)
     evaluate_base: bool = True
+    refresh: RefreshOptions = field(default_factory=RefreshOptions)
 
 
 def _override(obj: Any, updates: dict[str, Any], where: str) -> Any:
@@ -69,11 +83,47 @@ def algorithm_settings(cfg: RunConfig, name: str) -> tuple[AlgoConfig, OptimConf
     return algo, optim
 
 
-def train_one(run_dir: str, model: str, algo: AlgoConfig, optim: OptimConfig) -> Path:
-    """Dispatch to the trainer family of the algorithm."""
+def train_one(run_dir: str, model: str, algo: AlgoConfig, optim: OptimConfig, run: RunConfig | None = None) -> Path:
+    """Dispatch to the trainer family of the algorithm. With the run's config, step-dpo first rolls out and scores
+    its branches like the logged data, and star-gate-d's teacher (if not trained yet) gets star-gate's settings."""
     from turnrl.train import train
 
-    return train(run_dir=run_dir, model=model, algo=algo, optim=optim)
+    teacher_optim = None
+    if run is not None and algo.name == "step-dpo":
+        from turnrl.score import SCORED
+        from turnrl.train.preference import branch_stage
+
+        policy = _override(run.generation, {"model": run.model}, "generation")
+        branch_stage(run_dir, SCORED, SimulateConfig(run_dir=run_dir, dataset=run.dataset, env=run.env,
+                                                     policy=policy, teacher=run.teacher, rollout=run.rollout),
+                     run.reward, output=algo.branches)
+    if run is not None and algo.name == "star-gate-d":
+        teacher_optim = algorithm_settings(run, "star-gate")[1]
+    return train(run_dir=run_dir, model=model, algo=algo, optim=optim, teacher_optim=teacher_optim)
+
+
+def train_with_refresh(cfg: RunConfig, name: str) -> Path:
+    """Train ``name`` in rounds + 1 stages with a fresh log from the latest policy before each later stage."""
+    from turnrl.score import SCORED
+    from turnrl.train import train
+
+    if cfg.refresh.rounds < 1:
+        raise ConfigError(f"refresh.rounds: {cfg.refresh.rounds}; expected at least 1")
+    algo, optim = algorithm_settings(cfg, name)
+    stage_optim = replace(optim, epochs=optim.epochs / (cfg.refresh.rounds + 1))
+    model, scored = cfg.model, SCORED
+    for r in range(cfg.refresh.rounds + 1):
+        folder = f"refresh/{name}/round{r}"
+        if r > 0:
+            simulate(SimulateConfig(run_dir=cfg.run_dir, dataset=cfg.dataset, env=cfg.env,
+                                    policy=_override(cfg.generation, {"model": model}, "generation"),
+                                    teacher=cfg.teacher, rollout=replace(cfg.rollout, seed=cfg.rollout.seed + r),
+                                    output=f"{folder}/rollouts.jsonl"))
+            scored = f"{folder}/scored.jsonl"
+            score(ScoreConfig(run_dir=cfg.run_dir, reward=cfg.reward, input=f"{folder}/rollouts.jsonl", output=scored))
+        model = str(train(run_dir=cfg.run_dir, model=model, algo=algo, optim=stage_optim, input=scored,
+                          output=f"{folder}/train"))
+    return Path(model)
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -106,11 +156,17 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         timed("evaluate base", eval_policy, "base", cfg.model)
     for name in cfg.algorithms:
         algo, optim = algorithm_settings(cfg, name)
-        checkpoint = timed(f"train {name}", train_one, cfg.run_dir, cfg.model, algo, optim)
+        checkpoint = timed(f"train {name}", train_one, cfg.run_dir, cfg.model, algo, optim, cfg)
         timed(f"evaluate {name}", eval_policy, name, str(checkpoint))
-    from turnrl.compare import write_comparison
+    for name in cfg.refresh.algorithms:
+        checkpoint = timed(f"train {name}-refresh", train_with_refresh, cfg, name)
+        timed(f"evaluate {name}-refresh", eval_policy, f"{name}-refresh", str(checkpoint))
+    from turnrl.compare import CompareConfig, compare_run
 
-    methods = (["base"] if cfg.evaluate_base else []) + list(cfg.algorithms)
-    table = timed("compare", write_comparison, run_dir, methods)
+    methods = (["base"] if cfg.evaluate_base else []) + list(cfg.algorithms) + \
+        [f"{name}-refresh" for name in cfg.refresh.algorithms]
+    write_json(run_dir / "timings.json", timings)  # before the report, which shows them
+    comparison, report = timed("compare", compare_run, CompareConfig(run_dir=cfg.run_dir, methods=methods))
     write_json(run_dir / "timings.json", timings)
-    return {"table": table, "timings": timings}
+    print(f"report: {report}")
+    return {"table": comparison.markdown, "timings": timings, "report": report}

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from turnrl.errors import ConfigError, InputError
+from turnrl.judge import COMPONENTS as JUDGE_COMPONENTS, JudgeConfig, summary_markdown
 from turnrl.records import Task, Trajectory, read_tasks, read_trajectories, write_jsonl
 from turnrl.rewards import CHEAP, cheap_components, combine
+from turnrl.rewards.drift_return import DriftReturnConfig, check_config, drift_components
 
 DEFAULT_REWARD = {"accuracy": 0.7, "gold_likelihood": 0.3}
 SCORED = "scored/trajectories.jsonl"
@@ -29,6 +31,13 @@ class RewardConfig:
     """Model for gold_likelihood (default: the model that generated the trajectory, i.e. the logging policy)."""
     reference_dtype: str = "bfloat16"
     batch_size: int = 16
+    drift: DriftReturnConfig = field(default_factory=DriftReturnConfig)
+    """feedback environment: the terms of DRIFT's return, recorded as the drift_return component (kept out of
+    the scalar reward; see docs/drift.md)."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """The LLM judge (000 App. E.3; docs/judge-and-endpoints.md): runs when a judge_* weight is set or
+    judge.enabled. judge_<metric> = its score / 10 (judge_overall is 000's reward); judge_second_* come from
+    judge.second."""
 
 
 @dataclass
@@ -41,15 +50,15 @@ class ScoreConfig:
     output: str = SCORED
 
 
-KNOWN = set(CHEAP) | {"gold_likelihood"}
+KNOWN = set(CHEAP) | {"gold_likelihood"} | set(JUDGE_COMPONENTS)
 
 
 def validate_weights(weights: dict[str, float]) -> None:
     if not weights:
         raise ConfigError("reward.weights: empty; name at least one component, e.g. {accuracy: 1.0}")
     for name, w in weights.items():
-        if name not in KNOWN and not name.startswith("judge_"):
-            raise ConfigError(f"reward.weights: unknown component {name!r}; known: {', '.join(sorted(KNOWN))}, judge_*")
+        if name not in KNOWN:
+            raise ConfigError(f"reward.weights: unknown component {name!r}; known: {', '.join(sorted(KNOWN))}")
         if w < 0:
             raise ConfigError(f"reward.weights.{name}: {w} is negative; weights must be >= 0")
     if abs(sum(weights.values()) - 1.0) > 1e-6:
@@ -62,7 +71,12 @@ class Scorer:
 
     def __init__(self, cfg: RewardConfig):
         validate_weights(cfg.weights)
+        check_config(cfg.drift)
+        if cfg.judge.second is None and any(k.startswith("judge_second_") for k in cfg.weights):
+            raise ConfigError("reward.weights: judge_second_* needs a second judge; set reward.judge.second")
         self.cfg = cfg
+        self.judge_summary: dict[str, Any] = {}
+        """Failure counts and agreement of the last judged batch (empty when the judge did not run)."""
         self._reference: dict[str, Any] = {}
 
     def _reference_model(self, name: str):
@@ -80,6 +94,8 @@ class Scorer:
             if traj.task_id not in tasks:
                 raise InputError(f"trajectory {traj.id}: task {traj.task_id!r} is not in the run's tasks")
             traj.rewards.update(cheap_components(traj, tasks[traj.task_id]))
+            if traj.env.get("name") == "feedback":
+                traj.rewards.update(drift_components(traj, tasks[traj.task_id], self.cfg.drift))
         if "gold_likelihood" in self.cfg.weights:
             from turnrl.rewards.likelihood import gold_likelihoods
 
@@ -91,11 +107,14 @@ class Scorer:
                 values = gold_likelihoods(model, tokenizer, group, tasks, batch_size=self.cfg.batch_size, desc=desc)
                 for traj, value in zip(group, values):
                     traj.rewards["gold_likelihood"] = value
-        judged = [k for k in self.cfg.weights if k.startswith("judge_")]
-        if judged:
-            raise ConfigError(f"reward.weights: {judged[0]} needs the judge, which is not configured")
+        if self.cfg.judge.enabled or any(k.startswith("judge_") for k in self.cfg.weights):
+            from turnrl.judge import score_with_judges
+
+            self.judge_summary = score_with_judges(trajectories, tasks, self.cfg.judge, desc=desc)
         for traj in trajectories:
-            traj.reward = combine(traj.rewards, self.cfg.weights)
+            # A component the judge could not give leaves the reward unset, never silently 0.
+            complete = all(name in traj.rewards for name in self.cfg.weights)
+            traj.reward = combine(traj.rewards, self.cfg.weights) if complete else None
 
 
 def load_task_index(run_dir: Path) -> dict[str, Task]:
@@ -112,9 +131,15 @@ def load_task_index(run_dir: Path) -> dict[str, Task]:
 def score(cfg: ScoreConfig) -> Path:
     run_dir = Path(cfg.run_dir)
     trajectories = read_trajectories(run_dir / cfg.input)
-    Scorer(cfg.reward).score(trajectories, load_task_index(run_dir), desc="score")
+    scorer = Scorer(cfg.reward)
+    scorer.score(trajectories, load_task_index(run_dir), desc="score")
     out = run_dir / cfg.output
     write_jsonl(out, trajectories)
-    rewards = [t.reward for t in trajectories]
-    print(f"score: {len(trajectories)} trajectories, mean reward {sum(rewards) / len(rewards):.3f} -> {out}")
+    rewards = [t.reward for t in trajectories if t.reward is not None]
+    unset = len(trajectories) - len(rewards)
+    mean = f"{sum(rewards) / len(rewards):.3f}" if rewards else "n/a"
+    print(f"score: {len(trajectories)} trajectories, mean reward {mean}"
+          f"{f', {unset} without a reward (a judge failure)' if unset else ''} -> {out}")
+    if scorer.judge_summary:
+        print(summary_markdown(scorer.judge_summary), end="")
     return out

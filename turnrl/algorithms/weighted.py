@@ -59,10 +59,41 @@ class AlgoConfig:
     """Clip weights below this value (e.g. -1.0); default: no floor (000)."""
     kl_coef: float = 0.0
     """Anchor to the logging policy: adds kl_coef to every weight (see module docstring)."""
-    turns: str = "all"
-    """all: every assistant turn carries the weight (000); final: only the last one (DRIFT)."""
+    turns: str = ""
+    """all: every assistant turn carries the weight (000); final: only the last one (DRIFT). Empty: the
+    algorithm's own (final for drift and sft-final, all for the others)."""
     drift_beta: float = 0.1
     """drift: temperature of the return-based importance weights."""
+    dpo_beta: float = 0.1
+    """dpo, step-dpo, m-dpo, m-kto: beta (003's eta), the strength of the implicit KL regularisation (003: 0.1)."""
+    pairing: str = ""
+    """dpo, m-dpo, m-kto: best-vs-worst (by reward; groups with equal rewards skipped) or correct-vs-incorrect
+    (by the accuracy component; 003's random pairs). Empty: the paper's own (dpo: best-vs-worst; m-dpo, m-kto:
+    correct-vs-incorrect)."""
+    pairs_per_group: int = 1
+    """correct-vs-incorrect: random (correct, incorrect) pairs per group (003: 1)."""
+    mask_observations: bool = True
+    """m-dpo, m-kto: leave the observation tokens out of the log-probabilities (003). False gives 003's single-turn
+    DPO/KTO baselines, whose log-probabilities run over everything after the prompt."""
+    kto_lambda_d: float = 1.0
+    """m-kto: weight of the desirable examples' loss (003: 1)."""
+    kto_lambda_u: float = 1.0
+    """m-kto: weight of the undesirable examples' loss (003: 1)."""
+    reference: str = ""
+    """Preference learning: the reference policy pi_ref (default: the policy training starts from; with a fresh
+    LoRA adapter that is the base with the adapter disabled, otherwise a frozen copy)."""
+    precompute_reference: bool = True
+    """Preference learning: compute the reference log-probabilities in one pass before training instead of a
+    reference forward pass in every step. Exact: the reference is frozen and evaluated without dropout either way."""
+    branches: str = "branches/scored.jsonl"
+    """step-dpo: the scored branch rollouts in the run directory (`turnrl simulate --continue_from`, then
+    `turnrl score`)."""
+    teacher: str = ""
+    """star-gate-d: the teacher (default: train/star-gate/checkpoint of the run, trained first if absent)."""
+    distill_alpha: float = 0.5
+    """star-gate-d: loss = alpha * NLL + (1 - alpha) * T^2 * KL(teacher_T || student_T) (000 Table 27: 0.5)."""
+    distill_temperature: float = 2.0
+    """star-gate-d: the softmax temperature T of the KL term (000 Table 27: 2.0)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Parameters of algorithms registered by extensions."""
 
@@ -163,7 +194,7 @@ def build_weighted_examples(trajectories: list[Trajectory], cfg: AlgoConfig) -> 
         weights = [max(w, cfg.negative_floor) for w in weights]
     if cfg.kl_coef:
         weights = [w + cfg.kl_coef for w in weights]
-    turns = "final" if cfg.name in ("drift", "sft-final") and cfg.turns == "all" else cfg.turns
+    turns = cfg.turns or ("final" if cfg.name in ("drift", "sft-final") else "all")
     if turns not in ("all", "final"):
         raise ConfigError(f"algo.turns: {cfg.turns!r}; expected all or final")
     diag.update({

@@ -173,10 +173,20 @@ def gradient_sync(accelerator, model, last: bool):
 
 
 def finish_step_without_data(accelerator, model) -> None:
-    """A process whose share of the step is empty still joins the step's gradient synchronisation."""
+    """A process whose share of the step is empty still joins the step's gradient synchronisation.
+
+    DDP reduces gradients only in the backward pass of a forward pass through it, so the process runs the model
+    (any of the trainers' wrappers: input_ids, attention_mask, label_mask) on a two-token dummy sequence and
+    backpropagates zero.
+    """
+    import torch
+
+    ids = torch.zeros((1, 2), dtype=torch.long, device=accelerator.device)
     with gradient_sync(accelerator, model, last=True):
-        dummy = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-        accelerator.backward(dummy)
+        with accelerator.autocast():
+            outputs = model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                            label_mask=torch.tensor([[0, 1]], device=accelerator.device))
+        accelerator.backward(sum(t.float().sum() for t in outputs if torch.is_floating_point(t)) * 0.0)
 
 
 class TrainLoop:
@@ -190,6 +200,7 @@ class TrainLoop:
                  steps: list[list[Any]], wrap: Callable[[Any], Any]):
         import torch
         from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
         from transformers import get_scheduler
 
         if optim.precision not in ("bf16", "fp32"):
@@ -203,8 +214,12 @@ class TrainLoop:
         from turnrl.models import default_device
 
         # cpu=True on a machine without a GPU is what lets torchrun / accelerate launch run data-parallel on CPUs.
+        # A causal LM's buffers are constants (rotary frequencies): not broadcasting them keeps every forward pass
+        # free of collectives, so processes may run different numbers of forward passes in a step (an empty share,
+        # more micro-batches, a reference pass) without their collectives falling out of step.
         self.accelerator = Accelerator(mixed_precision="bf16" if optim.precision == "bf16" else "no",
-                                       cpu=default_device() == "cpu")
+                                       cpu=default_device() == "cpu",
+                                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         if plugin is not None:
             # Steps are cut into micro-batches here, not by DeepSpeed: one micro-batch per backward, no scaling.

@@ -1,0 +1,350 @@
+"""The sandbox against hostile code: every snippet has an expected outcome, nothing escapes, and the sandbox keeps
+serving the next call."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from turnrl.sandbox import (CELL_SEPARATOR, EMPTY_OUTPUT_TEXT, FULL_ISOLATION, TIMEOUT_TEXT, ExecResult, Sandbox,
+                            SandboxConfig, join_cells, split_cells)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
+
+PROJECT = Path(__file__).resolve().parents[1]
+SECRET_VAR = "TURNRL_SANDBOX_TEST_SECRET"
+SECRET_VALUE = f"s3cr3t-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="module")
+def box():
+    os.environ[SECRET_VAR] = SECRET_VALUE  # set before the launcher starts: it must not inherit it
+    sandbox = Sandbox(SandboxConfig(timeout=2.0, cpu_seconds=5, memory_mb=256, max_processes=16, disk_mb=16,
+                                    max_output_chars=500))
+    yield sandbox
+    sandbox.close()
+    os.environ.pop(SECRET_VAR, None)
+
+
+@pytest.fixture(scope="module")
+def isolated(box) -> Sandbox:
+    """The sandbox, where this machine grants it network and filesystem isolation (else the test is skipped)."""
+    result = box.run("print('probe')")
+    missing = {"net", "mount", "chroot"} - set(result.isolation)
+    if missing:
+        pytest.skip(f"this machine does not grant {sorted(missing)} to the sandbox")
+    return box
+
+
+def sandbox_processes() -> list[int]:
+    """Host pids of processes running as a sandbox uid (the sandbox gives each execution a uid >= 1e9)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid >= 1_000_000_000:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def assert_still_serving(box: Sandbox) -> None:
+    result = box.run("print(6 * 7)")
+    assert result.status == "ok" and result.output == "42\n", result
+
+
+def test_plain_code_output_and_last_expression(box):
+    result = box.run("import math\nprint('radius', 2)\nmath.pi * 2 ** 2")
+    assert result.status == "ok"
+    assert result.output == "radius 2\n12.566370614359172\n"  # pi * 4, printed as a notebook shows a value
+    assert result.observation == result.output.strip()
+    assert result.error is None
+
+
+def test_full_isolation_on_this_machine(box):
+    """We run as root here: every mechanism must apply (a regression to a weaker level would fail this)."""
+    result = box.run("print(1)")
+    if os.geteuid() != 0:
+        pytest.skip("full isolation needs root")
+    assert set(result.isolation) == set(FULL_ISOLATION)
+
+
+def test_replay_carries_state_and_returns_only_the_last_cell(box):
+    cells = ["x = 5\nprint('first cell output')", "y = x * 2\nundefined_name", "print(x + y)"]
+    result = box.run(cells)
+    assert result.status == "ok"
+    assert result.output == "15\n"  # 5 + 10; the earlier output and the earlier error are not shown
+    assert box.run(join_cells(cells)).output == "15\n"
+    assert split_cells(join_cells(cells)) == cells and CELL_SEPARATOR in join_cells(cells)
+
+
+def test_error_returns_the_last_line(box):
+    result = box.run(["values = [1, 2]", "total = sum(values)\nprint('partial')\nvalues[5]"])
+    assert result.status == "error"
+    assert result.error == "IndexError: list index out of range"
+    assert result.observation == "IndexError: list index out of range"
+    assert "partial" in result.output and "Traceback" in result.output
+    syntax = box.run("def f(:\n    pass")
+    assert syntax.status == "error" and syntax.error.startswith("SyntaxError")
+
+
+def test_empty_output_reads_as_003s_message(box):
+    result = box.run("x = 1")
+    assert result.status == "ok" and result.output == ""
+    assert result.observation == EMPTY_OUTPUT_TEXT
+
+
+def test_infinite_loop_times_out(box):
+    start = time.monotonic()
+    result = box.run("while True:\n    pass")
+    elapsed = time.monotonic() - start
+    assert result.status == "timeout" and result.observation == TIMEOUT_TEXT
+    assert 2.0 <= elapsed < 8.0
+    assert_still_serving(box)
+
+
+def test_sleep_past_the_timeout_is_killed(box):
+    result = box.run("import time\nprint('before', flush=True)\ntime.sleep(60)\nprint('after')")
+    assert result.status == "timeout"
+    assert "after" not in result.output
+
+
+def test_cpu_time_limit():
+    with Sandbox(SandboxConfig(timeout=20, cpu_seconds=1)) as sandbox:
+        sandbox.run("1")  # start the launcher
+        start = time.monotonic()
+        result = sandbox.run("while True:\n    pass")
+        assert result.status == "cpu_limit", result
+        assert time.monotonic() - start < 15  # stopped by the CPU limit, before the 20 s wall clock
+
+
+def test_memory_bomb_hits_the_limit(box):
+    at_once = box.run("x = bytearray(2 * 1024 ** 3)")
+    assert at_once.status == "error" and at_once.error == "MemoryError"
+    gradual = box.run("chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 1024 ** 2))")
+    assert gradual.status == "error" and gradual.error == "MemoryError"
+    assert gradual.max_rss_mb < 256 + 32  # the limit (256 MiB of address space) held
+    assert_still_serving(box)
+
+
+def test_fork_bomb_is_contained_and_leaves_nothing_behind(box):
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    result = box.run(bomb)
+    assert result.status == "timeout"
+    deadline = time.monotonic() + 5
+    while sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sandbox_processes() == []  # the PID namespace took every child with it
+    counted = box.run("import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+                      "            import time; time.sleep(30)\n        n += 1\nexcept OSError:\n    print(n)")
+    assert counted.status == "ok" and 0 < int(counted.output) < 16  # the process limit stopped it
+    assert_still_serving(box)
+
+
+def test_background_process_dies_with_the_execution(box):
+    result = box.run("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(300)\nprint('parent done')")
+    assert result.status == "ok" and result.output == "parent done\n"
+    deadline = time.monotonic() + 5
+    while sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sandbox_processes() == []
+
+
+def test_no_network_even_to_loopback(isolated):
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    accepted = []
+
+    def accept_loop(stop: threading.Event):
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept())
+            except socket.timeout:
+                continue
+
+    stop = threading.Event()
+    thread = threading.Thread(target=accept_loop, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        # The listener works: a connection from the test itself is accepted.
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        deadline = time.monotonic() + 2
+        while not accepted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(accepted) == 1
+        result = isolated.run(f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+                              "s.sendall(b'escaped')\nprint('connected')")
+        time.sleep(0.3)
+        assert result.status == "error" and "connected" not in result.output
+        assert "unreachable" in result.error.lower() or "refused" in result.error.lower(), result.error
+        assert len(accepted) == 1  # nothing came from the sandbox
+        udp = isolated.run(f"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                           f"s.sendto(b'x', ('127.0.0.1', {port}))")
+        assert udp.status == "error"
+        interfaces = isolated.run("import socket\nprint(sorted(n for _, n in socket.if_nameindex()))")
+        assert interfaces.output == "['lo']\n"  # only the namespace's own loopback, and it is down
+    finally:
+        stop.set()
+        thread.join()
+        for conn, _ in accepted:
+            conn.close()
+        server.close()
+
+
+def test_project_and_home_files_are_invisible(isolated, tmp_path):
+    home_secret = Path.home() / f"turnrl-sandbox-secret-{uuid.uuid4().hex}.txt"
+    home_secret.write_text(SECRET_VALUE)
+    try:
+        for path in [PROJECT / "pyproject.toml", PROJECT / "turnrl" / "sandbox.py", home_secret,
+                     tmp_path / "nothing.txt"]:
+            if path.name == "nothing.txt":
+                path.write_text(SECRET_VALUE)
+            assert path.exists()
+            result = isolated.run(f"print(open({str(path)!r}).read())")
+            assert result.status == "error", (path, result)
+            assert result.error.startswith(("FileNotFoundError", "PermissionError")), result.error
+            assert SECRET_VALUE not in result.output
+        listing = isolated.run("import os\nprint(sorted(os.listdir('/')), os.path.exists('/work/main/turnrl'))")
+        assert "False" in listing.output and "home" not in listing.output
+        passwd = isolated.run("print(open('/etc/passwd').read(), end='')")  # the sandbox's own, not the host's
+        assert passwd.status == "ok" and passwd.output != Path("/etc/passwd").read_text()
+        assert "nobody" not in passwd.output and "sandbox:x:" in passwd.output
+        assert isolated.run("open('/etc/shadow')").error.startswith("FileNotFoundError")
+    finally:
+        home_secret.unlink()
+
+
+def test_writes_outside_the_work_directory_fail_or_stay_inside(isolated):
+    name = f"turnrl-sandbox-write-{uuid.uuid4().hex}"
+    targets = [PROJECT / name, Path.home() / name, Path("/usr") / name]
+    for target in targets:
+        result = isolated.run(f"open({str(target)!r}, 'w').write('x')")
+        assert result.status == "error", (target, result)
+        assert not target.exists()
+    # /tmp inside is the sandbox's own tmpfs: the write succeeds there and never reaches the host's /tmp.
+    result = isolated.run(f"open('/tmp/{name}', 'w').write('x')\nimport os\nprint(os.getcwd())")
+    assert result.status == "ok" and result.output == "/sandbox\n"
+    assert not (Path("/tmp") / name).exists()
+    # The working directory is fresh: a file written in one execution is gone in the next.
+    isolated.run("open('note.txt', 'w').write('hello')")
+    assert isolated.run("import os\nprint(os.listdir('.'))").output == "[]\n"
+    too_big = isolated.run("open('big.bin', 'wb').write(b'x' * (64 * 1024 ** 2))")
+    assert too_big.status != "ok"  # 16 MiB file-size and tmpfs limits
+
+
+def test_environment_secrets_are_not_inherited(box):
+    assert os.environ.get(SECRET_VAR) == SECRET_VALUE
+    result = box.run("import os\nprint(dict(os.environ))\n"
+                     "import glob\nfor p in ['/proc/self/environ'] + glob.glob('/proc/[0-9]*/environ'):\n"
+                     "    try:\n        print(open(p, 'rb').read())\n    except OSError as e:\n        print(p, e)")
+    assert result.status == "ok"
+    assert SECRET_VALUE not in result.output and SECRET_VAR not in result.output
+    assert "'HOME': '/sandbox'" in result.output
+
+
+def test_huge_output_is_truncated(box):
+    start = time.monotonic()
+    result = box.run("import sys\nfor _ in range(200):\n    sys.stdout.write('y' * 100_000)")
+    assert result.status == "ok" and result.truncated
+    assert result.output.startswith("y" * 500)
+    assert result.output.endswith("[output truncated: 20000000 bytes in all]")
+    assert len(result.output) < 600
+    assert time.monotonic() - start < 10
+    assert_still_serving(box)
+
+
+def test_os_exit_and_crashes(box):
+    exited = box.run("print('bye', flush=True)\nimport os\nos._exit(3)")
+    assert exited.status == "exited" and exited.error == "Process exited with code 3"
+    assert exited.output == "bye\n"
+    segv = box.run("import ctypes\nctypes.string_at(0)")
+    assert segv.status == "crashed" and segv.error == "Process killed by signal SIGSEGV"
+    kill = box.run("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)")
+    assert kill.status == "crashed" and "SIGSEGV" in kill.error
+    sys_exit = box.run("import sys\nsys.exit(4)")
+    assert sys_exit.status == "error" and sys_exit.error == "SystemExit: 4"
+    assert_still_serving(box)
+
+
+def test_cannot_reach_other_processes_or_regain_privileges(isolated):
+    result = isolated.run("import os\nprint(os.getuid(), os.geteuid(), len([p for p in os.listdir('/proc') "
+                          "if p.isdigit()]))\ntry:\n    os.setuid(0)\nexcept PermissionError as e:\n    print('denied')")
+    uid, euid, n_procs = result.output.split()[:3]
+    assert int(uid) >= 1_000_000_000 and uid == euid
+    assert int(n_procs) <= 3  # its init, itself, and nothing of the host
+    assert "denied" in result.output
+    kill_host = isolated.run(f"import os, signal\nos.kill({os.getpid()}, signal.SIGTERM)")
+    assert kill_host.status == "error" and kill_host.error.startswith("ProcessLookupError")
+
+
+def test_input_reads_end_of_file(box):
+    result = box.run("input('number? ')")
+    assert result.status == "error" and result.error.startswith("EOFError")
+
+
+def test_executions_are_deterministic(box):
+    code = "import random, numpy as np\nprint(random.random(), np.random.rand(), hash('abc'), {'b', 'a', 'c'})"
+    first, second = box.run(code), box.run(code)
+    assert first.status == "ok" and first.output == second.output
+
+
+def test_many_in_parallel():
+    with Sandbox(SandboxConfig(timeout=10, workers=8)) as sandbox:
+        sandbox.run("1")  # start the launcher
+        start = time.monotonic()
+        results = sandbox.run_many([f"import time\ntime.sleep(1)\nprint({i} ** 2)" for i in range(8)])
+        elapsed = time.monotonic() - start
+    assert [r.output for r in results] == [f"{i * i}\n" for i in range(8)]
+    assert elapsed < 6.0  # eight one-second sleeps overlapped (one after another they take over 8 s)
+
+
+def test_launcher_restarts_after_it_dies(box):
+    launcher = box._launcher
+    assert launcher is not None
+    launcher.proc.kill()
+    launcher.proc.wait()
+    assert_still_serving(box)
+    assert box._launcher is not launcher
+
+
+def test_degraded_mode_still_limits_and_says_so(caplog):
+    with caplog.at_level(logging.WARNING, logger="turnrl.sandbox"):
+        with Sandbox(SandboxConfig(timeout=1.0, isolation="none")) as sandbox:
+            result = sandbox.run("print('hello')")
+            timed = sandbox.run("while True:\n    pass")
+    assert result.status == "ok" and result.output == "hello\n"
+    assert "net" not in result.isolation and "chroot" not in result.isolation and "rlimits" in result.isolation
+    assert timed.status == "timeout"
+    assert any("reduced isolation" in r.getMessage() and "net" in r.getMessage() for r in caplog.records)
+
+
+def test_user_namespace_mode(tmp_path):
+    with Sandbox(SandboxConfig(timeout=2.0, isolation="userns")) as sandbox:
+        result = sandbox.run(f"print(open({str(PROJECT / 'pyproject.toml')!r}).read())")
+    if result.status == "sandbox_error":
+        pytest.skip(f"no user namespaces here: {result.error}")
+    assert "user" in result.isolation and "net" in result.isolation and "chroot" in result.isolation
+    assert result.status == "error" and result.error.startswith("FileNotFoundError")
+
+
+def test_bad_isolation_name():
+    with pytest.raises(ValueError, match="isolation"):
+        Sandbox(SandboxConfig(isolation="docker"))
+
+
+def test_result_observation_rules():
+    assert ExecResult(output="  7\n", status="ok").observation == "7"
+    assert ExecResult(output="", status="timeout", error=TIMEOUT_TEXT).observation == "Timeout Error"
+    assert ExecResult(output="Traceback...", status="error", error="KeyError: 'a'").observation == "KeyError: 'a'"

@@ -1,0 +1,263 @@
+"""Preference-learning algorithms: each turns the scored log into chosen/rejected pairs (or KTO examples).
+
+Every example is a conversation plus the assistant messages of it that carry the loss (a :class:`Completion`); the
+losses themselves are in :mod:`turnrl.train.preference`.
+
+- DPO (000 Sec. 4): the final winning and losing responses, answered directly to the original question. Prompt =
+  everything before the first assistant message (system + first user turn); chosen = the final assistant message
+  of the group's best trajectory, rejected = that of its worst. Groups whose rewards are all equal are skipped.
+- StepDPO (000 Sec. 4, after Chen et al.; the literal reading of DESIGN.md section 8): for every logged trajectory
+  and every step t, a new action a'_t was branched from the logged history with the logging policy and the
+  conversation rolled out to its end and scored (``turnrl simulate --continue_from``). The logged action a_t and
+  the branched a'_t are paired by their trajectories' rewards (ties skipped); the prompt is the history before
+  step t, the loss is on the action only.
+- M-DPO (003 eq. 12): pairs of whole trajectories of the same prompt -- 003's one random (correct, incorrect) pair
+  per prompt, or best vs worst by reward. The log-probabilities run over every assistant message; observation
+  tokens (the environment's turns) are masked (``mask_observations: false`` gives 003's single-turn baseline).
+- M-KTO (003 eq. 13): the chosen trajectories of the M-DPO pairs are desirable, the rejected ones undesirable
+  (003 builds its KTO data this way, so the two classes are balanced).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from turnrl.algorithms.weighted import AlgoConfig, groups_of
+from turnrl.errors import ConfigError, InputError
+from turnrl.generation import derive_seed
+from turnrl.records import Trajectory
+
+PREFERENCE_ALGORITHMS = ("dpo", "step-dpo", "m-dpo", "m-kto")
+PAIRINGS = ("best-vs-worst", "correct-vs-incorrect")
+PAPER_PAIRING = {"dpo": "best-vs-worst", "m-dpo": "correct-vs-incorrect", "m-kto": "correct-vs-incorrect"}
+BRANCHES = "branches/trajectories.jsonl"
+SCORED_BRANCHES = "branches/scored.jsonl"
+
+
+@dataclass
+class Completion:
+    """A conversation and which of its assistant messages carry the loss."""
+
+    messages: list[dict[str, str]]
+    train_turns: list[int]
+    """Ordinals (0-based) among the assistant messages of ``messages``."""
+    truncated: list[bool]
+    """Per assistant message: it hit the token cap (its end-of-turn token is then not trained)."""
+    source: str
+    """The id of the logged trajectory it comes from."""
+    reward: float
+
+
+@dataclass
+class PreferencePair:
+    id: str
+    group_id: str
+    chosen: Completion
+    rejected: Completion
+    step: int | None = None
+    """StepDPO: the branched assistant turn (0-based)."""
+
+
+@dataclass
+class KTOExample:
+    id: str
+    group_id: str
+    completion: Completion
+    desirable: bool
+
+
+@dataclass
+class PairingStats:
+    """What happened to each group: paired, or skipped and why."""
+
+    groups: int = 0
+    pairs: int = 0
+    skipped_ties: int = 0
+    """Groups (StepDPO: steps) whose candidates have equal reward (or correctness)."""
+    skipped_single: int = 0
+    """Groups with a single trajectory (nothing to compare)."""
+    all_correct: int = 0
+    all_incorrect: int = 0
+    unscored: int = 0
+    """Trajectories (StepDPO: steps) left out because a reward is missing (the judge could not score it)."""
+
+
+def prompt_length(messages: list[dict[str, str]]) -> int:
+    """Number of messages before the first assistant message: the prompt x."""
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            return i
+    raise InputError("a conversation without any assistant message cannot be trained on")
+
+
+def turn_truncated(traj: Trajectory) -> list[bool]:
+    """Per assistant message, whether it hit the token cap (False where the log does not say)."""
+    n = len(traj.assistant_indices())
+    return [t.truncated for t in traj.turns] if len(traj.turns) == n else [False] * n
+
+
+def _reward(traj: Trajectory) -> float:
+    if traj.reward is None:
+        raise ConfigError(f"trajectory {traj.id} has no reward; run `turnrl score` before training")
+    return float(traj.reward)
+
+
+def _is_correct(traj: Trajectory) -> bool:
+    if "accuracy" not in traj.rewards:
+        raise ConfigError(f"pairing correct-vs-incorrect needs the accuracy reward component, and trajectory "
+                          f"{traj.id} has none; score with it or use algo.pairing best-vs-worst")
+    return float(traj.rewards["accuracy"]) >= 1.0
+
+
+def whole(traj: Trajectory) -> Completion:
+    """The whole trajectory, every assistant message trained (M-DPO, M-KTO)."""
+    n = len(traj.assistant_indices())
+    return Completion(messages=traj.messages, train_turns=list(range(n)), truncated=turn_truncated(traj),
+                      source=traj.id, reward=_reward(traj))
+
+
+def final_answer_only(traj: Trajectory) -> Completion:
+    """The original question answered directly by the trajectory's final assistant message (DPO)."""
+    start = prompt_length(traj.messages)
+    final = traj.messages[traj.assistant_indices()[-1]]
+    return Completion(messages=traj.messages[:start] + [final], train_turns=[0],
+                      truncated=[turn_truncated(traj)[-1]], source=traj.id, reward=_reward(traj))
+
+
+def resolve_pairing(cfg: AlgoConfig) -> str:
+    pairing = cfg.pairing or PAPER_PAIRING.get(cfg.name, "best-vs-worst")
+    if pairing not in PAIRINGS:
+        raise ConfigError(f"algo.pairing: {cfg.pairing!r}; expected {' or '.join(PAIRINGS)} (or empty for the "
+                          "paper's own)")
+    if cfg.pairs_per_group < 1:
+        raise ConfigError(f"algo.pairs_per_group: {cfg.pairs_per_group}; expected >= 1")
+    return pairing
+
+
+def pair_groups(trajectories: list[Trajectory], pairing: str, pairs_per_group: int,
+                stats: PairingStats) -> list[tuple[Trajectory, Trajectory]]:
+    """(winner, loser) trajectories of each group.
+
+    best-vs-worst: the highest- against the lowest-reward trajectory (ties in rank go to the earlier sample);
+    a group whose rewards are all equal is skipped. correct-vs-incorrect (003): ``pairs_per_group`` distinct random
+    (correct, incorrect) combinations, drawn with a seed derived from the group, so the pairs are reproducible;
+    a group that is all correct or all incorrect is skipped.
+    """
+    pairs = []
+    for group_id, group in groups_of(trajectories).items():
+        stats.groups += 1
+        if len(group) < 2:
+            stats.skipped_single += 1
+            continue
+        if pairing == "best-vs-worst":
+            ranked = sorted(group, key=lambda t: (-_reward(t), t.sample, t.id))
+            best, worst = ranked[0], ranked[-1]
+            if _reward(best) == _reward(worst):
+                stats.skipped_ties += 1
+                continue
+            pairs.append((best, worst))
+            continue
+        correct = [t for t in group if _is_correct(t)]
+        incorrect = [t for t in group if not _is_correct(t)]
+        if not incorrect or not correct:
+            stats.skipped_ties += 1
+            stats.all_correct += not incorrect
+            stats.all_incorrect += not correct
+            continue
+        combos = [(w, lo) for w in correct for lo in incorrect]
+        rng = random.Random(derive_seed("pairs", group_id))
+        pairs.extend(rng.sample(combos, min(pairs_per_group, len(combos))))
+    stats.pairs = len(pairs)
+    return pairs
+
+
+def dpo_pairs(trajectories: list[Trajectory], cfg: AlgoConfig, stats: PairingStats) -> list[PreferencePair]:
+    pairing = resolve_pairing(cfg)
+    make = final_answer_only if cfg.name == "dpo" else whole
+    return [PreferencePair(id=f"{w.id}>{lo.id}", group_id=w.group_id, chosen=make(w), rejected=make(lo))
+            for w, lo in pair_groups(trajectories, pairing, cfg.pairs_per_group, stats)]
+
+
+def step_pairs(logged: list[Trajectory], branches: list[Trajectory], stats: PairingStats) -> list[PreferencePair]:
+    """StepDPO: pair each logged action with the action branched at the same step, by trajectory reward."""
+    by_source: dict[tuple[str, int], Trajectory] = {}
+    for b in branches:
+        if "branch_of" not in b.meta or "step" not in b.meta:
+            raise InputError(f"trajectory {b.id} is not a branch rollout (no meta.branch_of / meta.step); "
+                             "branches come from `turnrl simulate --continue_from`")
+        by_source[(b.meta["branch_of"], int(b.meta["step"]))] = b
+    pairs = []
+    for traj in logged:
+        truncated = turn_truncated(traj)
+        for t, at in enumerate(traj.assistant_indices()):
+            stats.groups += 1
+            branch = by_source.get((traj.id, t))
+            if branch is None:
+                raise InputError(f"no branch rollout for trajectory {traj.id} at step {t}; finish the branch stage "
+                                 "(`turnrl simulate --continue_from ...` then `turnrl score`)")
+            history = traj.messages[:at]
+            if branch.messages[:at] != history or len(branch.messages) <= at or \
+                    branch.messages[at]["role"] != "assistant":
+                raise InputError(f"branch {branch.id} does not continue trajectory {traj.id} at step {t}")
+            if branch.reward is None or traj.reward is None:
+                stats.unscored += 1
+                continue
+            if _reward(branch) == _reward(traj):
+                stats.skipped_ties += 1
+                continue
+            sides = []
+            for source, flags in ((traj, truncated), (branch, turn_truncated(branch))):
+                sides.append(Completion(messages=history + [source.messages[at]], train_turns=[t],
+                                        truncated=[False] * t + [flags[t]], source=source.id,
+                                        reward=_reward(source)))
+            chosen, rejected = sides if _reward(traj) > _reward(branch) else sides[::-1]
+            pairs.append(PreferencePair(id=f"{traj.id}@step{t}", group_id=traj.group_id, chosen=chosen,
+                                        rejected=rejected, step=t))
+    stats.pairs = len(pairs)
+    return pairs
+
+
+def kto_examples(pairs: list[PreferencePair]) -> list[KTOExample]:
+    """003's KTO data: each pair's chosen trajectory is desirable, its rejected one undesirable (each once)."""
+    examples, seen = [], set()
+    for p in pairs:
+        for completion, desirable in ((p.chosen, True), (p.rejected, False)):
+            if completion.source not in seen:
+                seen.add(completion.source)
+                examples.append(KTOExample(id=completion.source, group_id=p.group_id, completion=completion,
+                                           desirable=desirable))
+    return examples
+
+
+def build_preference_data(trajectories: list[Trajectory], cfg: AlgoConfig,
+                          branches: list[Trajectory] | None = None) -> tuple[list[Any], dict[str, Any]]:
+    """Pairs (dpo, step-dpo, m-dpo) or KTO examples (m-kto), and counts of what was paired and skipped."""
+    if cfg.name not in PREFERENCE_ALGORITHMS:
+        raise ConfigError(f"algo.name: {cfg.name!r} is not a preference algorithm; expected one of "
+                          f"{', '.join(PREFERENCE_ALGORITHMS)}")
+    stats = PairingStats()
+    if cfg.name == "step-dpo":
+        if branches is None:
+            raise ConfigError("step-dpo needs the branch rollouts (algo.branches)")
+        data: list[Any] = step_pairs(trajectories, branches, stats)
+        pairing = "logged-vs-branch"
+    else:
+        pairing = resolve_pairing(cfg)
+        # A trajectory without a reward (the judge could not score it) cannot be ranked: left out, counted.
+        stats.unscored = sum(t.reward is None for t in trajectories)
+        data = dpo_pairs([t for t in trajectories if t.reward is not None], cfg, stats)
+    diag: dict[str, Any] = {"algorithm": cfg.name, "pairing": pairing, "trajectories": len(trajectories),
+                            "steps" if cfg.name == "step-dpo" else "groups": stats.groups, "pairs": stats.pairs,
+                            "skipped_ties": stats.skipped_ties, "skipped_single": stats.skipped_single,
+                            "unscored": stats.unscored}
+    if pairing == "correct-vs-incorrect":
+        diag.update({"all_correct": stats.all_correct, "all_incorrect": stats.all_incorrect})
+    if cfg.name == "step-dpo":
+        diag["branches"] = len(branches or [])
+    if cfg.name == "m-kto":
+        data = kto_examples(data)
+        diag.update({"examples": len(data), "desirable": sum(e.desirable for e in data),
+                     "undesirable": sum(not e.desirable for e in data)})
+    return data, diag

@@ -1,0 +1,153 @@
+"""004's retry-with-feedback protocol: a verifier checks every answer, a wrong one gets a fixed message.
+
+Turn t = 1..T: the policy answers; a correct answer ends the conversation (a success after L = t turns); a wrong
+or missing one is answered with the fixed feedback message f (004 Sec. 5.5: "Incorrect. Please think again.")
+and turn t + 1 follows, up to T turns (004: T = 5). So only the last assistant turn of a conversation can be
+correct (004 Sec. 2), and a conversation of T wrong turns is a failure.
+
+The verifier (:func:`verify`) reads one assistant turn:
+
+- multiple choice: the answer letter by the project's one rule (:func:`turnrl.rewards.answers.extract_choice`:
+  "The answer is X"; a turn naming two different letters is ambiguous and wrong);
+- open answers (GSM8K, MATH): the math checker's :func:`extract_math_answer` and :func:`math_equal`.
+
+Prompts. 004's released code has two templates: "full" for training rollouts (Turn/State/actions-left/Reward
+lines) and "simple" for evaluation (the problem, then the bare feedback message). Here one template serves both,
+so the policy is trained in the conversations it is evaluated in: 004's "simple" prompts (App. D.7), with the
+system message "You're a helpful assistant." and the bare feedback as the user's reply. Two choices differ from
+004, whose prompts ask for "<think> ... </think> <answer> ... </answer>": a multiple-choice turn states its answer
+as "The answer is X" (the project's answer rule), and a math turn puts its answer in \\boxed{} (the math
+checker's primary form; the closing line is 003's "Please reason step by step, and put your final answer within
+\\boxed{}.", which names no placeholder a small model could copy as its answer). The token cap of a turn is
+``max_new_tokens`` (004: 512 in rollouts, 1024 in evaluation).
+
+The default T is 5 (004) where the reasoning environment's n is 3 (000): ``EnvConfig.turns = 0`` means "the
+environment's own default", so ``env.name: feedback`` alone gives 004's protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from turnrl.envs.base import Environment, Episode, EpisodeCoroutine, Prefix
+from turnrl.records import Task, Trajectory, TurnInfo
+
+DEFAULT_TURNS = 5
+DEFAULT_FEEDBACK = "Incorrect. Please think again."
+SYSTEM_PROMPT = "You're a helpful assistant."
+
+
+def letter_range(letters: list[str]) -> str:
+    """"A-D" for four options."""
+    return f"{letters[0]}-{letters[-1]}"
+
+
+def letters_phrase(letters: list[str]) -> str:
+    """"A, B, C, or D" for four options."""
+    return ", ".join(letters[:-1]) + f", or {letters[-1]}" if len(letters) > 2 else " or ".join(letters)
+
+
+def first_prompt(task: Task) -> str:
+    """004 App. D.7's evaluation prompt, with the answer format of this project (see the module docstring)."""
+    if task.choices:
+        options = "\n".join(f"{letter}. {text}" for letter, text in zip(task.letters, task.choices))
+        return (f"You are solving multiple-choice questions. Give the final answer letter "
+                f"({letter_range(task.letters)}) in the form 'The answer is X'.\n\n"
+                f"Problem:\n{task.question}\n{options}\n\n"
+                f"Always end your reply with 'The answer is X', where X is {letters_phrase(task.letters)}.")
+    return ("You are solving math problems. Give the final answer within \\boxed{}.\n\n"
+            f"Problem:\n{task.question}\n\n"
+            "Please reason step by step, and put your final answer within \\boxed{}.")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    answer: str | None
+    """The answer the turn states (an option letter or a math expression), None when it states none."""
+    correct: bool
+
+
+def verify(text: str, task: Task) -> Verdict:
+    """The verifier V(y_t) of 004 Sec. 2: read one assistant turn's answer and check it against the gold one."""
+    if task.choices:
+        from turnrl.rewards.answers import extract_choice
+
+        letter = extract_choice(text, task.letters, "the answer is").letter
+        return Verdict(letter, letter is not None and letter == task.answer)
+    from turnrl.rewards.math_answers import extract_math_answer, math_equal
+
+    answer = extract_math_answer(text)
+    return Verdict(answer, answer is not None and math_equal(answer, task.answer))
+
+
+def same_answer(a: str, b: str, task: Task) -> bool:
+    """Two stated answers are the same: equal letters, or equivalent math answers ("0.5" and "\\frac{1}{2}")."""
+    if task.choices:
+        return a == b
+    from turnrl.rewards.math_answers import math_equal
+
+    return a.strip() == b.strip() or math_equal(a, b)
+
+
+def distinct_answers(answers: list[str | None], task: Task) -> int:
+    """E(tau) of 004 eq. 12: how many different answers the turns state (turns stating none add nothing)."""
+    seen: list[str] = []
+    for a in answers:
+        if a is not None and not any(same_answer(a, s, task) for s in seen):
+            seen.append(a)
+    return len(seen)
+
+
+def turn_verdicts(trajectory: Trajectory, task: Task) -> list[Verdict]:
+    return [verify(trajectory.messages[i]["content"], task) for i in trajectory.assistant_indices()]
+
+
+def solved_at(verdicts: list[Verdict]) -> int | None:
+    """The 1-based turn of the first correct answer, or None."""
+    return next((t for t, v in enumerate(verdicts, start=1) if v.correct), None)
+
+
+class FeedbackEnv(Environment):
+    name = "feedback"
+
+    def __init__(self, turns: int = DEFAULT_TURNS, max_new_tokens: int = 128,
+                 feedback_message: str = DEFAULT_FEEDBACK):
+        if not 1 <= turns <= 20:
+            raise ValueError(f"turns must be between 1 and 20, got {turns}")
+        if not feedback_message.strip():
+            raise ValueError("feedback_message must not be empty")
+        self.turns, self.max_new_tokens, self.feedback_message = turns, max_new_tokens, feedback_message
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "turns": self.turns, "max_new_tokens": self.max_new_tokens,
+                "feedback_message": self.feedback_message}
+
+    def episode(self, task: Task, prefix: Prefix | None = None) -> EpisodeCoroutine:
+        if prefix is None:
+            messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": first_prompt(task)}]
+            turns: list[TurnInfo] = []
+            answers: list[str | None] = []
+        else:
+            messages, turns = list(prefix.messages), list(prefix.turns)
+            answers = [verify(messages[i]["content"], task).answer
+                       for i, m in enumerate(messages) if m["role"] == "assistant"]
+        for t in range(len(turns) + 1, self.turns + 1):
+            if messages[-1]["role"] == "assistant":
+                messages.append({"role": "user", "content": self.feedback_message})
+            result = yield from self.policy_turn(messages, turns, self.max_new_tokens)
+            verdict = verify(result.text, task)
+            answers.append(verdict.answer)
+            if verdict.correct:
+                return Episode(messages=messages, turns=turns, finish="solved",
+                               meta={"answers": answers, "solved_at": t})
+        return Episode(messages=messages, turns=turns, finish="turn_limit", meta={"answers": answers, "solved_at": None})
+
+    def metrics(self, trajectory: Trajectory, task: Task) -> dict[str, float]:
+        """multi@k (004 eq. 21): solved within k turns, for k = 1..T; the turns used; the distinct answers."""
+        verdicts = turn_verdicts(trajectory, task)
+        first = solved_at(verdicts)
+        out = {f"multi@{k}": float(first is not None and first <= k) for k in range(1, self.turns + 1)}
+        out["turns_used"] = float(len(verdicts))
+        out["distinct_answers"] = float(distinct_answers([v.answer for v in verdicts], task))
+        return out

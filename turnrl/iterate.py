@@ -1,0 +1,281 @@
+"""``turnrl iterate``: online iterative preference learning (003 Sec. 2.3, Algorithm 1, as run in its Sec. 3.1).
+
+Starting from pi_0, for t = 1..N:
+
+1. sample K trajectories per training prompt: K - M from the current policy pi_{t-1} and M from the previous
+   iteration's pi_{t-2} (003's mixture sampling, 20 + 10 of 30; iteration 1 draws all K from pi_0);
+2. score them with the run's reward (gold_likelihood, if used, is always scored by pi_0 so that rewards stay
+   comparable across policies and iterations);
+3. build the algorithm's pairs (M-DPO: one random correct/incorrect pair per prompt), in the tool environment
+   after 003's filters (``tool_filters``, :mod:`turnrl.filters`);
+4. train at most one epoch starting from pi_{t-1} with pi_{t-1} as the reference (003's updated reference;
+   ``fixed_reference`` keeps pi_0, 003's ablation) -- this gives pi_t;
+5. evaluate pi_t on the held-out prompts: the first ``heldout`` items of the train split, never trained on and
+   never the test split.
+
+The output is the best policy on the held-out prompts (pi_0 included; ties go to the later iteration). Every
+iteration keeps its files in the run directory::
+
+    tasks/                           the split
+    iterate.json                     the settings; a resumed loop must use the same (more iterations are fine)
+    iter_0/eval/heldout/             pi_0 on the held-out prompts
+    iter_t/rollouts/trajectories.jsonl, iter_t/scored/trajectories.jsonl
+    iter_t/filtered/trajectories.jsonl  tool environment: what 003's filters kept (and .counts.json)
+    iter_t/train/<algo>/             pairs, reference log-probs, training log and the checkpoint pi_t
+    iter_t/eval/heldout/             pi_t on the held-out prompts
+    iter_t/iteration.json            written last: the iteration is complete
+    summary.json                     every iteration's held-out result and the selected policy
+    eval/iterate-<algo>/             the selected policy on the test split
+
+Each stage resumes (rollouts chunk by chunk, training from its last saved state, evaluation conversation by
+conversation), so a killed loop restarted with the same command continues at the stage it stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from turnrl.algorithms.preference import PREFERENCE_ALGORITHMS, build_preference_data
+from turnrl.algorithms.weighted import AlgoConfig
+from turnrl.envs import EnvConfig, make_env
+from turnrl.errors import ConfigError
+from turnrl.evaluate import EvalOptions, EvaluateConfig, evaluate
+from turnrl.filters import ToolFilterConfig, filter_tool_trajectories
+from turnrl.generation import BackendConfig, Sampling, derive_seed, make_generator
+from turnrl.models import DEFAULT_MODEL
+from turnrl.records import ResumableJsonlWriter, Task, read_json, read_trajectories, write_json, write_jsonl
+from turnrl.rollout import run_episodes
+from turnrl.score import SCORED, RewardConfig, Scorer
+from turnrl.simulate import ROLLOUTS, RolloutOptions, SimulateConfig, build_jobs, episode_to_trajectory
+from turnrl.tasks import DatasetConfig, prepare_split
+from turnrl.train.common import OptimConfig
+
+FILTERED = "filtered/trajectories.jsonl"
+
+
+@dataclass
+class IterateConfig:
+    """Online iterative preference learning (003): sample, score, pair, train, select -- N times."""
+
+    run_dir: str = "runs/iterate"
+    model: str = DEFAULT_MODEL
+    """pi_0: the first policy and the first reference."""
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    generation: BackendConfig = field(default_factory=BackendConfig)
+    """Backend settings for every rollout and evaluation (the model field is filled in per policy)."""
+    teacher: BackendConfig = field(default_factory=BackendConfig)
+    rollout: RolloutOptions = field(default_factory=lambda: RolloutOptions(samples=8))
+    """K = rollout.samples trajectories per prompt and iteration (003: 30, at temperature 1.0 for 7B models)."""
+    previous_samples: int = 0
+    """How many of the K come from the previous iteration's policy (003's mixture sampling: 10 of 30)."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=lambda: AlgoConfig(name="m-dpo"))
+    """Any algorithm (preference ones are 003's; a weighted one, e.g. star-gate, gives 003's RAFT baseline)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Training of each iteration; at most one epoch (003)."""
+    iterations: int = 3
+    """N (003: 3)."""
+    prompts_per_iteration: int = 0
+    """0: every training prompt in every iteration; P: a fresh, disjoint slice of P prompts per iteration (003)."""
+    heldout: int = 50
+    """The first N prompts of the train split: only for selecting the best policy, never trained on."""
+    selection: str = "accuracy"
+    """The held-out metric that picks the best policy (any metric of `turnrl evaluate`, e.g. reward)."""
+    fixed_reference: bool = False
+    """Keep pi_0 as the reference in every iteration (003's ablation) instead of the previous policy."""
+    evaluation: EvalOptions = field(default_factory=EvalOptions)
+    """How held-out and test conversations are sampled (greedy by default); its limit is ignored."""
+    evaluate_best: bool = True
+    """Evaluate the selected policy on the test split (eval/iterate-<algo>/)."""
+    tool_filters: ToolFilterConfig = field(default_factory=ToolFilterConfig)
+    """tool environment: 003's filters, applied to the scored trajectories before pairing (turnrl/filters.py)."""
+
+
+def _check(cfg: IterateConfig, n_prompts: int) -> None:
+    if cfg.iterations < 1:
+        raise ConfigError(f"iterations: {cfg.iterations}; expected >= 1")
+    if cfg.optim.epochs > 1:
+        raise ConfigError(f"optim.epochs: {cfg.optim.epochs}; an iteration trains at most one epoch (003)")
+    if not 0 <= cfg.previous_samples < cfg.rollout.samples:
+        raise ConfigError(f"previous_samples: {cfg.previous_samples}; expected 0 <= it < rollout.samples "
+                          f"({cfg.rollout.samples}), leaving at least one sample to the current policy")
+    if cfg.heldout < 1:
+        raise ConfigError("heldout: expected >= 1 (the best policy is selected on held-out prompts)")
+    if n_prompts < 1:
+        raise ConfigError(f"heldout: {cfg.heldout} leaves no training prompt in the train split; lower it or raise "
+                          "dataset.n_train")
+    if cfg.prompts_per_iteration and cfg.prompts_per_iteration * cfg.iterations > n_prompts:
+        raise ConfigError(f"prompts_per_iteration: {cfg.iterations} iterations x {cfg.prompts_per_iteration} "
+                          f"disjoint prompts need more than the {n_prompts} training prompts left after heldout")
+
+
+def _start_or_resume(cfg: IterateConfig, run_dir: Path) -> None:
+    """A resumed loop must use the settings it started with; only the number of iterations may grow."""
+    record = run_dir / "iterate.json"
+    current = asdict(cfg)
+    if record.exists():
+        old = read_json(record)
+        diff = sorted(k for k, v in current.items() if old.get(k) != v and k not in ("run_dir", "iterations",
+                                                                                   "evaluate_best"))
+        if diff:
+            raise ConfigError(f"{record}: this loop was started with other settings {diff}; resume it with the "
+                              "same settings or use another run_dir")
+    write_json(record, current)
+
+
+def _sample_index(job_id: str) -> int:
+    return int(job_id.rsplit("#", 1)[1])
+
+
+def _rollouts(cfg: IterateConfig, out: Path, tasks: list[Task], env, seed: int, current: str,
+              previous: str | None) -> Path:
+    """K trajectories per prompt: samples 0..K-M-1 from the current policy, the last M from the previous one."""
+    ro = cfg.rollout
+    jobs = build_jobs(tasks, env.settings(), ro.samples, ro.temperatures, ro.top_p, ro.top_k, seed)
+    first_previous = ro.samples - (cfg.previous_samples if previous else 0)
+    sources = [(current, [j for j in jobs if _sample_index(j.id) < first_previous]),
+               (previous, [j for j in jobs if _sample_index(j.id) >= first_previous])]
+    per_chunk = ro.chunk_size * ro.samples
+    with ResumableJsonlWriter(out) as writer:
+        for model, model_jobs in sources:
+            todo = [j for j in model_jobs if j.id not in writer.done]
+            if not todo:
+                continue
+            backend = replace(cfg.generation, model=model)
+            policy = make_generator(backend)
+            teacher = make_generator(cfg.teacher) if getattr(env, "needs_teacher", False) else None
+            info = {"model": model, "revision": getattr(policy, "revision", ""), "backend": backend.backend}
+            for start in range(0, len(todo), per_chunk):
+                chunk = todo[start: start + per_chunk]
+                episodes = run_episodes(env, chunk, policy, teacher=teacher,
+                                        teacher_sampling=Sampling(temperature=ro.teacher_temperature),
+                                        run_code=getattr(env, "run_code", None),
+                                        desc=f"{out.parent.parent.name} rollouts [{start + len(chunk)}/{len(todo)}]")
+                writer.write(episode_to_trajectory(j, e, env.settings(), info, 0.0) for j, e in zip(chunk, episodes))
+    return out
+
+
+def _score(out: Path, rollouts: Path, reward: RewardConfig, tasks: dict[str, Task]) -> Path:
+    if not out.exists():  # written atomically: present means complete
+        trajectories = read_trajectories(rollouts)
+        Scorer(reward).score(trajectories, tasks, desc=f"score {out.parent.parent.name}")
+        write_jsonl(out, trajectories)
+    return out
+
+
+def _heldout(cfg: IterateConfig, it_dir: Path, model: str, reward: RewardConfig) -> dict[str, Any]:
+    result = evaluate(EvaluateConfig(run_dir=str(it_dir), name="heldout",
+                                     policy=replace(cfg.generation, model=model), teacher=cfg.teacher,
+                                     dataset=cfg.dataset, env=cfg.env, reward=reward,
+                                     evaluation=replace(cfg.evaluation, limit=cfg.heldout), split="train"))
+    if cfg.selection not in result["metrics"]:
+        raise ConfigError(f"selection: {cfg.selection!r} is not a metric of the evaluation; known: "
+                          f"{', '.join(result['metrics'])}")
+    return result["metrics"]
+
+
+def _copy_tasks(run_dir: Path, it_dir: Path) -> None:
+    """Each iteration folder is a run directory of its own for the stage commands; they share one split."""
+    if not (it_dir / "tasks" / "split.json").exists():
+        shutil.copytree(run_dir / "tasks", it_dir / "tasks", dirs_exist_ok=True)
+
+
+def _tool_filters(cfg: IterateConfig, it_dir: Path, current: str) -> tuple[str, dict[str, int]]:
+    """003's filters on tool-environment trajectories; returns the log to train on and what was dropped."""
+    out = it_dir / FILTERED
+    if not out.exists():
+        from turnrl.models import load_tokenizer
+
+        result = filter_tool_trajectories(read_trajectories(it_dir / SCORED), cfg.tool_filters,
+                                          tokenizer=load_tokenizer(current))
+        write_json(out.with_suffix(".counts.json"), result.counts)
+        write_jsonl(out, result.kept)  # last: its presence marks the stage done
+    return FILTERED, read_json(out.with_suffix(".counts.json"))
+
+
+def _train(cfg: IterateConfig, it_dir: Path, t: int, current: str, reward: RewardConfig, seed: int,
+           log: str) -> tuple[str, dict[str, Any]]:
+    """Train pi_t from pi_{t-1} on ``log``; returns its model and what the pairing found (no pairs: pi_{t-1}
+    carries on)."""
+    from turnrl.train import train
+
+    algo = cfg.algo
+    if cfg.fixed_reference and t > 1:
+        algo = replace(algo, reference=cfg.model)
+    if algo.name not in PREFERENCE_ALGORITHMS:
+        return str(train(str(it_dir), current, algo, cfg.optim, input=log)), {}
+    branches = None
+    if algo.name == "step-dpo":
+        from turnrl.train.preference import branch_stage
+
+        simulate_cfg = SimulateConfig(dataset=cfg.dataset, env=cfg.env, policy=replace(cfg.generation, model=current),
+                                      teacher=cfg.teacher, rollout=replace(cfg.rollout, seed=seed))
+        branches = read_trajectories(branch_stage(str(it_dir), log, simulate_cfg, reward, output=algo.branches))
+    _, diagnostics = build_preference_data(read_trajectories(it_dir / log), algo, branches)
+    if not diagnostics["pairs"]:
+        print(f"iterate: iteration {t} found no pairs ({diagnostics}); the policy carries over unchanged")
+        return current, diagnostics
+    return str(train(str(it_dir), current, algo, cfg.optim, input=log)), diagnostics
+
+
+def iterate(cfg: IterateConfig) -> dict[str, Any]:
+    run_dir = Path(cfg.run_dir)
+    train_split, _ = prepare_split(cfg.dataset, run_dir)
+    prompts = train_split[cfg.heldout:]
+    _check(cfg, len(prompts))
+    _start_or_resume(cfg, run_dir)
+    env = make_env(cfg.env)
+    task_index = {t.id: t for t in train_split}
+    # One fixed scorer for every policy: gold_likelihood by pi_0, not by whichever policy wrote the trajectory.
+    reward = replace(cfg.reward, reference=cfg.reward.reference or cfg.model)
+    history: list[dict[str, Any]] = []
+    base_dir = run_dir / "iter_0"
+    if (base_dir / "iteration.json").exists():
+        history.append(read_json(base_dir / "iteration.json"))
+    else:
+        _copy_tasks(run_dir, base_dir)
+        record = {"iteration": 0, "policy": cfg.model, "heldout": _heldout(cfg, base_dir, cfg.model, reward)}
+        write_json(base_dir / "iteration.json", record)
+        history.append(record)
+    for t in range(1, cfg.iterations + 1):
+        it_dir = run_dir / f"iter_{t}"
+        if (it_dir / "iteration.json").exists():
+            history.append(read_json(it_dir / "iteration.json"))
+            continue
+        _copy_tasks(run_dir, it_dir)
+        current = history[-1]["policy"]
+        previous = history[-2]["policy"] if len(history) > 1 else None
+        seed = derive_seed(cfg.rollout.seed, "iterate", t)
+        if cfg.prompts_per_iteration:
+            p = cfg.prompts_per_iteration
+            tasks = prompts[(t - 1) * p: t * p]
+        else:
+            tasks = prompts
+        rollouts = _rollouts(cfg, it_dir / ROLLOUTS, tasks, env, seed, current, previous)
+        _score(it_dir / SCORED, rollouts, reward, task_index)
+        log, filtered = _tool_filters(cfg, it_dir, current) if cfg.env.name == "tool" else (SCORED, None)
+        policy, pairing = _train(cfg, it_dir, t, current, reward, seed, log)
+        reference = cfg.model if cfg.fixed_reference else (cfg.algo.reference or current)
+        sampled_from = {"current": current, "previous": previous if cfg.previous_samples else None}
+        record = {"iteration": t, "policy": policy, "started_from": current, "reference": reference,
+                  "sampled_from": sampled_from, "prompts": len(tasks), "filtered": filtered, "pairing": pairing,
+                  "heldout": _heldout(cfg, it_dir, policy, reward)}
+        write_json(it_dir / "iteration.json", record)
+        history.append(record)
+        print(f"iterate: iteration {t}: held-out {cfg.selection} {record['heldout'][cfg.selection]['mean']:.4g} "
+              f"(pi_0: {history[0]['heldout'][cfg.selection]['mean']:.4g})")
+    best = max(history, key=lambda r: (r["heldout"][cfg.selection]["mean"], r["iteration"]))
+    summary: dict[str, Any] = {"selection": cfg.selection, "best": {"iteration": best["iteration"],
+                                                                    "policy": best["policy"]}, "iterations": history}
+    if cfg.evaluate_best:
+        name = f"iterate-{cfg.algo.name}"
+        summary["best"]["test"] = evaluate(EvaluateConfig(
+            run_dir=cfg.run_dir, name=name, policy=replace(cfg.generation, model=best["policy"]),
+            teacher=cfg.teacher, dataset=cfg.dataset, env=cfg.env, reward=reward, evaluation=cfg.evaluation))["metrics"]
+    write_json(run_dir / "summary.json", summary)
+    print(f"iterate: best on the held-out prompts: iteration {best['iteration']} ({best['policy']})")
+    return summary

@@ -1,0 +1,189 @@
+"""``turnrl train --algo star-gate-d``: STaR-GATE distilled into the base model (000 Sec. 4 and Table 27).
+
+The teacher is the STaR-GATE checkpoint of the run (trained first with the weighted trainer if absent), the student
+is the base model, and the data are STaR-GATE's: the selected (best) trajectory of each group. At every trained
+token k (the assistant messages' tokens with their end-of-turn token, as in SFT):
+
+    l_k = alpha * (-log p_student(y_k | ...)) + (1 - alpha) * T^2 * KL(softmax(z_teacher / T) || softmax(z_student / T))
+
+summed over a trajectory's trained tokens and averaged over the step's trajectories (``optim.normalization: sum``,
+the default) or divided by the step's trained tokens (``mean``). alpha = 0.5 and T = 2.0 are 000's values; the
+T^2 keeps the KL term's gradient on the scale of the NLL's whatever T is (Hinton et al., 2015). Table 27's
+"student_layers 8" is not explained in 000; the student here is the whole base model.
+
+The KL needs both models' full-vocabulary distributions at every trained token. Only the trained positions go
+through the output layers, in chunks of tokens whose logits are recomputed in the backward pass, so at most one
+chunk's vocabulary-sized tensors exist at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from turnrl.algorithms.weighted import WeightedExample, build_weighted_examples
+from turnrl.errors import ConfigError, InputError
+from turnrl.models import load_model, resolve, stop_token_ids
+from turnrl.records import read_trajectories, write_json
+from turnrl.train.common import (OptimConfig, TrainLoop, epoch_steps, finish_step_without_data, gradient_sync,
+                                 load_for_training, micro_batches, pad_batch, process_share, set_seed,
+                                 summarise_history)
+from turnrl.train.logprobs import _base_lm
+from turnrl.train.preference import freeze
+from turnrl.train.weighted import TrainConfig, tokenize_examples, train_weighted
+
+TEACHER = "train/star-gate"
+
+
+def _capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
+def _distill_terms(student_head: nn.Module, teacher_head: nn.Module, hs: torch.Tensor, ht: torch.Tensor,
+                   targets: torch.Tensor, temperature: float, student_cap: float | None,
+                   teacher_cap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token: the student's NLL of the target, and KL(teacher_T || student_T) over the whole vocabulary."""
+    student = _capped(student_head(hs).float(), student_cap)
+    with torch.no_grad():
+        log_p_teacher = F.log_softmax(_capped(teacher_head(ht).float(), teacher_cap) / temperature, dim=-1)
+    nll = F.cross_entropy(student, targets, reduction="none")
+    log_q_student = F.log_softmax(student / temperature, dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_q_student)).sum(-1)
+    return nll, kl
+
+
+class DistillLM(nn.Module):
+    """forward(input_ids, attention_mask, label_mask) -> (NLL per trained token, KL per trained token, row index).
+
+    ``self.lm`` is the student (saved as the checkpoint); the teacher is held outside the module tree, so it is
+    neither optimised nor written into the training state.
+    """
+
+    def __init__(self, lm: nn.Module, teacher: nn.Module, temperature: float, chunk_tokens: int = 256):
+        super().__init__()
+        self.lm = lm
+        self.__dict__["teacher"] = teacher
+        self.temperature = temperature
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                label_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        student, teacher = _base_lm(self.lm), _base_lm(self.teacher)
+        hidden = student.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        with torch.no_grad():
+            t_hidden = teacher.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        predicts = label_mask[:, 1:].bool()
+        rows = predicts.nonzero()[:, 0]
+        hs, ht, targets = hidden[:, :-1][predicts], t_hidden[:, :-1][predicts], input_ids[:, 1:][predicts]
+        args = (student.get_output_embeddings(), teacher.get_output_embeddings())
+        caps = (getattr(student.config, "final_logit_softcapping", None),
+                getattr(teacher.config, "final_logit_softcapping", None))
+        nll, kl = [], []
+        for start in range(0, hs.shape[0], self.chunk_tokens):
+            chunk = (hs[start: start + self.chunk_tokens], ht[start: start + self.chunk_tokens],
+                     targets[start: start + self.chunk_tokens], self.temperature, *caps)
+            if torch.is_grad_enabled() and hs.requires_grad:
+                n, k = checkpoint(_distill_terms, *args, *chunk, use_reentrant=False)
+            else:
+                n, k = _distill_terms(*args, *chunk)
+            nll.append(n)
+            kl.append(k)
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return (torch.cat(nll) if nll else empty), (torch.cat(kl) if kl else empty), rows
+
+
+def distill_step_loss(alpha: float, temperature: float, normalization: str, micro_batch_tokens: int, pad_id: int):
+    """One optimizer step of the distillation loss over weighted items (see the module docstring)."""
+
+    def step_loss(step, accelerator, model) -> dict[str, float]:
+        z = len(step) if normalization == "sum" else max(1, sum(it.tokens for it in step))
+        # Under data parallelism: this process's share, loss scaled as in the weighted trainer.
+        micros = micro_batches(process_share(step, accelerator), lambda it: len(it.seq.input_ids),
+                               micro_batch_tokens)
+        totals = torch.zeros(4, device=accelerator.device)  # loss, summed NLL, summed KL, tokens
+        for k, micro in enumerate(micros):
+            batch = pad_batch([it.seq for it in micro], pad_id, accelerator.device)
+            with gradient_sync(accelerator, model, last=k == len(micros) - 1):
+                with accelerator.autocast():
+                    nll, kl, _ = model(**batch)
+                loss = (alpha * nll + (1 - alpha) * temperature ** 2 * kl).sum() / z
+                accelerator.backward(loss * accelerator.num_processes)
+            totals += torch.stack([loss.detach(), nll.detach().sum(), kl.detach().sum(),
+                                   torch.tensor(float(nll.numel()))])
+        if not micros and accelerator.num_processes > 1:
+            finish_step_without_data(accelerator, model)
+        loss, nll_sum, kl_sum, tokens = accelerator.reduce(totals, reduction="sum").tolist()
+        return {"loss": loss, "nll_per_token": nll_sum / max(1, tokens), "kl_per_token": kl_sum / max(1, tokens),
+                "trajectories": len(step), "tokens": int(tokens)}
+
+    return step_loss
+
+
+def selected_examples(trajectories, algo) -> tuple[list[WeightedExample], dict]:
+    """STaR-GATE's selection (best trajectory per group, ``top_k`` / ``min_reward`` as configured), weight 1."""
+    star_gate = replace(algo, name="star-gate", kl_coef=0.0, negative_floor=None)
+    examples, diagnostics = build_weighted_examples(trajectories, star_gate)
+    diagnostics.pop("weights", None)
+    return [e for e in examples if e.weight > 0], diagnostics
+
+
+def train_distill(cfg, teacher_optim: OptimConfig | None = None) -> Path:
+    """Train STaR-GATE-D (``cfg`` is a :class:`TrainConfig`); returns the student's checkpoint folder."""
+    run_dir, algo, optim = Path(cfg.run_dir), cfg.algo, cfg.optim
+    out_dir = run_dir / (cfg.output or f"train/{algo.name}")
+    if (out_dir / "checkpoint" / "turnrl_train.json").exists() and not cfg.overwrite:
+        print(f"train: {out_dir / 'checkpoint'} exists; nothing to do (--overwrite true to train again)")
+        return out_dir / "checkpoint"
+    if not 0.0 <= algo.distill_alpha <= 1.0:
+        raise ConfigError(f"algo.distill_alpha: {algo.distill_alpha}; expected a value in [0, 1]")
+    if algo.distill_temperature <= 0:
+        raise ConfigError(f"algo.distill_temperature: {algo.distill_temperature}; expected > 0")
+    teacher = algo.teacher or str(run_dir / TEACHER / "checkpoint")
+    if algo.teacher and not Path(algo.teacher).exists():
+        raise InputError(f"algo.teacher: {algo.teacher}: no such checkpoint")
+    if not algo.teacher and not (Path(teacher) / "turnrl_train.json").exists():
+        print(f"train {algo.name}: no STaR-GATE teacher in {run_dir / TEACHER}; training it first")
+        train_weighted(TrainConfig(run_dir=cfg.run_dir, model=cfg.model, input=cfg.input, output=TEACHER,
+                                   algo=replace(algo, name="star-gate"), optim=teacher_optim or optim))
+    trajectories = read_trajectories(run_dir / cfg.input)
+    examples, diagnostics = selected_examples(trajectories, algo)
+    if not examples:
+        raise ConfigError(f"{algo.name}: STaR-GATE selected no trajectory ({diagnostics}); nothing to distil")
+    model_name = cfg.model or trajectories[0].policy.get("model") or ""
+    if not model_name:
+        raise ConfigError("model: not given, and the trajectories do not record their policy")
+    set_seed(optim.seed)
+    lm, tokenizer, _ = load_for_training(model_name, optim)
+    teacher_lm = freeze(load_model(resolve(teacher), dtype="float32"))
+    sizes = (lm.get_output_embeddings().weight.shape[0], teacher_lm.get_output_embeddings().weight.shape[0])
+    if sizes[0] != sizes[1]:
+        raise ConfigError(f"{algo.name}: the teacher {teacher} has a {sizes[1]}-token vocabulary and the student "
+                          f"{model_name} {sizes[0]}; distillation needs the same tokenizer")
+    items, dropped = tokenize_examples(examples, tokenizer, stop_token_ids(tokenizer, lm), optim)
+    diagnostics.update({"dropped": dropped, "teacher": teacher, "alpha": algo.distill_alpha,
+                        "temperature": algo.distill_temperature})
+    if not items:
+        raise ConfigError(f"{algo.name}: every selected trajectory was dropped ({dropped})")
+    steps = epoch_steps(items, optim.batch_size, optim.epochs, optim.seed)
+    loop = TrainLoop(lm, tokenizer, optim, out_dir, model_name, steps,
+                     wrap=lambda student: DistillLM(student, teacher_lm, algo.distill_temperature))
+    teacher_lm.to(loop.accelerator.device)
+    if loop.accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "diagnostics.json", diagnostics)
+    loop.accelerator.print(f"train {algo.name}: {len(items)} trajectories distilled from {teacher}, {len(steps)} "
+                           f"steps, dropped {dropped}")
+    history = loop.run(distill_step_loss(algo.distill_alpha, algo.distill_temperature, optim.normalization,
+                                         optim.micro_batch_tokens, tokenizer.pad_token_id),
+                       -(-len(items) // optim.batch_size))
+    summary = summarise_history(history)
+    checkpoint_dir = loop.save_checkpoint({"config": asdict(cfg), "model": model_name, "summary": summary,
+                                           "diagnostics": diagnostics})
+    loop.accelerator.print(f"train {algo.name}: done, loss {summary.get('first_loss', float('nan')):.4g} -> "
+                           f"{summary.get('last_loss', float('nan')):.4g}; checkpoint {checkpoint_dir}")
+    return checkpoint_dir
