@@ -49,11 +49,18 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
 
 # `--algo refit` is short for `--algo.name refit` (and likewise for the other configs with a name field).
 _SHORTHANDS = {"--algo": "--algo.name", "--dataset": "--dataset.name", "--env": "--env.name"}
+_BARE_FLAGS = {"--quick", "--overwrite"}
 
 
 def _expand_shorthands(argv: list[str]) -> list[str]:
+    """`--algo refit` -> `--algo.name refit`; `turnrl run configs/demo.yaml` -> `turnrl run --config ...`."""
+    if len(argv) >= 2 and not argv[1].startswith("-") and argv[1].endswith((".yaml", ".yml")):
+        argv = [argv[0], "--config", *argv[1:]]
     out = []
     for i, arg in enumerate(argv):
+        if arg in _BARE_FLAGS and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out += [arg, "true"]  # `--quick` alone means `--quick true`
+            continue
         if arg in _SHORTHANDS and i + 1 < len(argv):
             value = argv[i + 1]
             if not value.startswith("-") and "{" not in value and not Path(value).is_file():

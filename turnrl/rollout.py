@@ -36,18 +36,20 @@ def run_episodes(
     teacher_sampling: Sampling | None = None,
     run_code: Callable[[list[str]], list[Any]] | None = None,
     desc: str | None = None,
+    progress: Any = None,
 ) -> list[Episode]:
     """Run every job's conversation to its end and return the episodes in job order.
 
     The policy's turn k of job j is sampled with seed ``derive_seed(job.sampling.seed, k)``, so a conversation's
-    randomness depends only on its own seed.
+    randomness depends only on its own seed. ``progress``: a tqdm bar to advance per finished conversation (else
+    one of its own is shown when ``desc`` is given).
     """
     coroutines = [env.episode(job.task, job.prefix) for job in jobs]
     episodes: list[Episode | None] = [None] * len(jobs)
     pending: dict[int, Any] = {}
     policy_turns = [0] * len(jobs)
     teacher_turns = [0] * len(jobs)
-    bar = tqdm(total=len(jobs), desc=desc or "rollout", unit="conv", disable=desc is None)
+    bar = progress or tqdm(total=len(jobs), desc=desc or "rollout", unit="conv", disable=desc is None)
 
     def advance(i: int, value: Any) -> None:
         try:
@@ -95,5 +97,6 @@ def run_episodes(
                 raise RuntimeError(f"environment {env.name!r} runs code, and no sandbox is configured")
             for (i, _), result in zip(tool_wait, run_code([r.code for _, r in tool_wait])):
                 advance(i, result)
-    bar.close()
+    if progress is None:
+        bar.close()
     return episodes  # type: ignore[return-value]

@@ -144,21 +144,20 @@ def simulate(cfg: SimulateConfig) -> Path:
         policy_info = {"model": cfg.policy.model, "revision": getattr(policy, "revision", ""),
                        "backend": cfg.policy.backend}
         chunks = [tasks[i: i + ro.chunk_size] for i in range(0, len(tasks), ro.chunk_size)]
-        bar = tqdm(total=len(jobs), initial=len(writer.done & {j.id for j in jobs}), desc="simulate",
-                   unit="traj")
-        for chunk in chunks:
-            ids = {t.id for t in chunk}
-            chunk_jobs = [j for j in jobs if j.task.id in ids]
-            if all(j.id in writer.done for j in chunk_jobs):
+        chunk_jobs_of = [[j for j in jobs if j.task.id in {t.id for t in chunk}] for chunk in chunks]
+        finished = [all(j.id in writer.done for j in cj) for cj in chunk_jobs_of]
+        bar = tqdm(total=len(jobs), initial=sum(len(cj) for cj, f in zip(chunk_jobs_of, finished) if f),
+                   desc="simulate", unit="traj")
+        for chunk_jobs, done in zip(chunk_jobs_of, finished):
+            if done:
                 continue  # finished in an earlier run
             start = time.perf_counter()
             episodes = run_episodes(env, chunk_jobs, policy, teacher=teacher,
                                     teacher_sampling=Sampling(temperature=ro.teacher_temperature),
-                                    run_code=getattr(env, "run_code", None))
+                                    run_code=getattr(env, "run_code", None), progress=bar)
             seconds = (time.perf_counter() - start) / len(chunk_jobs)
             writer.write(to_trajectory(j, e, settings, policy_info, seconds)
                          for j, e in zip(chunk_jobs, episodes))
-            bar.update(len(chunk_jobs))
         bar.close()
     print(f"simulate: wrote {len(jobs)} trajectories to {out}")
     return out

@@ -6,6 +6,9 @@ Components (each a number in [0, 1] unless noted):
   math checker of :mod:`turnrl.rewards.math_answers`);
 - ``format``: the final turn states its answer first, in the canonical form;
 - ``thinking``: thinking mode's tags are well formed in every assistant turn, the final answer outside them;
+- ``turn_accuracy``: the share of assistant turns that state the right answer (0, 1/n, ..., 1): graded credit for
+  committing to the right answer early and keeping it, as 000's judge asks "is the assistant moving toward the
+  correct answer?";
 - ``gold_likelihood``: STaR-GATE's reward -- how likely the reference model is to answer with the gold option
   after the conversation that precedes the final answer (:mod:`turnrl.rewards.likelihood`);
 - ``judge_*``: the LLM judge's rubric scores / 10 (000 App. E.3; :mod:`turnrl.judge`).
@@ -21,7 +24,7 @@ from typing import Any
 from turnrl.records import Task, Trajectory
 from turnrl.rewards.answers import extract_choice, has_thinking_tags, thinking_compliant
 
-CHEAP = ("accuracy", "format", "thinking")
+CHEAP = ("accuracy", "format", "thinking", "turn_accuracy")
 
 
 def canonical_phrase(env_settings: dict[str, Any]) -> str:
@@ -62,8 +65,16 @@ def answer_changed(traj: Trajectory, task: Task) -> bool:
 def cheap_components(traj: Trajectory, task: Task) -> dict[str, float]:
     fa = final_answer(traj, task)
     contents = [traj.messages[i]["content"] for i in traj.assistant_indices()]
+    stated = answers_per_turn(traj, task)
+    if task.choices:
+        right = [a == task.answer for a in stated]
+    else:
+        from turnrl.rewards.math_answers import math_equal
+
+        right = [a is not None and math_equal(a, task.answer) for a in stated]
     return {
         "accuracy": float(fa["correct"]),
+        "turn_accuracy": sum(right) / len(right) if right else 0.0,
         "format": float(fa["well_formatted"]),
         "thinking": float(bool(contents) and all(thinking_compliant(c, final=(k == len(contents) - 1))
                                                  for k, c in enumerate(contents))),

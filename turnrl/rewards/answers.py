@@ -4,10 +4,12 @@ The rule (DESIGN.md section 8), applied to the final assistant turn:
 
 1. An answer statement is "The answer is X", "Answer is X", "final answer is X", "correct answer is X" or
    "Answer: X", in any letter case, where X is an option letter written in capitals, optionally in parentheses,
-   brackets or markdown bold ("The answer is (B)", "**Answer: C**"). A lowercase letter counts only in
-   parentheses ("the answer is (b)"), because "the answer is a ..." is ordinary English.
+   brackets, quotes or markdown bold ("The answer is (B)", 'The correct answer is "D."', "**Answer: C**"). A
+   lowercase letter counts only in parentheses ("the answer is (b)"), because "the answer is a ..." is ordinary
+   English.
 2. X must be one of the question's option letters and must not run into a word ("The answer is An ..." is
-   not A). A literal "The answer is X" (the prompt's placeholder) is therefore no answer.
+   not A). "A" followed by a lowercase word is the article ("The answer is A volcano"), unless that word is a
+   connective such as "because" or "and". A literal "The answer is X" (the prompt's placeholder) is no answer.
 3. The turn's answer is the single letter its statements name. Statements naming two or more different letters
    ("The answer is A ... The answer is C") make the turn *ambiguous*: it scores as wrong and is counted as such.
    Repeating the same letter is fine.
@@ -22,8 +24,11 @@ import re
 from dataclasses import dataclass
 
 _PHRASE = r"(?i:(?:\b(?:the\s+)?(?:final\s+|correct\s+)?answer\s+is|\banswer\s*:))"
+_QUOTE = "\"'\u201c\u201d\u2018\u2019"
 _STATEMENT = re.compile(
-    _PHRASE + r"[\s:]*(?:\*\*|__)?\s*(?:[\(\[]\s*(?P<wrapped>[A-Ja-j])\s*[\)\]]|(?P<bare>[A-J]))(?![A-Za-z0-9])"
+    _PHRASE + r"[\s:]*(?:\*\*|__)?\s*[" + _QUOTE + r"]?\s*"
+    r"(?:[\(\[]\s*(?P<wrapped>[A-Ja-j])\s*[\)\]]|(?P<bare>[A-J]))(?![A-Za-z0-9])"
+    r"(?<!A(?=\s+(?!(?:because|since|as|is|and|or|which|for|with|this|that)\b)[a-z]))"  # "A volcano": an article
 )
 _CANONICAL_START = {
     "the answer is": re.compile(r"^[\s\*#>_`]*(?:\*\*)?the\s+answer\s+is\b", re.IGNORECASE),
