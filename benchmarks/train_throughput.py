@@ -144,6 +144,35 @@ def fixed_batch_losses(args) -> tuple[float, float]:
     return ours, theirs
 
 
+def matmul_peak(dtype_name: str = "bfloat16", size: int = 2048, repeats: int = 10) -> float:
+    """The machine's measured matmul throughput (GFLOP/s) in the training dtype: the MFU denominator."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def model_flops_per_token(seq_len: float) -> float:
+    """Training FLOPs per token of SmolLM2-135M: 6 N (N counts the output layer once; embeddings are tied) plus
+    causal attention, 12 * layers * (seq_len / 2) * hidden (QK^T and AV, forward and backward)."""
+    from transformers import AutoConfig
+
+    from turnrl.models import resolve
+
+    c = AutoConfig.from_pretrained(resolve("smollm2-135m-instruct").path)
+    head_dim = c.hidden_size // c.num_attention_heads
+    kv = c.num_key_value_heads * head_dim
+    per_layer = c.hidden_size * (c.hidden_size * 2 + 2 * kv) + 3 * c.hidden_size * c.intermediate_size
+    n = c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size
+    return 6 * n + 12 * c.num_hidden_layers * (seq_len / 2) * c.hidden_size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trajectories", default="runs/demo/scored/trajectories.jsonl")
@@ -171,14 +200,22 @@ def main() -> None:
             print(json.dumps(res), flush=True)
             gc.collect()
     ours, theirs = fixed_batch_losses(args)
+    peak = matmul_peak()
+    items, _ = load_items(Path(args.trajectories), args.n, args.max_length)
+    mean_len = statistics.mean(len(it.seq.input_ids) for it in items)
+    per_token = model_flops_per_token(mean_len)
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("trained_tok_s", "total_tok_s", "peak_rss_gb")}
            for k, v in results.items()}
     print(f"\n{args.repeats} alternating repeats x {args.steps} steps (first {args.warmup} untimed), batch "
           f"{args.batch_size} conversations, bf16 autocast, fp32 weights\n")
-    print("| trainer | trained tokens/s (median) | all tokens/s (median) | peak RSS GB (median) |")
-    print("|---|---|---|---|")
+    print("| trainer | trained tokens/s (median) | all tokens/s (median) | peak RSS GB (median) | MFU |")
+    print("|---|---|---|---|---|")
     for k in ("turnrl", "trl"):
-        print(f"| {k} | {med[k]['trained_tok_s']:.0f} | {med[k]['total_tok_s']:.0f} | {med[k]['peak_rss_gb']:.2f} |")
+        mfu = med[k]["total_tok_s"] * per_token / (peak * 1e9)
+        print(f"| {k} | {med[k]['trained_tok_s']:.0f} | {med[k]['total_tok_s']:.0f} | {med[k]['peak_rss_gb']:.2f} | "
+              f"{100 * mfu:.0f}% |")
+    print(f"\nmeasured bf16 matmul peak: {peak:.0f} GFLOP/s (2048^2, torch, {__import__('torch').get_num_threads()} "
+          f"threads); model FLOPs per token {per_token / 1e9:.2f} GFLOP at mean length {mean_len:.0f}")
     print(f"\nratio turnrl / TRL (trained tokens/s): {med['turnrl']['trained_tok_s'] / med['trl']['trained_tok_s']:.2f}x")
     print(f"loss on one fixed batch at initialisation: turnrl {ours:.5f}, transformers/TRL {theirs:.5f}")
 

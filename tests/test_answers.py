@@ -30,6 +30,10 @@ CASES = [
     ("The answer is A.\n\nThe answer is A.\n\nThe answer is B.", None, "ambiguous", False),
     ("The answer is B. Adaptation. ... The answer is A. Evolution is a process", None, "ambiguous", False),
     ("The answer is the answer is the answer is", None, "none", False),
+    ("The answer is A, B, C, or D.", None, "ambiguous", False),  # listing the options is not answering
+    ("The answer is B or C.", None, "ambiguous", False),
+    ("The answer is C/D", None, "ambiguous", False),
+    ("The answer is B, as explained above.", "B", "ok", True),
     ("This question requires a deep understanding of volcanic ash. Here's a step-by-step breakdown of the", None,
      "none", False),
     ("<thinking>Plants absorb carbon dioxide.</thinking> The answer is B.", "B", "ok", False),

@@ -40,7 +40,8 @@ def feedback_traj(group: str, sample: int, answers: list[str], drift_return: flo
         rewards["drift_return"] = drift_return
     return Trajectory(id=f"{group}#{sample}", task_id=task, group_id=group, sample=sample,
                       messages=conversation(answers), env={"name": "feedback", "turns": 5},
-                      turns=[TurnInfo(tokens=5, truncated=False) for _ in answers], rewards=rewards, reward=float(solved))
+                      turns=[TurnInfo(tokens=5, truncated=False) for _ in answers], rewards=rewards,
+                      reward=float(solved))
 
 
 # ------------------------------------------------------------------------------------------------ the return
@@ -141,7 +142,8 @@ def test_drift_weights_diagnostics_and_turns():
     assert diag["share_all_fail"] == pytest.approx(1 / 3)
     # ESS = (sum w)^2 / sum w^2 = 16^2 / (w_success^2 + 15 w_fail^2); 4 and 2 for uniform groups.
     expected_a = 256 / ((16 * math.exp(10) / z) ** 2 + 15 * (16 / z) ** 2)
-    assert diag["group_ess"]["a"] == pytest.approx(expected_a, abs=1e-4) and expected_a == pytest.approx(1.0014, abs=1e-4)
+    assert diag["group_ess"]["a"] == pytest.approx(expected_a, abs=1e-4)
+    assert expected_a == pytest.approx(1.0014, abs=1e-4)
     assert (diag["group_ess"]["b"], diag["group_ess"]["c"]) == pytest.approx((4.0, 2.0))
     assert diag["group_sizes"] == {"2": 1, "4": 1, "16": 1}
     all_turns, _ = build_weighted_examples(trajectories, AlgoConfig(name="drift", turns="all"))

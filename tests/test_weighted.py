@@ -115,12 +115,14 @@ def test_swift_floor_and_kl_anchor():
 
 def test_star_gate_keeps_the_best_of_each_group():
     trajectories = [traj("a", 0, 0.2), traj("a", 1, 0.9), traj("a", 2, 0.9),  # tie: the earlier sample wins
-                    traj("b", 0, 0.0), traj("b", 1, 0.0)]
-    weights = [e.weight for e in build_weighted_examples(trajectories, AlgoConfig(name="star-gate"))[0]]
-    assert weights == [0, 1, 0, 1, 0]
-    thresholded, diag = build_weighted_examples(trajectories, AlgoConfig(name="star-gate", min_reward=0.5))
-    assert [e.weight for e in thresholded] == [0, 1, 0, 0, 0]
+                    traj("b", 0, 0.0), traj("b", 1, 0.0),  # nothing earned: nothing to imitate
+                    traj("c", 0, 0.3), traj("c", 1, 0.1)]
+    weights, diag = build_weighted_examples(trajectories, AlgoConfig(name="star-gate"))
+    assert [e.weight for e in weights] == [0, 1, 0, 0, 0, 1, 0]
     assert diag["groups_without_selection"] == 1
+    thresholded, diag = build_weighted_examples(trajectories, AlgoConfig(name="star-gate", min_reward=0.5))
+    assert [e.weight for e in thresholded] == [0, 1, 0, 0, 0, 0, 0]
+    assert diag["groups_without_selection"] == 2
 
 
 def test_refit_refuses_negative_rewards():

@@ -8,8 +8,8 @@ of context x with weight w,
 i.e. SFT on every assistant turn, each trajectory's turns scaled by its weight. They differ only in w:
 
 - SFT:        w = 1 for every trajectory.
-- STaR-GATE:  w = 1 for the best trajectory of each group (top-k by reward, optionally above a threshold), else 0
-              (000 Sec. 4, "reward thresholding").
+- STaR-GATE:  w = 1 for the best trajectory of each group (top-k by reward, above a threshold, 0 by default),
+              else 0 (000 Sec. 4, "reward thresholding").
 - Refit:      w = r(x, tau) >= 0 (000 eq. 5; Lemma 1 needs r >= 0, so negative rewards are refused unless
               ``shift_negative`` shifts every reward by the minimum).
 - Swift:      w = (r - mean_x) / std_x over the m trajectories of the group, std with 1/(m - 1) (000 eq. 9).
@@ -51,8 +51,9 @@ class AlgoConfig:
     (preference learning); star-gate-d (distillation)."""
     top_k: int = 1
     """star-gate: trajectories kept per group."""
-    min_reward: float | None = None
-    """star-gate: keep only trajectories with reward above this (default: no threshold)."""
+    min_reward: float = 0.0
+    """star-gate: keep only trajectories with reward above this (default 0: a group whose best trajectory earned
+    nothing has nothing to imitate)."""
     shift_negative: bool = False
     """refit: shift rewards by their minimum instead of refusing negative ones."""
     negative_floor: float | None = None
@@ -121,7 +122,7 @@ def star_gate_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dic
     skipped = 0
     for group in groups_of(trajectories).values():
         ranked = sorted(group, key=lambda t: (-float(t.reward), t.sample))  # ties: the earlier sample
-        kept = [t for t in ranked[: cfg.top_k] if cfg.min_reward is None or float(t.reward) > cfg.min_reward]
+        kept = [t for t in ranked[: cfg.top_k] if float(t.reward) > cfg.min_reward]
         skipped += not kept
         for t in kept:
             weights[t.id] = 1.0

@@ -141,7 +141,8 @@ class FeedbackEnv(Environment):
             if verdict.correct:
                 return Episode(messages=messages, turns=turns, finish="solved",
                                meta={"answers": answers, "solved_at": t})
-        return Episode(messages=messages, turns=turns, finish="turn_limit", meta={"answers": answers, "solved_at": None})
+        return Episode(messages=messages, turns=turns, finish="turn_limit",
+                       meta={"answers": answers, "solved_at": None})
 
     def metrics(self, trajectory: Trajectory, task: Task) -> dict[str, float]:
         """multi@k (004 eq. 21): solved within k turns, for k = 1..T; the turns used; the distinct answers."""

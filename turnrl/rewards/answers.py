@@ -11,8 +11,8 @@ The rule (DESIGN.md section 8), applied to the final assistant turn:
    not A). "A" followed by a lowercase word is the article ("The answer is A volcano"), unless that word is a
    connective such as "because" or "and". A literal "The answer is X" (the prompt's placeholder) is no answer.
 3. The turn's answer is the single letter its statements name. Statements naming two or more different letters
-   ("The answer is A ... The answer is C") make the turn *ambiguous*: it scores as wrong and is counted as such.
-   Repeating the same letter is fine.
+   ("The answer is A ... The answer is C", or a list: "The answer is A, B, C, or D") make the turn *ambiguous*:
+   it scores as wrong and is counted as such. Repeating the same letter is fine.
 4. The turn is *well-formatted* when it has an answer and its first statement is the canonical
    "The answer is X" (000's required format; "Answer is X" in the clarify protocol) at the start of the turn,
    before any other text but whitespace and markdown.
@@ -30,6 +30,8 @@ _STATEMENT = re.compile(
     r"(?:[\(\[]\s*(?P<wrapped>[A-Ja-j])\s*[\)\]]|(?P<bare>[A-J]))(?![A-Za-z0-9])"
     r"(?<!A(?=\s+(?!(?:because|since|as|is|and|or|which|for|with|this|that)\b)[a-z]))"  # "A volcano": an article
 )
+# "The answer is A, B, C, or D" / "A or B" / "A/B": a list of letters, not an answer.
+_LIST_TAIL = re.compile(r"\s*(?:,|/|&|\bor\b|\band\b)\s*(?:or\s+|and\s+)?[\(\[]?\s*(?P<next>[A-J])(?![A-Za-z0-9])")
 _CANONICAL_START = {
     "the answer is": re.compile(r"^[\s\*#>_`]*(?:\*\*)?the\s+answer\s+is\b", re.IGNORECASE),
     "answer is": re.compile(r"^[\s\*#>_`]*(?:\*\*)?answer\s+is\b", re.IGNORECASE),
@@ -51,9 +53,14 @@ def extract_choice(text: str, letters: list[str] | str = "ABCD", canonical: str 
     valid = set(letters)
     named: list[str] = []
     for m in _STATEMENT.finditer(text):
-        letter = (m.group("wrapped") or m.group("bare")).upper()
-        if letter in valid and letter not in named:
-            named.append(letter)
+        letters_here = [(m.group("wrapped") or m.group("bare")).upper()]
+        end = m.end()
+        while (tail := _LIST_TAIL.match(text, end)) is not None:
+            letters_here.append(tail.group("next"))
+            end = tail.end()
+        for letter in letters_here:
+            if letter in valid and letter not in named:
+                named.append(letter)
     if not named:
         return ChoiceAnswer(None, "none", False)
     if len(named) > 1:

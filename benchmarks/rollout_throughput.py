@@ -1,0 +1,114 @@
+"""Rollout throughput: turnrl's batched multi-turn engine vs the naive way, at several concurrencies.
+
+The naive way is what a user writes first: one conversation at a time, each turn a fresh ``model.generate`` call on
+the whole conversation so far. turnrl runs many conversations at once (``BackendConfig.batch_size`` = the
+concurrency), keeps each conversation's KV cache between turns and encodes a shared prompt once. Both decode
+greedily with the same model (SmolLM2-135M-Instruct, bf16) on the same 3-turn SciQ conversations of the reasoning
+environment, so they generate the same tokens; the table reports generated tokens per second, the speed-up over
+the naive way, peak RSS of each run (each in its own process), and how many conversations came out identical.
+
+    python benchmarks/rollout_throughput.py --n 64 --concurrency 1 8 32 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import time
+
+
+def conversations(n: int, max_new_tokens: int):
+    from turnrl.envs import EnvConfig, make_env
+    from turnrl.tasks import DatasetConfig, load_tasks, split_tasks
+
+    cfg = DatasetConfig(name="sciq", n_train=0, n_test=n)
+    _, tasks = split_tasks(load_tasks(cfg), cfg)
+    return tasks, make_env(EnvConfig(max_new_tokens=max_new_tokens))
+
+
+def run_turnrl(args, concurrency, queue) -> None:
+    from turnrl.generation import BackendConfig, Sampling, make_generator
+    from turnrl.rollout import Job, run_episodes
+
+    tasks, env = conversations(args.n, args.max_new_tokens)
+    generator = make_generator(BackendConfig(batch_size=concurrency))
+    jobs = [Job(id=t.id, task=t, sampling=Sampling()) for t in tasks]
+    start = time.perf_counter()
+    episodes = run_episodes(env, jobs, generator)
+    seconds = time.perf_counter() - start
+    queue.put(report(f"turnrl, {concurrency} at once", episodes, seconds))
+
+
+def run_naive(args, queue) -> None:
+    import torch
+
+    from turnrl.chat import encode_prompt
+    from turnrl.generation import GenResult
+    from turnrl.models import load_model, load_tokenizer, resolve, stop_token_ids
+
+    tasks, env = conversations(args.n, args.max_new_tokens)
+    resolved = resolve("smollm2-135m-instruct")
+    tokenizer, model = load_tokenizer(resolved), load_model(resolved, dtype="bfloat16").eval()
+    stops = stop_token_ids(tokenizer, model)
+    episodes = []
+    start = time.perf_counter()
+    for task in tasks:
+        coroutine = env.episode(task)
+        request = next(coroutine)
+        while True:
+            ids = torch.tensor([encode_prompt(tokenizer, request.messages)])
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                     max_new_tokens=request.max_new_tokens, eos_token_id=stops,
+                                     pad_token_id=tokenizer.pad_token_id)
+            new = out[0, ids.shape[1]:].tolist()
+            stopped = new[-1] in stops
+            result = GenResult(text=tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=True),
+                               tokens=len(new), finish="stop" if stopped else "length")
+            try:
+                request = coroutine.send(result)
+            except StopIteration as stop:
+                episodes.append(stop.value)
+                break
+    seconds = time.perf_counter() - start
+    queue.put(report("naive, one at a time", episodes, seconds))
+
+
+def report(name, episodes, seconds) -> dict:
+    tokens = sum(t.tokens for e in episodes for t in e.turns)
+    return {"name": name, "conversations": len(episodes), "seconds": seconds, "tokens": tokens,
+            "tok_s": tokens / seconds, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "finals": [e.messages[-1]["content"] for e in episodes]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=64, help="conversations")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--max_new_tokens", type=int, default=48)
+    args = parser.parse_args()
+    ctx = mp.get_context("spawn")
+    runs = [(run_naive, ())] + [(run_turnrl, (c,)) for c in args.concurrency]
+    results = []
+    for fn, extra in runs:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=fn, args=(args, *extra, queue))
+        proc.start()
+        results.append(queue.get())
+        proc.join()
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "finals"}), flush=True)
+    naive = results[0]
+    print(f"\n{args.n} three-turn SciQ conversations, greedy, at most {args.max_new_tokens} new tokens per turn, "
+          "SmolLM2-135M-Instruct in bf16\n")
+    print("| engine | generated tokens/s | speed-up over naive | peak RSS GB | same final turns as naive |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        same = sum(a == b for a, b in zip(r["finals"], naive["finals"]))
+        print(f"| {r['name']} | {r['tok_s']:.0f} | {r['tok_s'] / naive['tok_s']:.1f}x | {r['peak_rss_gb']:.2f} | "
+              f"{same}/{len(naive['finals'])} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""`turnrl demo` and `turnrl run configs/demo.yaml` describe the same experiment, and the demo prints its sizes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import turnrl.demo
+import turnrl.pipeline
+from turnrl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def captured(monkeypatch, module, argv: list[str]):
+    seen = []
+    monkeypatch.setattr(module, "run", lambda cfg: seen.append(cfg) or {"table": "", "timings": {}})
+    assert main(argv) == 0
+    return seen[0]
+
+
+def test_demo_yaml_mirrors_the_demo(monkeypatch, capsys):
+    from_demo = captured(monkeypatch, turnrl.demo, ["demo", "--out", "runs/demo"])
+    printed = capsys.readouterr().out
+    assert "64 train / 100 test questions" in printed and "at most 48 tokens (final 32)" in printed
+    from_yaml = captured(monkeypatch, turnrl.pipeline, ["run", str(ROOT / "configs" / "demo.yaml")])
+    assert asdict(from_yaml) == asdict(from_demo)
+
+
+def test_quick_demo_is_the_same_path_at_tiny_sizes(monkeypatch):
+    quick = captured(monkeypatch, turnrl.demo, ["demo", "--quick", "--out", "/tmp/q"])
+    full = turnrl.demo.demo_config(turnrl.demo.DemoConfig())
+    assert (quick.dataset.n_train, quick.dataset.n_test, quick.run_dir) == (8, 8, "/tmp/q")
+    assert quick.algorithms == full.algorithms and quick.dataset.name == full.dataset.name
