@@ -22,7 +22,7 @@ def captured(monkeypatch, module, argv: list[str]):
 def test_demo_yaml_mirrors_the_demo(monkeypatch, capsys):
     from_demo = captured(monkeypatch, turnrl.demo, ["demo", "--out", "runs/demo"])
     printed = capsys.readouterr().out
-    assert "64 train / 100 test questions" in printed and "at most 48 tokens (final 32)" in printed
+    assert "32 train / 80 test questions" in printed and "at most 40 tokens (final 24)" in printed
     from_yaml = captured(monkeypatch, turnrl.pipeline, ["run", str(ROOT / "configs" / "demo.yaml")])
     assert asdict(from_yaml) == asdict(from_demo)
 
@@ -30,5 +30,14 @@ def test_demo_yaml_mirrors_the_demo(monkeypatch, capsys):
 def test_quick_demo_is_the_same_path_at_tiny_sizes(monkeypatch):
     quick = captured(monkeypatch, turnrl.demo, ["demo", "--quick", "--out", "/tmp/q"])
     full = turnrl.demo.demo_config(turnrl.demo.DemoConfig())
-    assert (quick.dataset.n_train, quick.dataset.n_test, quick.run_dir) == (8, 8, "/tmp/q")
+    assert (quick.dataset.n_train, quick.dataset.n_test, quick.run_dir) == (4, 6, "/tmp/q")
     assert quick.algorithms == full.algorithms and quick.dataset.name == full.dataset.name
+
+
+def test_preference_config_runs_on_the_sciq_log(monkeypatch):
+    """configs/preference.yaml reuses a configs/sciq.yaml run: the logged data must be described identically."""
+    sciq = captured(monkeypatch, turnrl.pipeline, ["run", str(ROOT / "configs" / "sciq.yaml")])
+    pref = captured(monkeypatch, turnrl.pipeline, ["run", str(ROOT / "configs" / "preference.yaml")])
+    for section in ("model", "dataset", "env", "rollout", "reward"):
+        assert asdict(pref)[section] == asdict(sciq)[section], section
+    assert set(sciq.algorithms) <= set(pref.algorithms)

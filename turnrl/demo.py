@@ -25,12 +25,12 @@ def demo_config(cfg: DemoConfig) -> RunConfig:
     """000's protocol at the sizes a 2-core CPU runs in about a quarter of an hour (measured: docs/results.md)."""
     run_cfg = RunConfig(run_dir=cfg.out)
     run_cfg.dataset.name = "sciq"
-    run_cfg.dataset.n_train, run_cfg.dataset.n_test = 64, 100
+    run_cfg.dataset.n_train, run_cfg.dataset.n_test = 32, 80
     run_cfg.env.turns = 3
-    run_cfg.env.max_new_tokens, run_cfg.env.final_max_new_tokens = 48, 32  # tokens per turn (final turn)
+    run_cfg.env.max_new_tokens, run_cfg.env.final_max_new_tokens = 40, 24  # tokens per turn (final turn)
     run_cfg.optim.learning_rate, run_cfg.optim.batch_size, run_cfg.optim.epochs = 2e-5, 8, 1.0
     if cfg.quick:
-        run_cfg.dataset.n_train, run_cfg.dataset.n_test = 8, 8
+        run_cfg.dataset.n_train, run_cfg.dataset.n_test = 4, 6
         run_cfg.env.max_new_tokens, run_cfg.env.final_max_new_tokens = 12, 8
     return run_cfg
 

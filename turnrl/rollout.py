@@ -77,6 +77,8 @@ def run_episodes(
             for (i, _), result in zip(policy_wait, policy.generate(requests)):
                 policy_turns[i] += 1
                 advance(i, result)
+            # Conversations advance turn by turn together, so finished ones arrive in bursts: show the turns too.
+            bar.set_postfix_str(f"{sum(policy_turns)} policy turns", refresh=True)
         teacher_wait = [(i, r) for i, r in waiting if isinstance(r, TeacherTurn)]
         if teacher_wait:
             if teacher is None:
