@@ -9,7 +9,7 @@ import pytest
 
 from turnrl.envs import EnvConfig, make_env
 from turnrl.envs.base import Prefix
-from turnrl.envs.feedback import DEFAULT_FEEDBACK, SYSTEM_PROMPT
+from turnrl.envs.feedback import DEFAULT_FEEDBACK, SYSTEM_PROMPT, FeedbackEnv
 from turnrl.generation import GenResult, Sampling
 from turnrl.records import Task, TurnInfo
 from turnrl.rollout import Job, run_episodes
@@ -177,3 +177,12 @@ def test_evaluate_reports_multi_at_k_with_standard_errors(tmp_path):
     per_question = [json.loads(line) for line in
                     (tmp_path / "run" / "eval" / "scripted" / "per_question.jsonl").read_text().splitlines()]
     assert sorted(r["multi@1"] for r in per_question) == [0, 0, 0, 1]
+
+
+def test_metrics_markdown_describes_multi_at_k_as_percentages():
+    from turnrl.evaluate import metrics_markdown
+    md = metrics_markdown("m", {"multi@3": {"mean": 0.67, "se": 0.047, "n": 100},
+                                "distinct_answers": {"mean": 2.54, "se": 0.117, "n": 100}},
+                          FeedbackEnv.metric_descriptions)
+    assert "| multi@3 | 67.0 ± 4.7 % | 100 | solved within 3 turns (004 eq. 21) |" in md
+    assert "| distinct_answers | 2.540 ± 0.117 | 100 | distinct answers stated (E) |" in md

@@ -38,7 +38,7 @@ DISPLAY_NAMES = {"base": "Base", "sft": "SFT", "sft-final": "SFT (final turn)", 
                  "swift": "Swift", "drift": "DRIFT", "m-dpo": "M-DPO", "m-kto": "M-KTO"}
 """How 000, 003 and 004 name the methods; other folders under eval/ keep their own name."""
 
-BASELINES = ["sft", "star-gate", "star-gate-d", "dpo", "step-dpo"]
+BASELINES = ["sft", "sft-final", "star-gate", "star-gate-d", "dpo", "step-dpo"]
 """The methods that are not reward-weighted RL: the candidates for "best baseline"."""
 
 JUDGE_HEADERS = {"judge_overall": "R-Overall", "judge_accuracy": "R-Accuracy", "judge_reasoning": "R-Reasoning",
@@ -54,8 +54,9 @@ DIAGNOSTICS = {"answered": "Answered %", "ambiguous": "Ambiguous %", "answer_cha
                "final_truncated": "Final turn capped %"}
 """Per-method behaviour worth seeing but not ranked (more is neither better nor worse)."""
 
-PAIRED_METRICS = ["accuracy", "reward", "judge_overall"]
-"""Metrics compared pairwise (those a run has)."""
+PAIRED_METRICS = ["accuracy", "multi@1", "reward", "judge_overall"]
+"""Metrics compared pairwise (those a run has). multi@1 (feedback environment): accuracy is multi@T there, which
+elimination over the options inflates; multi@1 is the first-answer knowledge measure."""
 
 
 @dataclass

@@ -140,15 +140,20 @@ def _judge_description(key: str) -> str:
     return f"{'second judge' if second else 'judge'}: {JUDGE_LABELS.get(metric, metric)} (0-10)"
 
 
-def metrics_markdown(name: str, summary: dict[str, dict[str, float]]) -> str:
-    """The metrics with SEs; proportions as percentages, the judge's scores (stored / 10) on its 0-10 scale."""
+def metrics_markdown(name: str, summary: dict[str, dict[str, float]],
+                     env_metrics: dict[str, tuple[bool, str]] | None = None) -> str:
+    """The metrics with SEs; proportions as percentages, the judge's scores (stored / 10) on its 0-10 scale.
+    ``env_metrics``: the environment's ``metric_descriptions`` (a ``family@k`` metric is looked up by family)."""
+    known = {**METRICS, **(env_metrics or {})}
     lines = [f"# {name}", "", "| metric | mean ± SE | n | what |", "|---|---|---|---|"]
     for key, est in summary.items():
         e = stats.Estimate(**est)
-        pct = key in METRICS and key != "reward"
+        pct, what = known.get(key) or known.get(key.split("@")[0], (False, ""))
+        if "@" in key and key.split("@")[0] in known:
+            what = what.replace(" k ", f" {key.split('@')[1]} ")
         judge = key.startswith("judge_")
         value = e.fmt(10, 2) if judge else e.fmt(100 if pct else 1, 1 if pct else 3)
-        what = _judge_description(key) if judge else METRICS.get(key, (False, ""))[1]
+        what = _judge_description(key) if judge else what
         lines.append(f"| {key} | {value}{' %' if pct and e.n else ''} | {e.n} | {what} |")
     return "\n".join(lines) + "\n"
 
@@ -204,7 +209,7 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
     if scorer.judge_summary:
         result["judge"] = scorer.judge_summary  # parse failures per judge; agreement of two judges
     write_json(out_dir / "metrics.json", result)
-    atomic_write_text(out_dir / "metrics.md", metrics_markdown(name, summary) + (
+    atomic_write_text(out_dir / "metrics.md", metrics_markdown(name, summary, env.metric_descriptions) + (
         "\n## Judge\n\n" + judge_markdown(scorer.judge_summary) if scorer.judge_summary else ""))
     _update_results(run_dir, name, result)
     acc = stats.Estimate(**summary["accuracy"])

@@ -76,6 +76,9 @@ class Environment:
     needs_teacher = False
     """True for environments whose observations come from an LLM teacher (the engine then needs a teacher)."""
 
+    metric_descriptions: dict[str, tuple[bool, str]] = {}
+    """name (or ``family@k`` family) -> (summarised as a proportion, description), for ``metrics.md``."""
+
     def metrics(self, trajectory, task: Task) -> dict[str, float]:
         """Environment-specific outcomes of a finished conversation, reported by ``turnrl evaluate`` next to the
         common ones (e.g. multi@k for the feedback environment, tool-call rate for the tool environment).

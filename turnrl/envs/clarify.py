@@ -174,6 +174,9 @@ class ClarifyEnv(Environment):
             yield from self.policy_turn(messages, turns, cap)
         return Episode(messages=messages, turns=turns, finish="done", meta={"teacher_turns": teacher} if teacher else {})
 
+    metric_descriptions = {"asked_question": (True, "first turn asks a question (contains '?')"),
+                           "thinking_asked": (True, "reasoning and final turns both use <thinking> tags")}
+
     def metrics(self, trajectory, task: Task) -> dict[str, float]:
         """``asked_question``: the first assistant turn asks something (contains a question mark). Thinking mode
         also gets ``thinking_asked``: the two turns the protocol asks to think in tags (the reasoning and the final

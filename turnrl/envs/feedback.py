@@ -144,6 +144,10 @@ class FeedbackEnv(Environment):
         return Episode(messages=messages, turns=turns, finish="turn_limit",
                        meta={"answers": answers, "solved_at": None})
 
+    metric_descriptions = {"multi": (True, "solved within k turns (004 eq. 21)"),
+                           "turns_used": (False, "assistant turns in the conversation (L)"),
+                           "distinct_answers": (False, "distinct answers stated (E)")}
+
     def metrics(self, trajectory: Trajectory, task: Task) -> dict[str, float]:
         """multi@k (004 eq. 21): solved within k turns, for k = 1..T; the turns used; the distinct answers."""
         verdicts = turn_verdicts(trajectory, task)

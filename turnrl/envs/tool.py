@@ -160,6 +160,12 @@ class ToolEnv(Environment):
         return Episode(messages=messages, turns=turns, finish=finish,
                        meta={"tool": {"calls": calls, "sandbox": ",".join(isolation)}})
 
+    metric_descriptions = {"tool_calls": (False, "code executions per conversation"),
+                           "used_tool": (True, "conversations that ran code (tool-call rate)"),
+                           "exec_error": (True, "share of a conversation's executions that failed"),
+                           "tool_limit": (True, "stopped at the tool-call limit"),
+                           "boxed": (True, "final turn has a \\boxed answer")}
+
     def metrics(self, trajectory, task: Task) -> dict[str, float]:
         """tool_calls (count), used_tool (the tool-call rate), exec_error (share of this conversation's executions
         that failed; absent without executions), tool_limit, boxed (the final turn has a \\boxed answer)."""
