@@ -184,5 +184,5 @@ def test_metrics_markdown_describes_multi_at_k_as_percentages():
     md = metrics_markdown("m", {"multi@3": {"mean": 0.67, "se": 0.047, "n": 100},
                                 "distinct_answers": {"mean": 2.54, "se": 0.117, "n": 100}},
                           FeedbackEnv.metric_descriptions)
-    assert "| multi@3 | 67.0 ± 4.7 % | 100 | solved within 3 turns (004 eq. 21) |" in md
+    assert "| multi@3 | 67.0 ± 4.7 % | 100 | solved by turn 3 (004 eq. 21) |" in md
     assert "| distinct_answers | 2.540 ± 0.117 | 100 | distinct answers stated (E) |" in md

@@ -142,3 +142,16 @@ def test_dataset_file_with_missing_column(tmp_path, capsys):
     assert main(["simulate", "--run_dir", str(tmp_path / "run"), "--dataset.name", str(data)]) == 2
     err = capsys.readouterr().err
     assert f"{data}: no column 'question'" in err and "dataset.columns" in err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "run"])
+def test_option_reward_on_open_answer_tasks_fails_before_generating(tmp_path, capsys, command):
+    # The default reward's gold_likelihood reads the option letters; GSM8K has none. A missing model path shows
+    # that the check comes before any model is loaded or any conversation generated.
+    args = [command, "--run_dir", str(tmp_path / "run"), "--dataset.name", "gsm8k", "--dataset.n_train", "2",
+            "--dataset.n_test", "2", "--env.name", "feedback"]
+    args += ["--model" if command == "run" else "--policy.model", str(tmp_path / "no-such-model")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "reward.weights: gold_likelihood" in err and "has no options" in err and "{accuracy: 1.0}" in err
+    assert not (tmp_path / "run" / "eval").exists() and not (tmp_path / "run" / "rollouts").exists()

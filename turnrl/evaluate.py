@@ -24,7 +24,7 @@ from turnrl.records import ResumableJsonlWriter, Task, Trajectory, read_json, re
     write_jsonl, atomic_write_text
 from turnrl.rewards import answer_changed, answers_per_turn, final_answer, uses_thinking_tags
 from turnrl.rollout import run_episodes
-from turnrl.score import RewardConfig, Scorer
+from turnrl.score import RewardConfig, Scorer, check_reward_fits_tasks
 from turnrl.simulate import build_jobs, episode_to_trajectory
 from turnrl.generation import Sampling
 from turnrl.tasks import DatasetConfig, prepare_split
@@ -172,6 +172,7 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
         raise ConfigError("runs: more than one run per question needs temperature > 0 (greedy runs are identical)")
     run_dir = Path(cfg.run_dir)
     train, test = prepare_split(cfg.dataset, run_dir)
+    check_reward_fits_tasks(cfg.reward.weights, train + test)
     tasks = test if cfg.split == "test" else train
     if ev.limit:
         tasks = tasks[: ev.limit]

@@ -21,9 +21,9 @@ from turnrl.evaluate import EvalOptions, EvaluateConfig, evaluate
 from turnrl.generation import BackendConfig
 from turnrl.models import DEFAULT_MODEL
 from turnrl.records import write_json
-from turnrl.score import RewardConfig, ScoreConfig, score
+from turnrl.score import RewardConfig, ScoreConfig, check_reward_fits_tasks, score
 from turnrl.simulate import RolloutOptions, SimulateConfig, simulate
-from turnrl.tasks import DatasetConfig
+from turnrl.tasks import DatasetConfig, prepare_split
 from turnrl.train.common import OptimConfig
 
 
@@ -126,6 +126,15 @@ def train_with_refresh(cfg: RunConfig, name: str) -> Path:
     return Path(model)
 
 
+def peak_rss_gb() -> float:
+    """The process's peak resident memory (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -139,8 +148,12 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         start = time.perf_counter()
         result = fn(*args)
         timings[stage] = round(time.perf_counter() - start, 1)
+        # The process's peak so far: a stage that raises it is the one that sets the memory a run needs.
+        print(f"{stage}: {timings[stage]:.0f} s; peak memory so far {peak_rss_gb():.1f} GB")
         return result
 
+    train, test = prepare_split(cfg.dataset, run_dir)
+    check_reward_fits_tasks(cfg.reward.weights, train + test)  # before hours of generation, not after
     policy = _override(cfg.generation, {"model": cfg.model}, "generation")
     timed("simulate", simulate, SimulateConfig(run_dir=cfg.run_dir, dataset=cfg.dataset, env=cfg.env,
                                                policy=policy, teacher=cfg.teacher, rollout=cfg.rollout))

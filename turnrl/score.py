@@ -66,6 +66,17 @@ def validate_weights(weights: dict[str, float]) -> None:
                           "the reward stays in [0, 1]")
 
 
+def check_reward_fits_tasks(weights: dict[str, float], tasks) -> None:
+    """Fail before any generation when a component cannot be computed for these tasks."""
+    if "gold_likelihood" in weights:
+        open_answer = next((t for t in tasks if not t.choices), None)
+        if open_answer is not None:
+            raise ConfigError(
+                f"reward.weights: gold_likelihood is the probability of the gold option letter, but task "
+                f"{open_answer.id!r} has no options; for open-answer tasks (e.g. GSM8K) use components that need "
+                "none, e.g. --reward.weights '{accuracy: 1.0}'")
+
+
 class Scorer:
     """Computes components for batches of trajectories; expensive models are loaded once, on first use."""
 
@@ -90,6 +101,7 @@ class Scorer:
 
     def score(self, trajectories: list[Trajectory], tasks: dict[str, Task], desc: str | None = None) -> None:
         """Fill ``rewards`` and ``reward`` of each trajectory in place."""
+        check_reward_fits_tasks(self.cfg.weights, (tasks[t.task_id] for t in trajectories if t.task_id in tasks))
         for traj in trajectories:
             if traj.task_id not in tasks:
                 raise InputError(f"trajectory {traj.id}: task {traj.task_id!r} is not in the run's tasks")

@@ -144,7 +144,7 @@ class FeedbackEnv(Environment):
         return Episode(messages=messages, turns=turns, finish="turn_limit",
                        meta={"answers": answers, "solved_at": None})
 
-    metric_descriptions = {"multi": (True, "solved within k turns (004 eq. 21)"),
+    metric_descriptions = {"multi": (True, "solved by turn k (004 eq. 21)"),
                            "turns_used": (False, "assistant turns in the conversation (L)"),
                            "distinct_answers": (False, "distinct answers stated (E)")}
 

@@ -126,6 +126,15 @@ class _Session:
     row: int
 
 
+def cache_keyword(model) -> str:
+    """The forward argument taking the KV cache: transformers renamed ``past_key_values`` to ``cache`` (the old
+    name still works there, with a deprecation warning; older releases know only the old one)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 class HFGenerator:
     name = "hf"
 
@@ -139,6 +148,7 @@ class HFGenerator:
         else:
             self.model, self.tokenizer, self.revision = model, tokenizer, "in-memory"
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
+        self._cache_kw = cache_keyword(self.model)
         self.device = next(self.model.parameters()).device
         self.pad_id = self.tokenizer.pad_token_id
         self._sessions: dict[str, _Session] = {}
@@ -260,7 +270,7 @@ class HFGenerator:
         # Only the columns where some row's segment ends need logits (a vocabulary-sized row per position).
         last_columns, column_of_row = torch.unique(lengths - 1, return_inverse=True)
         out = self.model(input_ids=ids, attention_mask=batch.mask, position_ids=positions,
-                         past_key_values=batch.cache, use_cache=True, logits_to_keep=last_columns)
+                         use_cache=True, logits_to_keep=last_columns, **{self._cache_kw: batch.cache})
         batch.n_valid = batch.n_valid + lengths
         return out.logits[torch.arange(len(segments), device=self.device), column_of_row]
 
@@ -294,7 +304,7 @@ class HFGenerator:
             batch.mask = torch.cat([batch.mask, feed[:, None]], dim=1)
             out = self.model(input_ids=torch.where(feed.bool(), tokens, self.pad_id)[:, None],
                              attention_mask=batch.mask, position_ids=batch.n_valid[:, None],
-                             past_key_values=batch.cache, use_cache=True)
+                             use_cache=True, **{self._cache_kw: batch.cache})
             batch.n_valid = batch.n_valid + feed
             logits = out.logits[:, -1]
         batch.sessions = [requests[i].session for i in request_ids]
