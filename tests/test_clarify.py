@@ -169,3 +169,15 @@ def test_logs_score_and_train_like_any_other(tokenizer):
         assert tokenizer.decode(enc.input_ids[start:end]) == text + "<|im_end|>"
     traj.messages[4]["content"] = "Photosynthesis consumes carbon dioxide."  # reasoning without the tags
     assert outcome(traj, TASK, env)["thinking_asked"] == 0.0
+
+
+@pytest.mark.parametrize("text, asked", [
+    ("Is fermentation done without oxygen?", True),
+    ("A) fermentation\nB) condensation\n\nWhat would you like to clarify?", False),   # the prompt's own question
+    ("A) fermentation B) condensation", False),
+    ("what would you like to clarify?  Does option B need heat?", True),
+])
+def test_asked_question_ignores_questions_copied_from_the_prompt(text, asked):
+    from turnrl.envs.clarify import asks_own_question
+    prompt = "Question: ...\n\nAsk me ONE specific question. What would you like to clarify?"
+    assert asks_own_question(text, prompt) is asked

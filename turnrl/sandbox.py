@@ -692,6 +692,14 @@ def _build_root(libc, root: str, cfg: dict, uid: int, mode: str) -> str:
     namespace, writable tmpfs /sandbox and /tmp; the root itself read-only."""
     _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)
     _mount(libc, "tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=4m,mode=0755")
+    # The writable directories first: a Python installation under /tmp (a CI checkout's venv) is then bound
+    # inside the new /tmp instead of being hidden by it.
+    size = int(cfg["disk_mb"])
+    owner = f",uid={uid},gid={uid}" if mode == "namespaces" else ""
+    for name, mode_bits in (("sandbox", "0700"), ("tmp", "1777")):
+        os.makedirs(root + "/" + name)
+        _mount(libc, "tmpfs", root + "/" + name, "tmpfs", _MS_NOSUID | _MS_NODEV,
+               f"size={size}m,mode={mode_bits}{owner if name == 'sandbox' else ''}")
     for path in _system_paths():
         if not os.path.lexists(path):
             continue
@@ -731,12 +739,6 @@ def _build_root(libc, root: str, cfg: dict, uid: int, mode: str) -> str:
         _mount(libc, "proc", root + "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
     except OSError:
         pass  # a process listing is a convenience, not a requirement
-    size = int(cfg["disk_mb"])
-    owner = f",uid={uid},gid={uid}" if mode == "namespaces" else ""
-    for name, mode_bits in (("sandbox", "0700"), ("tmp", "1777")):
-        os.makedirs(root + "/" + name)
-        _mount(libc, "tmpfs", root + "/" + name, "tmpfs", _MS_NOSUID | _MS_NODEV,
-               f"size={size}m,mode={mode_bits}{owner if name == 'sandbox' else ''}")
     _mount(libc, None, root, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=4m,mode=0755")
     return root
 

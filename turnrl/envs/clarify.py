@@ -29,6 +29,8 @@ Decisions 000 leaves open:
 
 from __future__ import annotations
 
+import re
+
 from typing import Any
 
 from turnrl.envs.base import Environment, Episode, EpisodeCoroutine, Prefix, TeacherTurn
@@ -129,6 +131,16 @@ def teacher_view(task: Task, student_question: str) -> list[dict[str, str]]:
             {"role": "user", "content": with_instruction(student_question.strip(), TEACHER_INSTRUCTION)}]
 
 
+def asks_own_question(text: str, prompt: str) -> bool:
+    """Some sentence of ``text`` ends in '?' and does not appear in ``prompt`` (case and spacing ignored)."""
+    def norm(x: str) -> str:
+        return " ".join(x.lower().split())
+
+    seen = norm(prompt)
+    questions = re.findall(r"[^.!?\n]*\?", text)
+    return any(norm(q) and norm(q) not in seen for q in questions)
+
+
 class ClarifyEnv(Environment):
     name = "clarify"
     needs_teacher = True
@@ -174,15 +186,18 @@ class ClarifyEnv(Environment):
             yield from self.policy_turn(messages, turns, cap)
         return Episode(messages=messages, turns=turns, finish="done", meta={"teacher_turns": teacher} if teacher else {})
 
-    metric_descriptions = {"asked_question": (True, "first turn asks a question (contains '?')"),
+    metric_descriptions = {"asked_question": (True, "first turn asks a question of its own (not copied from the "
+                                                    "prompt)"),
                            "thinking_asked": (True, "reasoning and final turns both use <thinking> tags")}
 
     def metrics(self, trajectory, task: Task) -> dict[str, float]:
-        """``asked_question``: the first assistant turn asks something (contains a question mark). Thinking mode
+        """``asked_question``: the first assistant turn asks a question of its own: a sentence ending in '?' that is
+        not copied from the prompt (a small model often repeats "What would you like to clarify?"). Thinking mode
         also gets ``thinking_asked``: the two turns the protocol asks to think in tags (the reasoning and the final
         answer) both use them -- the common Thinking % asks it of every turn, the clarifying question too."""
         idx = trajectory.assistant_indices()
-        out = {"asked_question": float(bool(idx) and "?" in trajectory.messages[idx[0]]["content"])}
+        out = {"asked_question": float(bool(idx) and asks_own_question(trajectory.messages[idx[0]]["content"],
+                                                                      trajectory.messages[idx[0] - 1]["content"]))}
         if self.mode == "thinking":
             later = [trajectory.messages[i]["content"] for i in idx[1:]]
             out["thinking_asked"] = float(len(later) == 2 and all(has_thinking_tags(c) for c in later))
