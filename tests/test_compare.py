@@ -234,3 +234,10 @@ def test_methods_evaluated_differently_are_flagged(tmp_path):
     (run_dir / "eval" / "swift" / "metrics.json").write_text(json.dumps({"runs": 1, "temperature": 0.7}))
     md = build_comparison(run_dir, ["base", "swift"]).markdown
     assert "**Not evaluated alike:** temperature: base 0.0, swift 0.7." in md
+
+
+def test_display_names_of_the_papers_and_of_refreshed_runs():
+    from turnrl.compare import display_name
+    assert display_name("sft-final") == "SFT (final turn)"
+    assert display_name("drift-refresh") == "DRIFT (refresh)"
+    assert display_name("my-method") == "my-method"

@@ -126,6 +126,9 @@ class Comparison:
 
 
 def display_name(method: str) -> str:
+    """The papers' name; ``<algo>-refresh`` (turnrl run's rollout refresh) as "<name> (refresh)"."""
+    if method not in DISPLAY_NAMES and method.endswith("-refresh"):
+        return display_name(method.removesuffix("-refresh")) + " (refresh)"
     return DISPLAY_NAMES.get(method, method)
 
 
