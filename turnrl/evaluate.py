@@ -148,12 +148,14 @@ def metrics_markdown(name: str, summary: dict[str, dict[str, float]],
     lines = [f"# {name}", "", "| metric | mean ± SE | n | what |", "|---|---|---|---|"]
     for key, est in summary.items():
         e = stats.Estimate(**est)
-        pct, what = known.get(key) or known.get(key.split("@")[0], (False, ""))
-        if "@" in key and key.split("@")[0] in known:
-            what = what.replace(" k ", f" {key.split('@')[1]} ")
+        family, _, k = key.partition("@")
+        pct, what = known.get(key) or known.get(family, (False, ""))
+        if k and key not in known:
+            what = what.replace(" k ", f" {k} ")  # "solved by turn k" -> "solved by turn 3"
         judge = key.startswith("judge_")
         value = e.fmt(10, 2) if judge else e.fmt(100 if pct else 1, 1 if pct else 3)
-        what = _judge_description(key) if judge else what
+        if judge:
+            what = _judge_description(key)
         lines.append(f"| {key} | {value}{' %' if pct and e.n else ''} | {e.n} | {what} |")
     return "\n".join(lines) + "\n"
 
