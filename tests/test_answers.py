@@ -75,3 +75,34 @@ def test_components_of_a_conversation():
         {"role": "user", "content": "Final?"}, {"role": "assistant", "content": "The answer is B. Because."}])
     assert cheap_components(traj, task) == {"accuracy": 1.0, "turn_accuracy": pytest.approx(2 / 3), "format": 1.0,
                                             "thinking": 0.0}
+
+
+# Real SmolLM2 final turns (SciQ, 3-turn protocol) with the options they answered, read by hand.
+TEXT_CASES = [
+    ("The answer is indeed D.", ["a", "b", "c", "fossil"], "D", True),
+    ("The correct answer is indeed D. rotational winds.\n\nThe reason is", ["global winds", "trade winds", "jet",
+                                                                             "rotational winds"], "D", False),
+    ("The answer is that enzymes are involved in this process.", ["hormones", "enzymes", "lipids", "water"], "B",
+     False),
+    ("The answer is carpet.", ["wood", "glass", "metal", "carpet"], "D", False),
+    ("The answer is the Sun, because", ["Moon", "Sun", "Mars", "Venus"], "B", False),
+    ("The answer is oxygen gas.", ["oxygen", "oxygen gas", "helium", "neon"], "B", False),  # the longest option
+    ("The answer is oxygenated blood.", ["oxygen", "nitrogen", "helium", "neon"], None, False),  # not a whole word
+    ("The answer is B. carpet", ["wood", "glass", "metal", "carpet"], "B", True),  # the letter decides
+    ("The answer is carpet. The answer is B.", ["wood", "glass", "metal", "carpet"], None, False),  # two answers
+    ("The answer is likely to be a combination of protons and neutrons.", ["protons", "neutrons", "electrons",
+                                                                           "quarks"], None, False),
+    ("The answer is option C", ["a", "b", "c", "d"], "C", True),
+    ("A. function", ["function", "smell", "color", "example"], "A", False),
+    ("A. solvent  I'm glad you're happy with the answer.", ["mixture", "solvent", "solution", "gas"], None,
+     False),  # A is not "solvent": a letter and text that disagree are no answer
+    ("1. The answer is A. function.\n2. The answer is A. function.\n3. The answer is B. smell.",
+     ["function", "smell", "color", "example"], None, False),
+    ("A. function\nB. smell\nC. color\nD. example", ["function", "smell", "color", "example"], None, False),
+]
+
+
+@pytest.mark.parametrize("text,choices,letter,formatted", TEXT_CASES)
+def test_answer_named_by_its_text_or_after_a_hedge(text, choices, letter, formatted):
+    parsed = extract_choice(text, "ABCD", choices=choices)
+    assert (parsed.letter, parsed.well_formatted) == (letter, formatted)

@@ -26,6 +26,7 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
     from turnrl.score import ScoreConfig, score
     from turnrl.serve import ServeConfig, serve
     from turnrl.simulate import SimulateConfig, simulate
+    from turnrl.sweep import SweepConfig, sweep
     from turnrl.train.weighted import TrainConfig
 
     def train_cmd(cfg: TrainConfig) -> Any:
@@ -41,6 +42,8 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
         "evaluate": (EvaluateConfig, evaluate, "Run a policy on the test split and report metrics with SEs."),
         "compare": (CompareConfig, compare, "Compare evaluated policies: table, paired differences, report."),
         "run": (RunConfig, run, "All stages for several algorithms on the same logged data."),
+        "sweep": (SweepConfig, sweep, "Choose each algorithm's learning rate and epochs on the validation split, "
+                                      "then evaluate the chosen policies once on the test split."),
         "iterate": (IterateConfig, iterate, "Online iterative preference learning (M-DPO / M-KTO, 003)."),
         "serve": (ServeConfig, serve, "Serve a model over the OpenAI-compatible chat-completions API."),
         "demo": (DemoConfig, demo, "The whole Refit/Swift loop on the offline default, sized for a laptop CPU."),

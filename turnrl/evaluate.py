@@ -27,7 +27,7 @@ from turnrl.rollout import run_episodes
 from turnrl.score import RewardConfig, Scorer, check_reward_fits_tasks
 from turnrl.simulate import build_jobs, episode_to_trajectory
 from turnrl.generation import Sampling
-from turnrl.tasks import DatasetConfig, prepare_split
+from turnrl.tasks import DatasetConfig, load_split, prepare_split
 
 
 @dataclass
@@ -61,6 +61,8 @@ class EvaluateConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     evaluation: EvalOptions = field(default_factory=EvalOptions)
     split: str = "test"
+    """test (the held-out questions every table reports), or val (the validation split, for choosing
+    hyperparameters: written under eval-val/ and left out of the run's results), or train."""
 
 
 # name -> (is a 0/1 outcome per run, description)
@@ -175,12 +177,14 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     train, test = prepare_split(cfg.dataset, run_dir)
     check_reward_fits_tasks(cfg.reward.weights, train + test)
-    tasks = test if cfg.split == "test" else train
+    tasks = load_split(cfg.dataset, run_dir, cfg.split)
+    if not tasks:
+        raise ConfigError(f"{run_dir / 'tasks'}: the {cfg.split} split is empty (dataset.n_{cfg.split} is 0)")
     if ev.limit:
         tasks = tasks[: ev.limit]
     task_index = {t.id: t for t in tasks}
     name = policy_label(cfg)
-    out_dir = run_dir / "eval" / name
+    out_dir = run_dir / ("eval" if cfg.split == "test" else f"eval-{cfg.split}") / name
     env = make_env(cfg.env)
     settings = env.settings()
     jobs = build_jobs(tasks, settings, ev.runs, [ev.temperature], ev.top_p, 0, ev.seed)
@@ -214,9 +218,10 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
     write_json(out_dir / "metrics.json", result)
     atomic_write_text(out_dir / "metrics.md", metrics_markdown(name, summary, env.metric_descriptions) + (
         "\n## Judge\n\n" + judge_markdown(scorer.judge_summary) if scorer.judge_summary else ""))
-    _update_results(run_dir, name, result)
+    if cfg.split == "test":
+        _update_results(run_dir, name, result)
     acc = stats.Estimate(**summary["accuracy"])
-    print(f"evaluate {name}: accuracy {acc.fmt(100)} % (n={acc.n}), format "
+    print(f"evaluate {name} ({cfg.split}): accuracy {acc.fmt(100)} % (n={acc.n}), format "
           f"{stats.Estimate(**summary['format']).fmt(100)} % -> {out_dir}")
     return result
 

@@ -135,6 +135,33 @@ def peak_rss_gb() -> float:
     return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
 
 
+def timed_stage(timings: dict[str, float], stage: str, fn, *args):
+    """Run one stage, record its time, and print it with the process's peak memory so far (a stage that raises
+    the peak is the one that sets the memory a run needs)."""
+    start = time.perf_counter()
+    result = fn(*args)
+    timings[stage] = round(time.perf_counter() - start, 1)
+    print(f"{stage}: {timings[stage]:.0f} s; peak memory so far {peak_rss_gb():.1f} GB")
+    return result
+
+
+def log_stages(cfg: RunConfig, timings: dict[str, float]) -> None:
+    """simulate and score: the logged, scored conversations every algorithm trains on."""
+    train, test = prepare_split(cfg.dataset, Path(cfg.run_dir))
+    check_reward_fits_tasks(cfg.reward.weights, train + test)  # before hours of generation, not after
+    policy = _override(cfg.generation, {"model": cfg.model}, "generation")
+    timed_stage(timings, "simulate", simulate, SimulateConfig(run_dir=cfg.run_dir, dataset=cfg.dataset, env=cfg.env,
+                                                              policy=policy, teacher=cfg.teacher, rollout=cfg.rollout))
+    timed_stage(timings, "score", score, ScoreConfig(run_dir=cfg.run_dir, reward=cfg.reward))
+
+
+def evaluate_policy(cfg: RunConfig, name: str, model: str, split: str = "test") -> dict[str, Any]:
+    return evaluate(EvaluateConfig(run_dir=cfg.run_dir, name=name,
+                                   policy=_override(cfg.generation, {"model": model}, "generation"),
+                                   teacher=cfg.teacher, dataset=cfg.dataset, env=cfg.env, reward=cfg.reward,
+                                   evaluation=cfg.evaluation, split=split))
+
+
 def run(cfg: RunConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -145,35 +172,18 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     def timed(stage: str, fn, *args):
-        start = time.perf_counter()
-        result = fn(*args)
-        timings[stage] = round(time.perf_counter() - start, 1)
-        # The process's peak so far: a stage that raises it is the one that sets the memory a run needs.
-        print(f"{stage}: {timings[stage]:.0f} s; peak memory so far {peak_rss_gb():.1f} GB")
-        return result
+        return timed_stage(timings, stage, fn, *args)
 
-    train, test = prepare_split(cfg.dataset, run_dir)
-    check_reward_fits_tasks(cfg.reward.weights, train + test)  # before hours of generation, not after
-    policy = _override(cfg.generation, {"model": cfg.model}, "generation")
-    timed("simulate", simulate, SimulateConfig(run_dir=cfg.run_dir, dataset=cfg.dataset, env=cfg.env,
-                                               policy=policy, teacher=cfg.teacher, rollout=cfg.rollout))
-    timed("score", score, ScoreConfig(run_dir=cfg.run_dir, reward=cfg.reward))
-
-    def eval_policy(name: str, model: str) -> None:
-        evaluate(EvaluateConfig(run_dir=cfg.run_dir, name=name,
-                                policy=_override(cfg.generation, {"model": model}, "generation"),
-                                teacher=cfg.teacher, dataset=cfg.dataset, env=cfg.env, reward=cfg.reward,
-                                evaluation=cfg.evaluation))
-
+    log_stages(cfg, timings)
     if cfg.evaluate_base:
-        timed("evaluate base", eval_policy, "base", cfg.model)
+        timed("evaluate base", evaluate_policy, cfg, "base", cfg.model)
     for name in cfg.algorithms:
         algo, optim = algorithm_settings(cfg, name)
         checkpoint = timed(f"train {name}", train_one, cfg.run_dir, cfg.model, algo, optim, cfg)
-        timed(f"evaluate {name}", eval_policy, name, str(checkpoint))
+        timed(f"evaluate {name}", evaluate_policy, cfg, name, str(checkpoint))
     for name in cfg.refresh.algorithms:
         checkpoint = timed(f"train {name}-refresh", train_with_refresh, cfg, name)
-        timed(f"evaluate {name}-refresh", eval_policy, f"{name}-refresh", str(checkpoint))
+        timed(f"evaluate {name}-refresh", evaluate_policy, cfg, f"{name}-refresh", str(checkpoint))
     from turnrl.compare import CompareConfig, compare_run
 
     methods = (["base"] if cfg.evaluate_base else []) + list(cfg.algorithms) + \

@@ -97,10 +97,11 @@ def episode_to_trajectory(job: Job, episode, env_settings: dict, policy_info: di
     )
 
 
-def _check_resume(cfg: SimulateConfig, run_dir: Path, out: Path) -> None:
-    """A restarted run must use the arguments of the run it continues, or its records would not match."""
+def _check_resume(cfg: SimulateConfig, run_dir: Path, out: Path, env_settings: dict) -> None:
+    """A restarted run must use the arguments of the run it continues, or its records would not match. The
+    environment is compared by its resolved settings, so `turns: 0` (its default) and `turns: 3` are the same."""
     record = run_dir / (cfg.output + ".config.json")
-    current = asdict(cfg)
+    current = {**asdict(cfg), "env": env_settings}
     if record.exists() and out.exists():
         old = read_json(record)
         diff = {k: (old.get(k), v) for k, v in current.items() if old.get(k) != v and k != "run_dir"}
@@ -128,7 +129,7 @@ def simulate(cfg: SimulateConfig) -> Path:
     if cfg.continue_from and cfg.output == ROLLOUTS:
         cfg = replace(cfg, output=BRANCHES)
     out = run_dir / cfg.output
-    _check_resume(cfg, run_dir, out)
+    _check_resume(cfg, run_dir, out, settings)
     if cfg.continue_from:
         tasks, jobs, to_trajectory = _branch_jobs(run_dir / cfg.continue_from, train + test, ro.top_p, ro.seed)
     else:

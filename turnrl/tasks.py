@@ -54,6 +54,9 @@ class DatasetConfig:
     """Local files only: Task field -> column name, e.g. {question: q, answer: label, choices: options, id: qid}."""
     n_train: int = 400
     n_test: int = 100
+    n_val: int = 0
+    """Validation questions, carved from the training pool (never from the test split), for choosing
+    hyperparameters (`turnrl sweep`); the training questions are the rest."""
     seed: int = 0
     max_choices: int = 4
     """Multiple choice: drop items with more options than this (000 casts everything as A-D)."""
@@ -351,20 +354,34 @@ def _stable_int(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
-def split_tasks(tasks: list[Task], cfg: DatasetConfig) -> tuple[list[Task], list[Task]]:
-    """Deterministic train/test split (000: 500 random items, 400 train / 100 test).
+def split_tasks(tasks: list[Task], cfg: DatasetConfig) -> tuple[list[Task], list[Task], list[Task]]:
+    """Deterministic train/validation/test split (000: 500 random items, 400 train / 100 test).
 
     Multiple-choice items with more options than ``max_choices`` are dropped first; the rest are ordered by a hash
-    of (seed, id), so the split does not depend on file order and a larger ``n_test`` extends a smaller one.
+    of (seed, id), so the split does not depend on file order and a larger ``n_test`` extends a smaller one. The
+    first ``n_test`` are the test split, the next ``n_val`` the validation split, the next ``n_train`` the
+    training split.
     """
     usable = [t for t in tasks if not t.choices or 2 <= len(t.choices) <= cfg.max_choices]
-    need = cfg.n_train + cfg.n_test
+    need = cfg.n_train + cfg.n_val + cfg.n_test
     if need > len(usable):
         raise ConfigError(
-            f"dataset: n_train + n_test = {need} but {cfg.name} has only {len(usable)} usable items"
+            f"dataset: n_train + n_val + n_test = {need} but {cfg.name} has only {len(usable)} usable items"
         )
     ordered = sorted(usable, key=lambda t: _stable_int(f"{cfg.seed}/{t.id}"))
-    return ordered[cfg.n_test: need], ordered[: cfg.n_test]
+    val_end = cfg.n_test + cfg.n_val
+    return ordered[val_end: need], ordered[cfg.n_test: val_end], ordered[: cfg.n_test]
+
+
+SPLITS = ("train", "val", "test")
+
+
+def load_split(cfg: DatasetConfig, run_dir: Path, split: str) -> list[Task]:
+    """The tasks of one split of the run directory (created by :func:`prepare_split` if absent)."""
+    if split not in SPLITS:
+        raise ConfigError(f"split: {split!r}; expected one of {', '.join(SPLITS)}")
+    prepare_split(cfg, run_dir)
+    return read_tasks(run_dir / "tasks" / f"{split}.jsonl")
 
 
 def prepare_split(cfg: DatasetConfig, run_dir: Path) -> tuple[list[Task], list[Task]]:
@@ -372,7 +389,7 @@ def prepare_split(cfg: DatasetConfig, run_dir: Path) -> tuple[list[Task], list[T
     task_dir = run_dir / "tasks"
     spec = {"name": cfg.name, "source": cfg.source, "support": cfg.support, "subjects": cfg.subjects,
             "columns": cfg.columns, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed,
-            "max_choices": cfg.max_choices}
+            "max_choices": cfg.max_choices, **({"n_val": cfg.n_val} if cfg.n_val else {})}
     spec_path = task_dir / "split.json"
     if spec_path.exists():
         old = json.loads(spec_path.read_text())
@@ -383,8 +400,9 @@ def prepare_split(cfg: DatasetConfig, run_dir: Path) -> tuple[list[Task], list[T
                 "use a new --out directory or the same dataset settings"
             )
         return read_tasks(task_dir / "train.jsonl"), read_tasks(task_dir / "test.jsonl")
-    train, test = split_tasks(load_tasks(cfg), cfg)
+    train, val, test = split_tasks(load_tasks(cfg), cfg)
     write_jsonl(task_dir / "train.jsonl", train)
+    write_jsonl(task_dir / "val.jsonl", val)
     write_jsonl(task_dir / "test.jsonl", test)
     write_json(spec_path, spec)
     return train, test

@@ -12,7 +12,8 @@ from turnrl.errors import ConfigError
 @dataclass
 class EnvConfig:
     name: str = "reasoning"
-    """reasoning (000 App. E), clarify (000 App. F), feedback (004) or tool (003)."""
+    """reasoning (000 App. E), clarify (000 App. F), ask (a scripted user who reveals the deciding fact when
+    asked), feedback (004) or tool (003)."""
     mode: str = "standard"
     """reasoning/clarify: standard or thinking (000's two modes)."""
     turns: int = 0
@@ -57,6 +58,12 @@ def _clarify(cfg: EnvConfig) -> Environment:
                       teacher_max_new_tokens=cfg.teacher_max_new_tokens)
 
 
+def _ask(cfg: EnvConfig) -> Environment:
+    from turnrl.envs.ask import AskEnv
+
+    return AskEnv(max_new_tokens=cfg.max_new_tokens, final_max_new_tokens=cfg.final_max_new_tokens or None)
+
+
 def _tool(cfg: EnvConfig) -> Environment:
     from turnrl.envs.tool import ToolEnv
 
@@ -67,6 +74,7 @@ def _tool(cfg: EnvConfig) -> Environment:
 ENVIRONMENTS: dict[str, Callable[[EnvConfig], Environment]] = {
     "reasoning": _reasoning,
     "clarify": _clarify,
+    "ask": _ask,
     "feedback": _feedback,
     "tool": _tool,
 }

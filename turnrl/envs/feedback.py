@@ -73,7 +73,7 @@ def verify(text: str, task: Task) -> Verdict:
     if task.choices:
         from turnrl.rewards.answers import extract_choice
 
-        letter = extract_choice(text, task.letters, "the answer is").letter
+        letter = extract_choice(text, task.letters, "the answer is", task.choices).letter
         return Verdict(letter, letter is not None and letter == task.answer)
     from turnrl.rewards.math_answers import extract_math_answer, math_equal
 

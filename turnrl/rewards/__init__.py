@@ -36,7 +36,7 @@ def final_answer(traj: Trajectory, task: Task) -> dict[str, Any]:
     """Read the final answer and say whether it is right; the fields every evaluation reports."""
     text = traj.final_assistant()
     if task.choices:
-        parsed = extract_choice(text, task.letters, canonical_phrase(traj.env))
+        parsed = extract_choice(text, task.letters, canonical_phrase(traj.env), task.choices)
         return {"answer": parsed.letter, "status": parsed.status, "correct": parsed.letter == task.answer,
                 "well_formatted": parsed.well_formatted}
     from turnrl.rewards.math_answers import extract_math_answer, math_equal
@@ -52,7 +52,7 @@ def answers_per_turn(traj: Trajectory, task: Task) -> list[str | None]:
 
         return [extract_math_answer(traj.messages[i]["content"]) for i in traj.assistant_indices()]
     canonical = canonical_phrase(traj.env)
-    return [extract_choice(traj.messages[i]["content"], task.letters, canonical).letter
+    return [extract_choice(traj.messages[i]["content"], task.letters, canonical, task.choices).letter
             for i in traj.assistant_indices()]
 
 

@@ -16,7 +16,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -62,6 +62,10 @@ class OptimConfig:
     seed: int = 0
     save_every: int = 0
     """Save a resumable state every N optimizer steps (0: at the end of each epoch only)."""
+    snapshot_epochs: list[int] = field(default_factory=list)
+    """Also save the policy (save_pretrained) after each of these epochs, as epoch<k>/ beside checkpoint/:
+    one run then gives the policies of several epoch counts (`turnrl sweep`; with the constant schedule they are
+    those of shorter runs up to the warm-up's length)."""
     threads: int = 0
     """CPU threads for torch (0: torch's default, one per core)."""
 
@@ -290,6 +294,11 @@ class TrainLoop:
                 bar.set_postfix(loss=f"{metrics['loss']:.4g}", gnorm=f"{metrics['grad_norm']:.3g}")
                 bar.update(1)
                 at_epoch_end = (index + 1) % steps_per_epoch == 0
+                if at_epoch_end and round((index + 1) / steps_per_epoch) in self.optim.snapshot_epochs and \
+                        index + 1 < len(self.steps):
+                    epoch = round((index + 1) / steps_per_epoch)
+                    self._save_pretrained(self.out_dir / f"epoch{epoch}", {"model": self.base_model_name,
+                                                                           "epoch": epoch, "step": index + 1})
                 if (self.optim.save_every and (index + 1) % self.optim.save_every == 0) or \
                         (at_epoch_end and index + 1 < len(self.steps)):
                     self.save_state(index + 1)
@@ -298,8 +307,14 @@ class TrainLoop:
 
     def save_checkpoint(self, extra: dict[str, Any]) -> Path:
         """The trained policy as a ``save_pretrained`` folder (full weights, or a PEFT adapter), written whole."""
-        target = self.out_dir / "checkpoint"
-        tmp = self.out_dir / "checkpoint.tmp"
+        target = self._save_pretrained(self.out_dir / "checkpoint", extra)
+        if self.accelerator.is_main_process:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return target
+
+    def _save_pretrained(self, target: Path, extra: dict[str, Any]) -> Path:
+        tmp = target.with_name(target.name + ".tmp")
         # Every process takes part in gathering the weights (sharded under FSDP / ZeRO-3); the main one writes.
         state = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
@@ -314,7 +329,7 @@ class TrainLoop:
             write_json(tmp / "turnrl_train.json", extra)
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+            lm.config.use_cache = False
         self.accelerator.wait_for_everyone()
         return target
 
