@@ -7,14 +7,15 @@ from pathlib import Path
 
 import turnrl.demo
 import turnrl.pipeline
+import turnrl.sweep
 from turnrl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def captured(monkeypatch, module, argv: list[str]):
+def captured(monkeypatch, module, argv: list[str], entry: str = "run"):
     seen = []
-    monkeypatch.setattr(module, "run", lambda cfg: seen.append(cfg) or {"table": "", "timings": {}})
+    monkeypatch.setattr(module, entry, lambda cfg: seen.append(cfg) or {"table": "", "timings": {}})
     assert main(argv) == 0
     return seen[0]
 
@@ -36,7 +37,7 @@ def test_quick_demo_is_the_same_path_at_tiny_sizes(monkeypatch):
 
 def test_preference_config_runs_on_the_sciq_log(monkeypatch):
     """configs/preference.yaml reuses a configs/sciq.yaml run: the logged data must be described identically."""
-    sciq = captured(monkeypatch, turnrl.pipeline, ["run", str(ROOT / "configs" / "sciq.yaml")])
+    sciq = captured(monkeypatch, turnrl.sweep, ["sweep", str(ROOT / "configs" / "sciq.yaml")], entry="sweep")
     pref = captured(monkeypatch, turnrl.pipeline, ["run", str(ROOT / "configs" / "preference.yaml")])
     for section in ("model", "dataset", "env", "rollout", "reward"):
         assert asdict(pref)[section] == asdict(sciq)[section], section

@@ -92,7 +92,7 @@ def test_iterate_two_iterations_interrupted_and_resumed(tmp_path, tiny_model_dir
         trajectories = read_trajectories(run / f"iter_{it}/scored/trajectories.jsonl")
         assert len(trajectories) == 12 and len({t.task_id for t in trajectories}) == 4
         assert {(t.sample, t.policy["model"]) for t in trajectories} == {(0, current), (1, current), (2, previous)}
-        heldout = {t.task_id for t in read_trajectories(run / f"iter_{it}/eval/heldout/conversations.jsonl")}
+        heldout = {t.task_id for t in read_trajectories(run / f"iter_{it}/eval-train/heldout/conversations.jsonl")}
         assert len(heldout) == 2 and not heldout & {t.task_id for t in trajectories}  # never trained on
     # The reference of iteration 2 is pi_1: its precomputed log-probabilities are pi_1's, from full logits.
     from transformers import AutoModelForCausalLM

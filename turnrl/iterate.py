@@ -18,11 +18,11 @@ iteration keeps its files in the run directory::
 
     tasks/                           the split
     iterate.json                     the settings; a resumed loop must use the same (more iterations are fine)
-    iter_0/eval/heldout/             pi_0 on the held-out prompts
+    iter_0/eval-train/heldout/       pi_0 on the held-out prompts
     iter_t/rollouts/trajectories.jsonl, iter_t/scored/trajectories.jsonl
     iter_t/filtered/trajectories.jsonl  tool environment: what 003's filters kept (and .counts.json)
     iter_t/train/<algo>/             pairs, reference log-probs, training log and the checkpoint pi_t
-    iter_t/eval/heldout/             pi_t on the held-out prompts
+    iter_t/eval-train/heldout/       pi_t on the held-out prompts
     iter_t/iteration.json            written last: the iteration is complete
     summary.json                     every iteration's held-out result and the selected policy
     eval/iterate-<algo>/             the selected policy on the test split
