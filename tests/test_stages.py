@@ -155,3 +155,29 @@ def test_option_reward_on_open_answer_tasks_fails_before_generating(tmp_path, ca
     err = capsys.readouterr().err
     assert "reward.weights: gold_likelihood" in err and "has no options" in err and "{accuracy: 1.0}" in err
     assert not (tmp_path / "run" / "eval").exists() and not (tmp_path / "run" / "rollouts").exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_outputs_are_written_with_the_umask_like_an_ordinary_file(tmp_path, umask, mode):
+    from turnrl.records import atomic_write_text, write_json
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "results.md", "| a |\n")
+        write_json(tmp_path / "metrics.json", {"accuracy": 0.5})
+        (tmp_path / "plain.txt").write_text("x")  # what an ordinary write gives, for comparison
+    finally:
+        os.umask(old)
+    for name in ("results.md", "metrics.json", "plain.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+@pytest.mark.parametrize("argv, key", [(["train", "--optim.schedule", "cosin"], "optim.schedule"),
+                                       (["train", "--optim.precision", "bf17"], "optim.precision"),
+                                       (["evaluate", "--split", "vall"], "split"),
+                                       (["simulate", "--env.mode", "thinkin"], "env.mode")])
+def test_a_misspelled_choice_is_refused_before_any_work(tmp_path, capsys, argv, key):
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--run_dir", str(tmp_path / "run")])
+    assert exc.value.code == 2 and f'"{key}"' in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

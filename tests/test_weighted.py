@@ -168,3 +168,17 @@ def test_one_refit_step_favours_high_reward(tiny_model, tokenizer):
     opt.step()
     gain = seq_logps() - before
     assert gain[0] > 0 and gain[0] > gain[1]
+
+
+def test_the_headline_is_nll_per_token_and_the_objective_is_labelled():
+    from turnrl.train.common import headline, summarise_history, summary_line
+
+    # A token-sum objective that grows while NLL per token falls: the demo's "loss 83.07 -> 120.6".
+    history = [{"loss": 83.07, "nll_per_token": 1.021, "grad_norm": 231.0, "seconds": 1.0},
+               {"loss": 120.6, "nll_per_token": 0.968, "grad_norm": 250.0, "seconds": 1.0}]
+    line = summary_line("sft", summarise_history(history), "ck")
+    assert line == "train sft: done, NLL per token 1.021 -> 0.968 (objective 83.07 -> 120.6); checkpoint ck"
+    assert list(headline(history[0])) == ["nll/tok", "objective", "gnorm"]
+    # Preference losses have no NLL: their loss is the headline.
+    assert summary_line("dpo", summarise_history([{"loss": 0.6931, "grad_norm": 1.0, "seconds": 1.0}]), "ck") == \
+        "train dpo: done, loss 0.6931 -> 0.6931; checkpoint ck"

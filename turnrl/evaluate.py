@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class EvaluateConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     evaluation: EvalOptions = field(default_factory=EvalOptions)
-    split: str = "test"
+    split: Literal["test", "val", "train"] = "test"
     """test (the held-out questions every table reports), or val (the validation split, for choosing
     hyperparameters: written under eval-val/ and left out of the run's results), or train."""
 

@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from tqdm.auto import tqdm
 
@@ -59,7 +60,7 @@ class SimulateConfig:
     teacher: BackendConfig = field(default_factory=BackendConfig)
     """The LLM teacher (clarify environment only)."""
     rollout: RolloutOptions = field(default_factory=RolloutOptions)
-    split: str = "train"
+    split: Literal["train", "test"] = "train"
     """Which split to roll out on: train or test."""
     output: str = ROLLOUTS
     """The log to write (default: rollouts/trajectories.jsonl; with continue_from: branches/trajectories.jsonl)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 from turnrl.envs.base import Environment, Episode, Prefix
 from turnrl.errors import ConfigError
@@ -14,7 +14,7 @@ class EnvConfig:
     name: str = "reasoning"
     """reasoning (000 App. E), clarify (000 App. F), ask (a scripted user who reveals the deciding fact when
     asked), feedback (004) or tool (003)."""
-    mode: str = "standard"
+    mode: Literal["standard", "thinking"] = "standard"
     """reasoning/clarify: standard or thinking (000's two modes)."""
     turns: int = 0
     """reasoning: the number of assistant turns n (up to 10). feedback: the most turns T. 0: the environment's

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from turnrl.errors import ConfigError
 
@@ -65,7 +65,7 @@ def release_sessions(generator: Any, sessions: list[str]) -> None:
 class BackendConfig:
     """A model behind a generation backend: the policy, the teacher or the judge each have one."""
 
-    backend: str = "hf"
+    backend: Literal["hf", "vllm", "openai"] = "hf"
     """hf, vllm or openai."""
     model: str = "smollm2-135m-instruct"
     """Model alias, GGUF path, folder, adapter folder or hub id (hf, vllm); the served model name (openai)."""

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 from tqdm.auto import tqdm
 
@@ -46,16 +46,16 @@ class OptimConfig:
     max_length: int = 2048
     """Longer conversations are left out (and counted)."""
     warmup_ratio: float = 0.05
-    schedule: str = "constant"
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
     """constant, linear or cosine (after warm-up)."""
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    precision: str = "bf16"
+    precision: Literal["bf16", "fp32"] = "bf16"
     """bf16: fp32 master weights under bf16 autocast (DESIGN.md section 8); fp32: no autocast."""
-    normalization: str = "sum"
+    normalization: Literal["sum", "mean"] = "sum"
     """sum: the papers' objective, a trajectory's token log-probs summed (weights scale whole trajectories),
     averaged over the step's trajectories; mean: summed then divided by the step's trained tokens (TRL's SFT)."""
-    truncated_turns: str = "mask_eot"
+    truncated_turns: Literal["mask_eot", "drop"] = "mask_eot"
     """A turn cut at the token cap never emitted its end-of-turn token: mask_eot trains its text but not the
     stop; drop leaves such trajectories out."""
     gradient_checkpointing: bool = False
@@ -291,7 +291,7 @@ class TrainLoop:
                 if main:
                     log.write(json.dumps(metrics) + "\n")
                     log.flush()
-                bar.set_postfix(loss=f"{metrics['loss']:.4g}", gnorm=f"{metrics['grad_norm']:.3g}")
+                bar.set_postfix(headline(metrics))
                 bar.update(1)
                 at_epoch_end = (index + 1) % steps_per_epoch == 0
                 if at_epoch_end and round((index + 1) / steps_per_epoch) in self.optim.snapshot_epochs and \
@@ -334,11 +334,30 @@ class TrainLoop:
         return target
 
 
+def headline(metrics: dict[str, float]) -> dict[str, str]:
+    """What the progress bar shows: NLL per token first where the loss has one (the token-sum objective grows
+    with the number of tokens in a step, so it is not comparable from step to step), then the objective."""
+    shown = {"nll/tok": f"{metrics['nll_per_token']:.3f}"} if "nll_per_token" in metrics else {}
+    return {**shown, ("objective" if shown else "loss"): f"{metrics['loss']:.4g}",
+            "gnorm": f"{metrics['grad_norm']:.3g}"}
+
+
+def summary_line(name: str, summary: dict[str, float], checkpoint: Any) -> str:
+    nan = float("nan")
+    objective = f"{summary.get('first_loss', nan):.4g} -> {summary.get('last_loss', nan):.4g}"
+    if "first_nll_per_token" in summary:
+        return (f"train {name}: done, NLL per token {summary['first_nll_per_token']:.3f} -> "
+                f"{summary['last_nll_per_token']:.3f} (objective {objective}); checkpoint {checkpoint}")
+    return f"train {name}: done, loss {objective}; checkpoint {checkpoint}"
+
+
 def summarise_history(history: Iterable[dict[str, float]]) -> dict[str, float]:
     rows = list(history)
     if not rows:
         return {}
-    return {"steps": len(rows), "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"],
+    nll = {"first_nll_per_token": rows[0]["nll_per_token"], "last_nll_per_token": rows[-1]["nll_per_token"]} \
+        if "nll_per_token" in rows[0] else {}
+    return {"steps": len(rows), "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"], **nll,
             "max_grad_norm": max(r["grad_norm"] for r in rows if not math.isnan(r["grad_norm"])) if any(
                 not math.isnan(r["grad_norm"]) for r in rows) else float("nan"),
             "seconds": sum(r["seconds"] for r in rows)}

@@ -32,7 +32,7 @@ from turnrl.models import load_model, resolve, stop_token_ids
 from turnrl.records import read_trajectories, write_json
 from turnrl.train.common import (OptimConfig, TrainLoop, epoch_steps, finish_step_without_data, gradient_sync,
                                  load_for_training, micro_batches, pad_batch, process_share, set_seed,
-                                 summarise_history)
+                                 summarise_history, summary_line)
 from turnrl.train.logprobs import _base_lm
 from turnrl.train.preference import freeze
 from turnrl.train.weighted import TrainConfig, tokenize_examples, train_weighted
@@ -184,6 +184,5 @@ def train_distill(cfg, teacher_optim: OptimConfig | None = None) -> Path:
     summary = summarise_history(history)
     checkpoint_dir = loop.save_checkpoint({"config": asdict(cfg), "model": model_name, "summary": summary,
                                            "diagnostics": diagnostics})
-    loop.accelerator.print(f"train {algo.name}: done, loss {summary.get('first_loss', float('nan')):.4g} -> "
-                           f"{summary.get('last_loss', float('nan')):.4g}; checkpoint {checkpoint_dir}")
+    loop.accelerator.print(summary_line(algo.name, summary, checkpoint_dir))
     return checkpoint_dir

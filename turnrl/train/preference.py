@@ -45,7 +45,7 @@ from turnrl.records import read_json, read_trajectories, write_json, write_jsonl
 from turnrl.simulate import BRANCHES
 from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainLoop, epoch_steps, finish_step_without_data,
                                  gradient_sync, load_for_training, micro_batches, pad_batch, process_share, set_seed,
-                                 summarise_history)
+                                 summarise_history, summary_line)
 from turnrl.train.logprobs import MaskedLogprobLM, sequence_logprobs
 
 
@@ -461,8 +461,7 @@ def train_preference(cfg) -> Path:
     summary = summarise_history(history)
     checkpoint = loop.save_checkpoint({"config": asdict(cfg), "model": model_name, "summary": summary,
                                        "diagnostics": diagnostics})
-    loop.accelerator.print(f"train {algo.name}: done, loss {summary.get('first_loss', float('nan')):.4g} -> "
-                           f"{summary.get('last_loss', float('nan')):.4g}; checkpoint {checkpoint}")
+    loop.accelerator.print(summary_line(algo.name, summary, checkpoint))
     return checkpoint
 
 

@@ -25,7 +25,7 @@ from turnrl.records import read_trajectories, write_json
 from turnrl.score import SCORED
 from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainLoop, epoch_steps, finish_step_without_data,
                                  gradient_sync, load_for_training, micro_batches, pad_batch, process_share, set_seed,
-                                 summarise_history)
+                                 summarise_history, summary_line)
 from turnrl.train.logprobs import MaskedLogprobLM
 
 
@@ -142,6 +142,5 @@ def train_weighted(cfg: TrainConfig) -> Path:
     summary = summarise_history(history)
     checkpoint = loop.save_checkpoint({"config": asdict(cfg), "model": model_name, "summary": summary,
                                        "diagnostics": {k: v for k, v in diagnostics.items() if k != "weights"}})
-    loop.accelerator.print(f"train {cfg.algo.name}: done, loss {summary.get('first_loss', float('nan')):.4g} -> "
-          f"{summary.get('last_loss', float('nan')):.4g}; checkpoint {checkpoint}")
+    loop.accelerator.print(summary_line(cfg.algo.name, summary, checkpoint))
     return checkpoint
