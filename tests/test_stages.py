@@ -181,3 +181,43 @@ def test_a_misspelled_choice_is_refused_before_any_work(tmp_path, capsys, argv, 
         main([*argv, "--run_dir", str(tmp_path / "run")])
     assert exc.value.code == 2 and f'"{key}"' in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_log_is_an_error_and_keeps_the_scored_file(tmp_path, capsys):
+    rollouts = tmp_path / "rollouts" / "trajectories.jsonl"
+    rollouts.parent.mkdir(parents=True)
+    rollouts.write_text("")
+    scored = tmp_path / "scored" / "trajectories.jsonl"
+    scored.parent.mkdir(parents=True)
+    scored.write_text("previous results\n")
+    assert main(["score", "--run_dir", str(tmp_path)]) == 2
+    assert f"{rollouts}: no trajectories to score" in capsys.readouterr().err
+    assert scored.read_text() == "previous results\n"
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("reward", "NaN", "field 'reward' is nan; expected a finite number"),
+    ("reward", "Infinity", "field 'reward' is inf; expected a finite number"),
+    ("reward", '"0.148"', "field 'reward' is '0.148'; expected a number"),
+    ("rewards", '{"accuracy": [0.5]}', "field 'rewards.accuracy' is [0.5]; expected a number"),
+])
+def test_a_reward_that_is_not_a_finite_number_is_refused_with_its_line(tmp_path, field, value, expected):
+    from turnrl.errors import InputError
+    from turnrl.records import read_trajectories
+
+    good = {"id": "t#0", "task_id": "t", "group_id": "t", "reward": 0.5,
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    bad = json.dumps({**good, "id": "t#1"}).replace('"reward": 0.5', f'"{field}": {value}')
+    path = tmp_path / "scored.jsonl"
+    path.write_text(json.dumps(good) + "\n" + bad + "\n")
+    with pytest.raises(InputError) as exc:
+        read_trajectories(path)
+    assert str(exc.value) == f"{path}:2: {expected}"
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"turnrl {version('turnrl')}"

@@ -81,6 +81,15 @@ def _build(cls: type, namespace: Any) -> Any:
     return cls(**values)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("turnrl")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = _commands()
     parser = ArgumentParser(prog="turnrl", description="Offline RL of multi-turn LLM conversation policies.",
                             exit_on_error=True)
+    parser.add_argument("--version", action="version", version=f"turnrl {_version()}")
     subcommands = parser.add_subcommands(dest="command", required=True)
     subparsers = {}
     for name, (cls, _, help_text) in commands.items():

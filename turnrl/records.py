@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {k: v for k, v in data.items() if k in names}
     if cls is Trajectory:
         _check_messages(kwargs["messages"], where)
+        _check_rewards(kwargs, where)
         kwargs["turns"] = [TurnInfo(**t) if isinstance(t, dict) else t for t in kwargs.get("turns", [])]
     if cls is Task:
         for key in ("id", "question", "answer"):
@@ -107,6 +109,23 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
         if not isinstance(kwargs.get("choices", []), list):
             raise InputError(f"{where}: field 'choices' must be a list of strings")
     return cls(**kwargs)
+
+
+def _check_rewards(fields: dict[str, Any], where: str) -> None:
+    """A reward is a finite number or null: NaN or infinity (which JSON parsers accept) would train a NaN model,
+    and a numeric string would be coerced silently."""
+    values = [("reward", fields.get("reward"))]
+    rewards = fields.get("rewards", {})
+    if not isinstance(rewards, dict):
+        raise InputError(f"{where}: field 'rewards' must be an object of named reward components")
+    values += [(f"rewards.{k}", v) for k, v in rewards.items()]
+    for name, value in values:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where}: field {name!r} is {value!r}; expected a number")
+        if not math.isfinite(value):
+            raise InputError(f"{where}: field {name!r} is {value}; expected a finite number")
 
 
 def _check_messages(messages: Any, where: str) -> None:

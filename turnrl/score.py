@@ -143,9 +143,11 @@ def load_task_index(run_dir: Path) -> dict[str, Task]:
 def score(cfg: ScoreConfig) -> Path:
     run_dir = Path(cfg.run_dir)
     trajectories = read_trajectories(run_dir / cfg.input)
+    out = run_dir / cfg.output
+    if not trajectories:
+        raise InputError(f"{run_dir / cfg.input}: no trajectories to score; {out} is left as it was")
     scorer = Scorer(cfg.reward)
     scorer.score(trajectories, load_task_index(run_dir), desc="score")
-    out = run_dir / cfg.output
     write_jsonl(out, trajectories)
     rewards = [t.reward for t in trajectories if t.reward is not None]
     unset = len(trajectories) - len(rewards)
