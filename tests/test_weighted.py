@@ -182,3 +182,20 @@ def test_the_headline_is_nll_per_token_and_the_objective_is_labelled():
     # Preference losses have no NLL: their loss is the headline.
     assert summary_line("dpo", summarise_history([{"loss": 0.6931, "grad_norm": 1.0, "seconds": 1.0}]), "ck") == \
         "train dpo: done, loss 0.6931 -> 0.6931; checkpoint ck"
+
+
+def test_a_non_finite_loss_stops_training_before_the_update(tiny_model, tokenizer, tmp_path):
+    from turnrl.errors import TrainingDiverged
+    from turnrl.train.common import TrainLoop
+
+    before = [p.detach().clone() for p in tiny_model.parameters()]
+    loop = TrainLoop(tiny_model, tokenizer, OptimConfig(precision="fp32"), tmp_path, "tiny", [[0]], MaskedLogprobLM)
+
+    def nan_loss(items, accelerator, model):
+        loss = sum(p.sum() for p in model.parameters()) * float("nan")
+        accelerator.backward(loss)
+        return {"loss": float(loss)}
+
+    with pytest.raises(TrainingDiverged, match="step 1: loss nan"):
+        loop.run(nan_loss, steps_per_epoch=1)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, tiny_model.parameters()))

@@ -11,3 +11,7 @@ class InputError(TurnrlError):
 
 class ConfigError(TurnrlError):
     """A configuration value is unknown or out of range; the message names the key."""
+
+
+class TrainingDiverged(TurnrlError):
+    """The loss or the gradient became NaN or infinite; training stops before the weights are written."""

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 from tqdm.auto import tqdm
 
-from turnrl.errors import ConfigError
+from turnrl.errors import ConfigError, TrainingDiverged
 from turnrl.records import write_json
 
 
@@ -281,6 +281,12 @@ class TrainLoop:
                 metrics = step_loss(self.steps[index], self.accelerator, self.model)
                 grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.optim.max_grad_norm) \
                     if self.optim.max_grad_norm > 0 else torch.tensor(float("nan"))
+                if not math.isfinite(metrics["loss"]) or (self.optim.max_grad_norm > 0 and
+                                                          not math.isfinite(float(grad_norm))):
+                    raise TrainingDiverged(
+                        f"train: step {index + 1}: loss {metrics['loss']}, gradient norm {float(grad_norm)}; stopped "
+                        f"before the update (the last saved state in {self.state_dir} is intact). Check the rewards "
+                        "and weights, or lower optim.learning_rate")
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
