@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from turnrl.chat import render
@@ -96,3 +97,22 @@ def test_stop_string_cuts_the_reply(smollm2_dir):
     cut = gen.generate([GenRequest(messages, Sampling(max_new_tokens=40, stop=["4,"]))])[0]
     assert cut.finish == "stop_string"
     assert cut.text == full.text[: full.text.index("4,") + 2]
+
+
+@pytest.mark.parametrize("flags, cuda, expected", [
+    ("fpu sse2 avx2 avx512f", False, "float32"),          # bf16 emulated: fp32 is faster
+    ("fpu sse2 avx512f avx512_bf16", False, "bfloat16"),
+    ("fpu sse2 amx_bf16", False, "bfloat16"),
+    ("fp asimd bf16", False, "bfloat16"),                  # Arm
+    ("fpu sse2", True, "bfloat16"),                        # a GPU
+])
+def test_auto_dtype_is_bf16_only_where_it_is_native(monkeypatch, tmp_path, flags, cuda, expected):
+    import turnrl.models as models
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real_path = models.Path
+    monkeypatch.setattr(models, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert models.torch_dtype("auto") == getattr(torch, expected)
+    assert models.torch_dtype("bf16") == torch.bfloat16

@@ -148,11 +148,29 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
           "float16": "float16", "fp16": "float16"}
 
 
-def torch_dtype(name: str):
+def native_bf16() -> bool:
+    """Whether bf16 matrix products run natively: on a GPU, or on a CPU with AVX512-BF16 or AMX (x86) or BF16
+    (Arm). Elsewhere torch emulates bf16, and generation in bf16 is several times slower than in fp32
+    (docs/benchmarks.md)."""
     import torch
 
+    if torch.cuda.is_available():
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+def torch_dtype(name: str):
+    """A dtype by name; ``auto`` is bfloat16 where it runs natively (see :func:`native_bf16`), else float32."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if native_bf16() else torch.float32
     if name not in DTYPES:
-        raise InputError(f"dtype {name!r}: expected one of float32, bfloat16, float16")
+        raise InputError(f"dtype {name!r}: expected auto, float32, bfloat16 or float16")
     return getattr(torch, DTYPES[name])
 
 

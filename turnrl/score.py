@@ -29,7 +29,7 @@ class RewardConfig:
     judge_overall (and the other judge_* scores). The default is graded (see docs/rewards.md for why)."""
     reference: str = ""
     """Model for gold_likelihood (default: the model that generated the trajectory, i.e. the logging policy)."""
-    reference_dtype: str = "bfloat16"
+    reference_dtype: str = "auto"
     batch_size: int = 16
     drift: DriftReturnConfig = field(default_factory=DriftReturnConfig)
     """feedback environment: the terms of DRIFT's return, recorded as the drift_return component (kept out of

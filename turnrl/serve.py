@@ -38,8 +38,8 @@ class ServeConfig:
     """Model alias, GGUF path, folder, fine-tuned checkpoint or PEFT adapter folder."""
     host: str = "127.0.0.1"
     port: int = 8000
-    dtype: str = "bfloat16"
-    """Weights' dtype (float32, bfloat16, float16)."""
+    dtype: str = "auto"
+    """Weights' dtype: auto (bfloat16 where it runs natively, else float32), float32, bfloat16, float16."""
     served_name: str = ""
     """The model name clients send (default: --model as given)."""
     batch_size: int = 32

@@ -69,8 +69,9 @@ class BackendConfig:
     """hf, vllm or openai."""
     model: str = "smollm2-135m-instruct"
     """Model alias, GGUF path, folder, adapter folder or hub id (hf, vllm); the served model name (openai)."""
-    dtype: str = "bfloat16"
-    """Weights' dtype for generation (hf, vllm). bf16 halves CPU generation time at equal accuracy."""
+    dtype: str = "auto"
+    """Weights' dtype for generation (hf, vllm): auto (bfloat16 on a GPU or a CPU with native bf16, else
+    float32), float32, bfloat16 or float16. Where bf16 is emulated it is several times slower than fp32."""
     batch_size: int = 64
     """Conversations per forward batch (hf)."""
     base_url: list[str] = field(default_factory=list)

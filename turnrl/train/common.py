@@ -50,8 +50,9 @@ class OptimConfig:
     """constant, linear or cosine (after warm-up)."""
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    precision: Literal["bf16", "fp32"] = "bf16"
-    """bf16: fp32 master weights under bf16 autocast (DESIGN.md section 8); fp32: no autocast."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """bf16: fp32 master weights under bf16 autocast; fp32: no autocast; auto: bf16 where it runs natively (a GPU,
+    or a CPU with AVX512-BF16 / AMX), else fp32 (emulated bf16 autocast is many times slower than fp32)."""
     normalization: Literal["sum", "mean"] = "sum"
     """sum: the papers' objective, a trajectory's token log-probs summed (weights scale whole trajectories),
     averaged over the step's trajectories; mean: summed then divided by the step's trained tokens (TRL's SFT)."""
@@ -68,6 +69,12 @@ class OptimConfig:
     those of shorter runs up to the warm-up's length)."""
     threads: int = 0
     """CPU threads for torch (0: torch's default, one per core)."""
+
+
+def resolved_precision(precision: str) -> str:
+    from turnrl.models import native_bf16
+
+    return ("bf16" if native_bf16() else "fp32") if precision == "auto" else precision
 
 
 def set_seed(seed: int) -> None:
@@ -207,8 +214,8 @@ class TrainLoop:
         from accelerate.utils import DistributedDataParallelKwargs
         from transformers import get_scheduler
 
-        if optim.precision not in ("bf16", "fp32"):
-            raise ConfigError(f"optim.precision: {optim.precision!r}; expected bf16 or fp32")
+        if optim.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"optim.precision: {optim.precision!r}; expected auto, bf16 or fp32")
         if optim.normalization not in ("sum", "mean"):
             raise ConfigError(f"optim.normalization: {optim.normalization!r}; expected sum or mean")
         if optim.threads:
@@ -221,7 +228,8 @@ class TrainLoop:
         # A causal LM's buffers are constants (rotary frequencies): not broadcasting them keeps every forward pass
         # free of collectives, so processes may run different numbers of forward passes in a step (an empty share,
         # more micro-batches, a reference pass) without their collectives falling out of step.
-        self.accelerator = Accelerator(mixed_precision="bf16" if optim.precision == "bf16" else "no",
+        bf16 = resolved_precision(optim.precision) == "bf16"
+        self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no",
                                        cpu=default_device() == "cpu",
                                        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
