@@ -24,7 +24,7 @@ def conversations(n: int, max_new_tokens: int):
     from turnrl.tasks import DatasetConfig, load_tasks, split_tasks
 
     cfg = DatasetConfig(name="sciq", n_train=0, n_test=n)
-    _, tasks = split_tasks(load_tasks(cfg), cfg)
+    _, _, tasks = split_tasks(load_tasks(cfg), cfg)
     return tasks, make_env(EnvConfig(max_new_tokens=max_new_tokens))
 
 
@@ -33,7 +33,7 @@ def run_turnrl(args, concurrency, queue) -> None:
     from turnrl.rollout import Job, run_episodes
 
     tasks, env = conversations(args.n, args.max_new_tokens)
-    generator = make_generator(BackendConfig(batch_size=concurrency))
+    generator = make_generator(BackendConfig(batch_size=concurrency, dtype=args.dtype))
     jobs = [Job(id=t.id, task=t, sampling=Sampling()) for t in tasks]
     start = time.perf_counter()
     episodes = run_episodes(env, jobs, generator)
@@ -50,7 +50,7 @@ def run_naive(args, queue) -> None:
 
     tasks, env = conversations(args.n, args.max_new_tokens)
     resolved = resolve("smollm2-135m-instruct")
-    tokenizer, model = load_tokenizer(resolved), load_model(resolved, dtype="bfloat16").eval()
+    tokenizer, model = load_tokenizer(resolved), load_model(resolved, dtype=args.dtype).eval()
     stops = stop_token_ids(tokenizer, model)
     episodes = []
     start = time.perf_counter()
@@ -88,9 +88,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="conversations")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--max_new_tokens", type=int, default=48)
+    parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16 (auto: bf16 where native)")
+    parser.add_argument("--skip_naive", action="store_true", help="leave out the one-at-a-time baseline")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
-    runs = [(run_naive, ())] + [(run_turnrl, (c,)) for c in args.concurrency]
+    runs = ([] if args.skip_naive else [(run_naive, ())]) + [(run_turnrl, (c,)) for c in args.concurrency]
     results = []
     for fn, extra in runs:
         queue = ctx.Queue()
@@ -99,15 +101,17 @@ def main() -> None:
         results.append(queue.get())
         proc.join()
         print(json.dumps({k: v for k, v in results[-1].items() if k != "finals"}), flush=True)
-    naive = results[0]
+    from turnrl.models import torch_dtype
+
+    naive = None if args.skip_naive else results[0]
     print(f"\n{args.n} three-turn SciQ conversations, greedy, at most {args.max_new_tokens} new tokens per turn, "
-          "SmolLM2-135M-Instruct in bf16\n")
+          f"SmolLM2-135M-Instruct in {str(torch_dtype(args.dtype)).removeprefix('torch.')}\n")
     print("| engine | generated tokens/s | speed-up over naive | peak RSS GB | same final turns as naive |")
     print("|---|---|---|---|---|")
     for r in results:
-        same = sum(a == b for a, b in zip(r["finals"], naive["finals"]))
-        print(f"| {r['name']} | {r['tok_s']:.0f} | {r['tok_s'] / naive['tok_s']:.1f}x | {r['peak_rss_gb']:.2f} | "
-              f"{same}/{len(naive['finals'])} |")
+        same = f"{sum(a == b for a, b in zip(r['finals'], naive['finals']))}/{len(naive['finals'])}" if naive else "-"
+        speedup = f"{r['tok_s'] / naive['tok_s']:.1f}x" if naive else "-"
+        print(f"| {r['name']} | {r['tok_s']:.0f} | {speedup} | {r['peak_rss_gb']:.2f} | {same} |")
 
 
 if __name__ == "__main__":
