@@ -1,6 +1,6 @@
 """What a model knows about multiple-choice questions, read from its likelihoods instead of its answers.
 
-For each question, four readings pick the option with the highest score (no generation, so no answer format):
+For each question, five readings pick the option with the highest score (no generation, so no answer format):
 
 - cloze:            log p(option text | "Question: ... Answer:") summed over the option's tokens, options not shown
 - cloze / token:    the same, divided by the option's token count
