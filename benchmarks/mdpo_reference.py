@@ -32,8 +32,8 @@ VARIANTS = [  # (name, lora, precompute)
 
 
 def log_conversations(out: Path, tasks: int) -> None:
-    from turnrl.score import ScoreConfig, score
-    from turnrl.simulate import RolloutOptions, SimulateConfig, simulate
+    from turnrl.stages.score import ScoreConfig, score
+    from turnrl.stages.simulate import RolloutOptions, SimulateConfig, simulate
     from turnrl.tasks import DatasetConfig
 
     if (out / "scored" / "trajectories.jsonl").exists():

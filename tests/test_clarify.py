@@ -149,10 +149,10 @@ def test_needs_multiple_choice_and_a_known_mode():
 
 def test_logs_score_and_train_like_any_other(tokenizer):
     from turnrl.chat import encode_conversation
-    from turnrl.evaluate import outcome
+    from turnrl.stages.evaluate import outcome
     from turnrl.models import stop_token_ids
     from turnrl.rewards import cheap_components
-    from turnrl.simulate import build_jobs, episode_to_trajectory
+    from turnrl.rollout import build_jobs, episode_to_trajectory
 
     env = _env()
     [job] = build_jobs([TASK], env.settings(), 1, [0.7], 0.95, 0, 0)

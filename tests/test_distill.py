@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from turnrl.algorithms.weighted import AlgoConfig
 from turnrl.records import read_json, write_jsonl
 from turnrl.train.common import OptimConfig
-from turnrl.train.distill import DistillLM, distill_step_loss, selected_examples
+from turnrl.algorithms.distillation import selected_examples
+from turnrl.train.distill import DistillLM, distill_step_loss
 from turnrl.train.weighted import tokenize_examples
 
 from test_preference import FakeAccelerator, eot, reference_lm, traj  # noqa: F401 (reference_lm is a fixture)

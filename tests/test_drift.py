@@ -78,7 +78,7 @@ def test_return_read_from_conversations():
 
 
 def test_scorer_records_the_return_for_feedback_conversations_only():
-    from turnrl.score import RewardConfig, Scorer
+    from turnrl.stages.score import RewardConfig, Scorer
 
     fb = feedback_traj("g", 0, ["The answer is B.", "The answer is C."])
     other = feedback_traj("g", 1, ["The answer is C."])
@@ -195,7 +195,7 @@ def test_final_turn_mask_is_exactly_the_last_assistant_message(tokenizer):
 
 # ------------------------------------------------------------------------------------------------- multi@k
 def test_multi_at_k_curve_and_plot(tmp_path):
-    from turnrl.algorithms.drift import multi_at_k_curves, plot_multi_at_k
+    from turnrl.stages.report import multi_at_k_curves, plot_multi_at_k
 
     def write(method: str, solved_at: list[int | None]):
         folder = tmp_path / "eval" / method

@@ -134,7 +134,7 @@ def test_continues_a_logged_prefix():
 
 
 def test_metrics_multi_at_k(gsm8k_task):
-    from turnrl.simulate import episode_to_trajectory
+    from turnrl.rollout import episode_to_trajectory
 
     env = make_env(EnvConfig(name="feedback"))
     policy = ScriptedPolicy({MC.question: ["The answer is A.", "The answer is A.", "The answer is C."],
@@ -151,8 +151,8 @@ def test_metrics_multi_at_k(gsm8k_task):
 
 def test_evaluate_reports_multi_at_k_with_standard_errors(tmp_path):
     """`turnrl evaluate` on four questions: solved at turns 1, 2, never, 3 -> multi@k by hand."""
-    from turnrl.evaluate import EvaluateConfig, evaluate
-    from turnrl.score import RewardConfig
+    from turnrl.stages.evaluate import EvaluateConfig, evaluate
+    from turnrl.stages.score import RewardConfig
     from turnrl.tasks import DatasetConfig
 
     rows = [{"id": f"q{i}", "question": f"Question number {i}: which option?", "choices": ["w", "x", "y", "z"],
@@ -180,7 +180,7 @@ def test_evaluate_reports_multi_at_k_with_standard_errors(tmp_path):
 
 
 def test_metrics_markdown_describes_multi_at_k_as_percentages():
-    from turnrl.evaluate import metrics_markdown
+    from turnrl.stages.evaluate import metrics_markdown
     md = metrics_markdown("m", {"multi@3": {"mean": 0.67, "se": 0.047, "n": 100},
                                 "distinct_answers": {"mean": 2.54, "se": 0.117, "n": 100}},
                           FeedbackEnv.metric_descriptions)

@@ -10,12 +10,12 @@ import torch
 from turnrl.algorithms.weighted import AlgoConfig
 from turnrl.envs import EnvConfig
 from turnrl.errors import ConfigError
-from turnrl.evaluate import EvalOptions
+from turnrl.stages.evaluate import EvalOptions
 from turnrl.generation import BackendConfig
-from turnrl.iterate import IterateConfig, iterate
+from turnrl.workflows.iterate import IterateConfig, iterate
 from turnrl.records import read_json, read_trajectories
-from turnrl.score import RewardConfig
-from turnrl.simulate import RolloutOptions
+from turnrl.stages.score import RewardConfig
+from turnrl.stages.simulate import RolloutOptions
 from turnrl.tasks import DatasetConfig
 from turnrl.train.common import OptimConfig
 
@@ -49,7 +49,7 @@ def config(tmp_path, model: str, **over) -> IterateConfig:
 
 def test_iterate_two_iterations_interrupted_and_resumed(tmp_path, tiny_model_dir, monkeypatch):
     from turnrl.train import common
-    import turnrl.iterate as iterate_module
+    import turnrl.workflows.iterate as iterate_module
 
     cfg = config(tmp_path, str(tiny_model_dir))
     run = tmp_path / "run"
@@ -69,14 +69,14 @@ def test_iterate_two_iterations_interrupted_and_resumed(tmp_path, tiny_model_dir
     done_1 = (run / "iter_1" / "iteration.json").stat().st_mtime_ns
     rollouts_2 = (run / "iter_2" / "rollouts" / "trajectories.jsonl").read_bytes()
 
-    rollout_calls = []
-    real_run_episodes = iterate_module.run_episodes
-    monkeypatch.setattr(iterate_module, "run_episodes",
-                        lambda *a, **k: rollout_calls.append(1) or real_run_episodes(*a, **k))
+    sampled_again = []
+    real_log_rollouts = iterate_module.log_rollouts
+    monkeypatch.setattr(iterate_module, "log_rollouts",
+                        lambda *a, **k: sampled_again.append(real_log_rollouts(*a, **k)))
     summary = iterate(cfg)
 
     # Resumed at the stage it stopped: nothing was sampled again, iteration 1 untouched, training continued.
-    assert rollout_calls == []
+    assert sum(sampled_again) == 0
     assert (run / "iter_1" / "iteration.json").stat().st_mtime_ns == done_1
     assert (run / "iter_2" / "rollouts" / "trajectories.jsonl").read_bytes() == rollouts_2
     log = [json.loads(line) for line in (run / "iter_2/train/m-dpo/train_log.jsonl").read_text().splitlines()]

@@ -4,6 +4,7 @@ reward components, and the agreement statistics of two judges."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ from turnrl.errors import ConfigError
 from turnrl.generation import GenResult
 from turnrl.judge import Judge, JudgeConfig, agreement, parse_judgement, score_with_judges, user_prompt
 from turnrl.records import Task, Trajectory
-from turnrl.score import RewardConfig, Scorer
+from turnrl.stages.score import RewardConfig, Scorer
 
 EXACT = """Accuracy: 8
 The assistant identified the correct answer (C) early and kept to it.
@@ -294,18 +295,51 @@ def test_retry_failure_and_cache(tmp_path, scripted):
     assert t2.meta["judge"]["ok"] is False and t2.meta["judge"]["failed"] == ["I refuse to grade this."] * 3
     assert info["judge"] == {"model": "judge-a", "n": 3, "failures": 1, "retried": 2, "overall_fallback": 1}
 
-    # A rerun with the same content makes no calls and gives the same records.
+    # A rerun with the same content takes every answer that parsed from the cache and asks again only those that
+    # did not: conversation 1's greedy answer, and conversation 2's three.
     scripted.clear()
     again = _trajectories()
     score_with_judges(again, TASKS, cfg)
-    assert "judge-a" not in scripted  # the backend was never even created
+    rerun = scripted["judge-a"].requests
+    assert len(rerun) == 4 and not any("conversation 0" in r.messages[-1]["content"] for r in rerun)
     assert [t.rewards for t in again] == [t.rewards for t in trajectories]
+    # A conversation whose answer parsed is all from the cache: the backend is never even created.
+    scripted.clear()
+    score_with_judges(_trajectories()[:1], TASKS, cfg)
+    assert "judge-a" not in scripted
     # Another judge model, or other sampling settings, are other content: new calls.
     score_with_judges(_trajectories(), TASKS, JudgeConfig(backend="openai", model="judge-b", cache_dir=str(tmp_path)))
     assert len(scripted["judge-b"].requests) == 6
     score_with_judges(_trajectories(), TASKS, JudgeConfig(backend="openai", model="judge-a", cache_dir=str(tmp_path),
                                                           max_new_tokens=300, retries=0))
     assert len(scripted["judge-a"].requests) == 3
+
+
+def test_answers_that_did_not_parse_are_asked_again_on_the_next_run(tmp_path, monkeypatch):
+    """An unparseable answer is not reused from the cache -- neither one this version kept out of it, nor one an
+    older version wrote there: the next run asks again, and a judge that now answers properly scores it."""
+    cfg = JudgeConfig(backend="openai", model="j", cache_dir=str(tmp_path), retries=0)
+    garbage = ScriptedJudge(lambda r: "Sorry, the upstream model is overloaded.")
+    monkeypatch.setattr(judge_mod, "make_generator", lambda c: garbage)
+    first = _trajectories()
+    score_with_judges(first, TASKS, cfg)
+    assert len(garbage.requests) == 3 and not any(t.meta["judge"]["ok"] for t in first)
+
+    # What an older version left behind: the unparseable answer of conversation 0 stored under its key.
+    judge = Judge(cfg, generator=garbage)
+    request = garbage.requests[0]
+    content = {**judge.identity, "messages": request.messages, "sampling": dataclasses.asdict(request.sampling)}
+    judge.cache.put(judge.cache.key(content), content, GenResult(text="not a judgement", tokens=3, finish="stop"))
+
+    fixed = ScriptedJudge(lambda r: EXACT)
+    monkeypatch.setattr(judge_mod, "make_generator", lambda c: fixed)
+    second = _trajectories()
+    score_with_judges(second, TASKS, cfg)
+    assert len(fixed.requests) == 3
+    assert all(t.meta["judge"]["ok"] and t.rewards["judge_overall"] == pytest.approx(0.7) for t in second)
+    # Now they parsed, they are cached: a third run asks nothing.
+    score_with_judges(_trajectories(), TASKS, cfg)
+    assert len(fixed.requests) == 3
 
 
 def test_identical_calls_in_a_batch_are_made_once(tmp_path, scripted):
@@ -379,7 +413,7 @@ def test_second_judge_and_agreement(tmp_path, monkeypatch):
 
 
 def test_evaluation_reports_judge_scores_on_0_to_10():
-    from turnrl.evaluate import metrics_markdown, summarise
+    from turnrl.stages.evaluate import metrics_markdown, summarise
 
     rows = [{"task_id": str(i), "gold": "A", "runs": 1, "answers": ["A"], "judge_overall": v}
             for i, v in enumerate([0.0, 1.0, 1.0, 0.0])]

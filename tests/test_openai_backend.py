@@ -1,6 +1,6 @@
 """The ``openai`` backend against ``turnrl serve`` running for real on loopback (tiny model), and against small
-scripted servers for round-robin, retries on 429 / 500 / timeouts, errors on other 4xx, the API key and the judge's
-cache."""
+scripted servers for round-robin, retries on 429 / 500 / timeouts / malformed 200s, errors on other 4xx, the API key
+and the judge's cache."""
 
 import asyncio
 import threading
@@ -12,7 +12,15 @@ from test_serve import SERVED, free_port, running_serve
 
 from turnrl.errors import ConfigError
 from turnrl.generation import BackendConfig, GenRequest, Sampling
-from turnrl.generation.openai_backend import EndpointError, OpenAIGenerator
+from turnrl.generation.openai_backend import BODY_EXCERPT, EndpointError, OpenAIGenerator
+
+MALFORMED = {
+    "notjson": ("application/json", "<html><body><h1>Welcome</h1>" + "<p>Please sign in to continue.</p>" * 40
+                + "</body></html>"),
+    "plain": ("text/plain", "upstream is warming up"),
+    "empty": ("application/json", "{}"),
+}
+"""200 bodies that hold no chat completion: an HTML page (under a JSON content-type), plain text, an empty object."""
 
 JUDGE_ANSWER = ("Accuracy: 9\nRight answer.\n\nReasoning ability: 8\nClear.\n\nComprehensiveness: 7\nCovers most.\n\n"
                 "Pedagogical value: 8\nHelpful.\n\nConfidence calibration: 6\nA bit sure.\n\nOverall: 8\nGood.")
@@ -22,13 +30,15 @@ class ScriptedServer:
     """A small OpenAI-compatible server whose behaviour is chosen by the requested model name:
 
     ``flaky-429`` / ``flaky-500``: the first two calls fail with that status; ``slow``: the first call takes 3 s;
-    ``bad``: always 400; ``down``: always 503; ``judge``: a well-formed judge answer; anything else: "ok <n>".
+    ``bad``: always 400; ``down``: always 503; ``judge``: a well-formed judge answer; ``flaky-<kind>`` /
+    ``broken-<kind>``: a 200 with the :data:`MALFORMED` body ``<kind>`` on the first two calls / on every call;
+    anything else: "ok <n>".
     It counts calls per model and records the Authorization headers it received."""
 
     def __init__(self):
         import uvicorn
         from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse
+        from fastapi.responses import JSONResponse, Response
 
         self.calls: dict[str, int] = defaultdict(int)
         self.auth: list[str] = []
@@ -49,6 +59,10 @@ class ScriptedServer:
             if model == "bad":
                 return JSONResponse({"error": {"message": "max_tokens is too large for this model",
                                                "type": "invalid_request_error"}}, status_code=400)
+            kind = model.partition("-")[2]
+            if kind in MALFORMED and (model.startswith("broken-") or (model.startswith("flaky-") and n <= 2)):
+                media_type, content = MALFORMED[kind]
+                return Response(content=content, media_type=media_type)
             if model == "slow" and n == 1:
                 await asyncio.sleep(3)
             text = JUDGE_ANSWER if model == "judge" else f"ok {n}"
@@ -117,7 +131,7 @@ def test_rollout_through_serve_matches_in_process_generation(served, tiny_model_
     from turnrl.generation.hf import HFGenerator
     from turnrl.records import Task
     from turnrl.rollout import run_episodes
-    from turnrl.simulate import build_jobs
+    from turnrl.rollout import build_jobs
 
     env = make_env(EnvConfig(name="clarify", mode="thinking", max_new_tokens=6, teacher_max_new_tokens=6))
     tasks = [Task(id=f"q{i}", source="sciq", question=f"Which option is number {i}?", answer="A",
@@ -145,9 +159,9 @@ def test_sampling_settings_and_stop_strings_match_in_process(served, tiny_model_
     assert got[0].text.endswith(("e", "a"))
 
 
-def test_judge_through_serve_records_failures_and_reruns_from_cache(served, tmp_path):
+def test_judge_through_serve_records_failures_and_asks_them_again_on_a_rerun(served, tmp_path):
     """The tiny random model cannot write a judgement: each conversation is asked 1 + retries times, recorded as a
-    failure with the raw answers, and a rerun makes no calls."""
+    failure with the raw answers; unparseable answers are not reused, so a rerun asks them all again."""
     from turnrl.judge import Judge, JudgeConfig
     from turnrl.records import Task, Trajectory
 
@@ -162,7 +176,7 @@ def test_judge_through_serve_records_failures_and_reruns_from_cache(served, tmp_
     assert judge.calls == 4
     assert all(not r["ok"] and r["attempts"] == 2 and len(r["failed"]) == 2 and r["failed"][0] for r in records)
     again = Judge(cfg)
-    assert again.judge(trajectories, tasks) == records and again.calls == 0
+    assert again.judge(trajectories, tasks) == records and again.calls == 4
 
 
 # --------------------------------------------------------------------------- against scripted servers
@@ -237,6 +251,61 @@ def test_gives_up_after_max_retries(scripted):
     with pytest.raises(EndpointError, match="gave up after 3 attempts.*HTTP 503"):
         gen.generate([_request()])
     assert server.calls["down"] == 3
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_malformed_200_is_retried_on_the_5xx_schedule(scripted, kind):
+    """A 200 that holds no chat completion (HTML, plain text, ``{}``) is retried with the 5xx backoff, not a crash."""
+    server = scripted[0]
+    model = f"flaky-{kind}"
+    delays = []
+    gen = OpenAIGenerator(_backend(server.url, model, max_retries=3), sleep=delays.append)
+    [result] = gen.generate([_request()])
+    assert result.text == "ok 3" and server.calls[model] == 3
+    assert len(delays) == 2 and all(lo <= d <= hi for d, (lo, hi) in zip(delays, [(0.25, 0.5), (0.5, 1.0)]))
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_malformed_200_gives_up_with_one_error_naming_endpoint_and_body(scripted, kind):
+    server = scripted[1]
+    model = f"broken-{kind}"
+    gen = OpenAIGenerator(_backend(server.url, model, max_retries=2), sleep=lambda s: None)
+    with pytest.raises(EndpointError) as err:
+        gen.generate([_request()])
+    message = str(err.value)
+    media_type, body = MALFORMED[kind]
+    assert server.calls[model] == 3
+    assert message.startswith("gave up after 3 attempts") and server.url in message
+    assert "HTTP 200" in message and media_type in message and body[:BODY_EXCERPT] in message
+    assert len(message) < BODY_EXCERPT + 300  # the body is truncated
+    if len(body) > BODY_EXCERPT:
+        assert body not in message and f"({len(body)} characters)" in message
+
+
+def test_score_with_a_malformed_judge_endpoint_exits_2_with_one_line(scripted, tmp_path, capsys):
+    """`turnrl score` with the judge behind an endpoint that answers ``{}``: status 2 and one line naming the
+    endpoint and the body, instead of a traceback."""
+    from turnrl.cli import main
+    from turnrl.records import Task, Trajectory, write_jsonl
+
+    server = scripted[0]
+    write_jsonl(tmp_path / "tasks" / "train.jsonl",
+                [Task(id="q", source="sciq", question="Q?", answer="A", choices=["x", "y"])])
+    write_jsonl(tmp_path / "rollouts" / "trajectories.jsonl", [Trajectory(
+        id="q#0", task_id="q", group_id="q",
+        messages=[{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "The answer is A."}])])
+    before = server.calls["broken-empty"]
+    rc = main(["score", "--run_dir", str(tmp_path), "--reward.weights", "{judge_overall: 1.0}",
+               "--reward.judge.backend", "openai", "--reward.judge.model", "broken-empty",
+               "--reward.judge.base_url", f"[{server.url}]", "--reward.judge.max_retries", "1",
+               "--reward.judge.cache_dir", str(tmp_path / "judge-cache")])
+    err = capsys.readouterr().err
+    assert rc == 2 and server.calls["broken-empty"] - before == 2
+    errors = [line for line in err.splitlines() if "error" in line.lower()]  # besides the progress bar's lines
+    assert len(errors) == 1 and "Traceback" not in err
+    assert errors[0].startswith("turnrl score: error: gave up after 2 attempts")
+    assert server.url in errors[0] and "without choices: '{}'" in errors[0]
+    assert not (tmp_path / "scored" / "trajectories.jsonl").exists()
 
 
 def test_api_key_comes_from_the_named_variable_and_is_never_shown(scripted, monkeypatch):

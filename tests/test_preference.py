@@ -17,7 +17,7 @@ from turnrl.algorithms.preference import build_preference_data, step_pairs, Pair
 from turnrl.algorithms.weighted import AlgoConfig
 from turnrl.errors import ConfigError, InputError
 from turnrl.records import Task, Trajectory, TurnInfo, write_jsonl
-from turnrl.simulate import continue_jobs
+from turnrl.stages.simulate import continue_jobs
 from turnrl.train.common import OptimConfig, pad_batch
 from turnrl.train.logprobs import MaskedLogprobLM, sequence_logprobs
 from turnrl.train.preference import (Reference, dpo_step_loss, kto_step_loss, kto_steps, reference_model,
@@ -385,11 +385,11 @@ def test_step_dpo_branch_rollouts_and_training(tmp_path, tiny_model_dir):
     from turnrl.envs import EnvConfig
     from turnrl.generation import BackendConfig
     from turnrl.records import read_json, read_trajectories
-    from turnrl.score import RewardConfig, ScoreConfig, score
-    from turnrl.simulate import RolloutOptions, SimulateConfig, simulate
+    from turnrl.stages.score import RewardConfig, ScoreConfig, score
+    from turnrl.stages.simulate import RolloutOptions, SimulateConfig, simulate
     from turnrl.tasks import DatasetConfig
     from turnrl.train import train
-    from turnrl.train.preference import branch_stage
+    from turnrl.workflows.pipeline import branch_rollouts
 
     rows = [{"id": f"q{i}", "question": f"Pick option {i}.", "choices": ["w", "x", "y", "z"], "answer": "ABCD"[i]}
             for i in range(3)]
@@ -402,7 +402,7 @@ def test_step_dpo_branch_rollouts_and_training(tmp_path, tiny_model_dir):
     reward = RewardConfig(weights={"gold_likelihood": 1.0}, reference_dtype="float32")
     simulate(sim)
     score(ScoreConfig(run_dir=str(tmp_path), reward=reward))
-    scored = branch_stage(str(tmp_path), "scored/trajectories.jsonl", sim, reward)
+    scored = branch_rollouts(str(tmp_path), "scored/trajectories.jsonl", sim, reward)
     logged = {t.id: t for t in read_trajectories(tmp_path / "scored/trajectories.jsonl")}
     branches = read_trajectories(scored)
     assert len(branches) == 2 * 2  # every step of every logged trajectory
@@ -412,7 +412,7 @@ def test_step_dpo_branch_rollouts_and_training(tmp_path, tiny_model_dir):
         assert b.messages[:at] == source.messages[:at] and b.messages[at]["role"] == "assistant"
         assert (b.group_id, b.temperature, len(b.assistant_indices())) == (source.group_id, 1.0, 2)
         assert b.reward is not None
-    assert branch_stage(str(tmp_path), "scored/trajectories.jsonl", sim, reward) == scored  # complete: reused
+    assert branch_rollouts(str(tmp_path), "scored/trajectories.jsonl", sim, reward) == scored  # complete: reused
     checkpoint = train(str(tmp_path), "", AlgoConfig(name="step-dpo"),
                        OptimConfig(batch_size=4, precision="fp32", learning_rate=1e-4))
     diagnostics = read_json(checkpoint / "turnrl_train.json")["diagnostics"]

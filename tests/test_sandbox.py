@@ -35,6 +35,15 @@ def box():
 
 
 @pytest.fixture(scope="module")
+def forking_box():
+    """A sandbox whose code may start processes (``subprocesses=True``: memory is then capped per process)."""
+    sandbox = Sandbox(SandboxConfig(timeout=2.0, cpu_seconds=5, memory_mb=256, max_processes=16, disk_mb=16,
+                                    max_output_chars=500, subprocesses=True, preload=[]))
+    yield sandbox
+    sandbox.close()
+
+
+@pytest.fixture(scope="module")
 def isolated(box) -> Sandbox:
     """The sandbox, where this machine grants it network and filesystem isolation (else the test is skipped)."""
     result = box.run("print('probe')")
@@ -136,8 +145,12 @@ def test_memory_bomb_hits_the_limit(box):
     assert_still_serving(box)
 
 
-def test_fork_bomb_is_contained_and_leaves_nothing_behind(box):
+def test_fork_bomb_is_contained_and_leaves_nothing_behind(box, forking_box):
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    refused = box.run("import os\nos.fork()")  # by default the code is one process: fork is refused
+    assert refused.status == "error" and refused.error.startswith("PermissionError"), refused
+    assert box.run(bomb).status == "timeout"
+    box = forking_box  # where processes are allowed, the process limit and the PID namespace contain the bomb
     result = box.run(bomb)
     assert result.status == "timeout"
     deadline = time.monotonic() + 5
@@ -150,8 +163,9 @@ def test_fork_bomb_is_contained_and_leaves_nothing_behind(box):
     assert_still_serving(box)
 
 
-def test_background_process_dies_with_the_execution(box):
-    result = box.run("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(300)\nprint('parent done')")
+def test_background_process_dies_with_the_execution(forking_box):
+    result = forking_box.run("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(300)\n"
+                             "print('parent done')")
     assert result.status == "ok" and result.output == "parent done\n"
     deadline = time.monotonic() + 5
     while sandbox_processes() and time.monotonic() < deadline:
@@ -348,3 +362,239 @@ def test_result_observation_rules():
     assert ExecResult(output="  7\n", status="ok").observation == "7"
     assert ExecResult(output="", status="timeout", error=TIMEOUT_TEXT).observation == "Timeout Error"
     assert ExecResult(output="Traceback...", status="error", error="KeyError: 'a'").observation == "KeyError: 'a'"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Audit findings: the session keyring, a forged status pipe, memory across processes
+
+KEYRING_HOST = r'''
+import ctypes, json, os, platform, sys
+sys.path.insert(0, sys.argv[1])
+from turnrl.sandbox import Sandbox, SandboxConfig
+
+NR = {"x86_64": (250, 248), "aarch64": (219, 217)}  # keyctl, add_key
+if platform.machine() not in NR:
+    print(json.dumps({"skip": f"no keyctl syscall numbers for {platform.machine()}"}))
+    sys.exit()
+KEYCTL, ADD_KEY = NR[platform.machine()]
+L = ctypes.c_long
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+def call(*args):
+    ctypes.set_errno(0)
+    return libc.syscall(*[a if not isinstance(a, int) else L(a) for a in args]), ctypes.get_errno()
+
+# A session keyring of our own (as after `keyctl session`) holding a secret "user" key.
+ring, err = call(KEYCTL, 1, ctypes.c_char_p(b"turnrl-test-session"))  # KEYCTL_JOIN_SESSION_KEYRING
+if ring < 0:
+    print(json.dumps({"skip": f"keyctl(JOIN_SESSION_KEYRING): {os.strerror(err)}"}))
+    sys.exit()
+secret = sys.argv[3].encode()
+key, err = call(ADD_KEY, b"user", sys.argv[2].encode(), secret, len(secret), -3)  # into @s
+if key < 0:
+    print(json.dumps({"skip": f"add_key: {os.strerror(err)}"}))
+    sys.exit()
+code = sys.argv[4].replace("KEYCTL", str(KEYCTL)).replace("ADD_KEY", str(ADD_KEY)).replace("SERIAL", str(key))
+with Sandbox(SandboxConfig(timeout=10, preload=[])) as box:
+    result = box.run(code)
+planted = {name: call(KEYCTL, 10, where, b"user", name.encode(), 0)[0]  # KEYCTL_SEARCH in the host's keyrings
+           for name, where in ((sys.argv[5], -3), (sys.argv[6], -4))}
+print(json.dumps({"status": result.status, "output": result.output, "error": result.error,
+                  "isolation": result.isolation, "host_sees": planted}))
+'''
+
+KEYRING_ATTACK = r'''
+import ctypes
+L = ctypes.c_long
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(*args):
+    ctypes.set_errno(0)
+    return libc.syscall(*[a if not isinstance(a, int) else L(a) for a in args]), ctypes.get_errno()
+found = call(KEYCTL, 10, -3, b"user", b"DESC", 0)  # KEYCTL_SEARCH the session keyring
+stolen = b""
+for serial in {found[0], SERIAL}:  # the key found, and the host's key by its serial number
+    buf = ctypes.create_string_buffer(4096)
+    n, _ = call(KEYCTL, 11, serial, buf, 4096)  # KEYCTL_READ
+    stolen += buf.raw[:max(n, 0)]
+add_s = call(ADD_KEY, b"user", b"PLANT_S", b"x", 1, -3)  # into the session keyring the host would see
+add_u = call(ADD_KEY, b"user", b"PLANT_U", b"x", 1, -4)  # into the uid's user keyring, which outlives the call
+print("found", found, "stolen", stolen, "add_s", add_s, "add_u", add_u)
+'''
+
+
+def test_session_keyring_of_the_caller_is_not_reachable(tmp_path):
+    """A caller with a session keyring of its own (after `keyctl session`): the code can neither read its keys
+    (search @s, read by serial number) nor add keys the host or later executions see."""
+    import json
+    import subprocess
+
+    desc, secret = f"turnrl-test-{uuid.uuid4().hex}", f"keyring-{SECRET_VALUE}"
+    plant_s, plant_u = f"plant-s-{uuid.uuid4().hex}", f"plant-u-{uuid.uuid4().hex}"
+    attack = KEYRING_ATTACK.replace("DESC", desc).replace("PLANT_S", plant_s).replace("PLANT_U", plant_u)
+    proc = subprocess.run([sys.executable, "-c", KEYRING_HOST, str(PROJECT), desc, secret, attack, plant_s, plant_u],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "skip" in report:
+        pytest.skip(report["skip"])
+    assert report["status"] == "ok", report
+    assert secret not in report["output"], report["output"]
+    assert "stolen b''" in report["output"], report["output"]
+    found = report["output"].split("found (")[1].split(")")[0]
+    assert int(found.split(",")[0]) < 0, report["output"]  # the host's session keyring is not the code's
+    add_s = report["output"].split("add_s (")[1].split(")")[0]
+    add_u = report["output"].split("add_u (")[1].split(")")[0]
+    assert report["host_sees"][plant_s] < 0 and report["host_sees"][plant_u] < 0, report
+    if "seccomp" in report["isolation"]:
+        assert int(add_s.split(",")[0]) < 0 and int(add_u.split(",")[0]) < 0, report["output"]
+    assert "keyring" in report["isolation"], report
+
+
+FIND_STATUS_FDS = ("import os\n"
+                   "fds = []\n"
+                   "for n in os.listdir('/proc/self/fd'):\n"
+                   "    try:\n"
+                   "        if int(n) > 2 and os.readlink(f'/proc/self/fd/{n}').startswith('pipe:'):\n"
+                   "            fds.append(int(n))\n"
+                   "    except OSError:\n        pass\n"
+                   "try:  # the pipes of the sandbox's own init too (pid 1 only in a PID namespace), if it can\n"
+                   "    init_fds = os.listdir('/proc/1/fd') if os.getppid() == 1 else []\n"
+                   "except OSError:\n    init_fds = []\n"
+                   "for n in init_fds:\n"
+                   "    try:\n        fds.append(os.open(f'/proc/1/fd/{n}', os.O_WRONLY))\n"
+                   "    except OSError:\n        pass\n"
+                   "def forge(data):\n"
+                   "    for fd in fds:\n"
+                   "        try:\n            os.write(fd, data)\n        except OSError:\n            pass\n")
+
+
+def test_deeply_nested_status_line_is_one_failed_call(box):
+    """200,000 `[` on the status pipe: no RecursionError in the host; that call fails, the others (run_many) are
+    not affected, and the sandbox keeps serving."""
+    hostile = FIND_STATUS_FDS + "forge(b'[' * 200_000 + b'\\n')\nprint('forged', fds)"
+    results = box.run_many(["print(1)", hostile, "print(2)"])
+    assert [r.output for r in (results[0], results[2])] == ["1\n", "2\n"]
+    assert results[1].status == "sandbox_error" and "status" in results[1].error, results[1]
+    assert_still_serving(box)
+
+
+def test_forged_init_record_is_not_believed():
+    """A forged `init` record with a bad field, then an unterminated one: no exception in the host, the call
+    reports an error, and the host returns only when the code is done (not about 1 s after the forgery)."""
+    with Sandbox(SandboxConfig(timeout=8, preload=[])) as sandbox:
+        sandbox.run("1")  # start the launcher
+        start = time.monotonic()
+        result = sandbox.run(FIND_STATUS_FDS + "forge(b'{\"init\": {\"cpu_seconds\": \"x\"}}\\n{\"init\": ')\n"
+                             "import time\ntime.sleep(3)\nprint('finished')")
+        elapsed = time.monotonic() - start
+        left = sandbox_processes()
+        assert elapsed >= 3.0, (elapsed, result)
+        assert result.status == "sandbox_error" and "status" in result.error, result
+        assert "finished" in result.output
+        deadline = time.monotonic() + 0.5
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = sandbox_processes()
+        assert left == []
+        # A plausible forged report ("exited normally") does not end the call either: the code runs on, and the
+        # wall clock stops it.
+        start = time.monotonic()
+        spoof = sandbox.run(FIND_STATUS_FDS + "forge(b'{\"init\": {\"isolation\": [], \"timeout\": false, "
+                            "\"exit_code\": 0}}\\n{\"worker\": {\"error\": null, \"done\": true}}\\n')\n"
+                            "while True:\n    pass")
+        elapsed = time.monotonic() - start
+        assert spoof.status == "timeout" and elapsed >= 8.0, (elapsed, spoof)
+        time.sleep(0.5)
+        assert sandbox_processes() == []
+        assert_still_serving(sandbox)
+
+
+def test_memory_limit_covers_the_execution_not_each_process():
+    """Three children of 300 MiB each under a 512 MiB cap (each fits, together they do not): the execution may not
+    start them (the code is one process); threads work but share the one address space, so they cannot multiply
+    the cap either."""
+    with Sandbox(SandboxConfig(timeout=10, memory_mb=512, preload=[])) as sandbox:
+        children = sandbox.run("import os, time\nstarted = 0\nfor _ in range(3):\n    if os.fork() == 0:\n"
+                               "        block = bytearray(b'x') * (300 * 1024 ** 2)\n        time.sleep(3)\n"
+                               "        os._exit(0)\n    started += 1\nprint('started', started)")
+        assert children.status == "error" and children.error.startswith("PermissionError"), children
+        assert "started" not in children.output
+        threads = sandbox.run("import threading\nbarrier = threading.Barrier(3, timeout=5)\ngot = []\n"
+                              "def grab():\n    try:\n        block = bytearray(b'x') * (200 * 1024 ** 2)\n"
+                              "        got.append(1)\n    except MemoryError:\n        block = None\n"
+                              "    barrier.wait()  # all three hold what they got at once\n"
+                              "ts = [threading.Thread(target=grab) for _ in range(3)]\n"
+                              "for t in ts:\n    t.start()\nfor t in ts:\n    t.join()\nprint(len(got))")
+        assert threads.status == "ok", threads
+        assert 1 <= int(threads.output) < 3  # 3 x 200 MiB do not fit in 512 MiB at once
+        spawned = sandbox.run("import subprocess\nsubprocess.run(['/bin/true'])")
+        assert spawned.status == "error" and spawned.error.startswith("PermissionError"), spawned
+    assert "single_process" in children.isolation
+
+
+def test_status_parser_keeps_the_first_valid_record_and_reports_every_fault():
+    from turnrl.sandbox import _MAX_STATUS, _make_result, _parse_status
+
+    good = b'{"worker": {"error": null, "done": true}}\n'
+    assert _parse_status(good, False, "worker") == ({"error": None, "done": True}, [])
+    cases = {
+        b"[" * 200_000 + b"\n": "a record too long",
+        b"[" * 10_000 + b"\n": "a record that is not JSON",  # nested past the recursion limit
+        b'\xff\xfe\n': "a record that is not JSON",
+        b'{"worker": {"error": null, "done": true}': "an unterminated record",
+        b'{"init": {"cpu_seconds": "x"}}\n': "an invalid record",  # another kind, and a field of the wrong type
+        b'{"worker": {"error": 7, "done": true}}\n': "an invalid record",
+        b'{"worker": {"error": null, "done": true, "extra": 1}}\n': "an invalid record",
+        b'"worker"\n': "an invalid record",
+        good + b'{"worker": {"error": "forged", "done": true}}\n': "a second record",
+    }
+    for data, fault in cases.items():
+        record, faults = _parse_status(data, False, "worker")
+        assert fault in faults, (data[:60], faults)
+        assert record in (None, {"error": None, "done": True})  # never a record that did not validate
+    assert _parse_status(good, True, "worker")[1] == [f"over {_MAX_STATUS} bytes"]
+    init, faults = _parse_status(b'{"init": {"isolation": ["net"], "timeout": false, "signal": 1e999}}\n'
+                                 b'{"init": {"isolation": [], "timeout": false, "exit_code": 0, "cpu_seconds": NaN}}\n',
+                                 False, "init")
+    assert init is None and faults == ["an invalid record"]
+    # A faulty worker pipe is one failed call, whatever the (genuine) init says.
+    config = SandboxConfig()
+    init_ok = ({"isolation": ["net"], "timeout": False, "exit_code": 0, "cpu_seconds": 0.1}, [])
+    result = _make_result(bytearray(b"hi\n"), 3, init_ok, (None, ["a record that is not JSON"]), False, config, 0.1)
+    assert result.status == "sandbox_error" and result.error.startswith("SandboxError: invalid status report")
+    assert result.observation == result.error and result.output == "hi\n"
+    assert _make_result(bytearray(), 0, init_ok, ({"error": None, "done": True}, []), False, config, 0.1).ok
+    assert _make_result(bytearray(), 0, (None, []), (None, []), True, config, 0.1).status == "timeout"
+
+
+def test_a_failure_in_the_host_is_a_result_not_an_exception(monkeypatch):
+    from turnrl import sandbox as module
+
+    def broken(self, rid, data, config):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    with Sandbox(SandboxConfig(timeout=2.0, preload=[])) as sandbox:
+        assert_still_serving(sandbox)
+        monkeypatch.setattr(module._Launcher, "execute", broken)
+        result = sandbox.run("print(1)")
+        assert result.status == "sandbox_error" and "RecursionError" in result.error
+        assert [r.status for r in sandbox.run_many(["print(1)", "print(2)"])] == ["sandbox_error"] * 2
+        monkeypatch.undo()
+        assert_still_serving(sandbox)
+
+
+def test_memory_outside_the_address_space_and_keyrings_are_refused(box, forking_box):
+    """memfd_create and SysV shared memory hold memory that RLIMIT_AS does not count; keyctl reaches keyrings
+    that outlive the execution. The filter refuses them, also where processes are allowed."""
+    code = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "try:\n    os.memfd_create('x')\n    print('memfd ok')\nexcept OSError as e:\n    print('memfd', e.errno)\n"
+            "print('shmget', libc.shmget(0, 1 << 20, 0o1600), ctypes.get_errno())\n"  # IPC_PRIVATE, IPC_CREAT|0600
+            "print('msgget', libc.msgget(0, 0o1600), ctypes.get_errno())\n")
+    for sandbox in (box, forking_box):
+        result = sandbox.run(code)
+        if "seccomp" not in result.isolation:
+            pytest.skip("no seccomp filter on this machine")
+        assert result.status == "ok", result
+        assert result.output == "memfd 1\nshmget -1 1\nmsgget -1 1\n", result.output

@@ -10,7 +10,7 @@ import pytest
 
 from turnrl.cli import main
 from turnrl.records import Task
-from turnrl.sweep import choose
+from turnrl.workflows.sweep import choose
 from turnrl.tasks import DatasetConfig, _stable_int, split_tasks
 
 

@@ -199,3 +199,45 @@ def test_a_non_finite_loss_stops_training_before_the_update(tiny_model, tokenize
     with pytest.raises(TrainingDiverged, match="step 1: loss nan"):
         loop.run(nan_loss, steps_per_epoch=1)
     assert all(torch.equal(a, b.detach()) for a, b in zip(before, tiny_model.parameters()))
+
+
+def test_registering_an_algorithm_is_one_function():
+    """docs/design.md section 7's example: one decorated function makes an algorithm that training, the tables
+    and the error messages know; its weights and diagnostics are the ones computed by hand."""
+    from turnrl.algorithms.registry import get_algorithm, register_algorithm, unregister_algorithm
+    from turnrl.stages.compare import baseline_methods, default_order, display_name
+
+    @register_algorithm("refit-correct", family="weighted", display="Refit (correct only)", paper="000 eq. 5")
+    def refit_correct_weights(trajectories, cfg, diag):
+        weights = [float(t.reward) if t.rewards.get("accuracy") == 1.0 else 0.0 for t in trajectories]
+        diag["kept"] = sum(w > 0 for w in weights)
+        return weights
+
+    try:
+        log = [traj("q1", 0, 0.9), traj("q1", 1, 0.4), traj("q2", 0, 0.7)]
+        for t, accuracy in zip(log, (1.0, 0.0, 1.0)):
+            t.rewards = {"accuracy": accuracy}
+        examples, diag = build_weighted_examples(log, AlgoConfig(name="refit-correct"))
+        assert [e.weight for e in examples] == [0.9, 0.0, 0.7]
+        assert diag["kept"] == 2 and diag["turns"] == "all"
+        assert diag["ess"] == pytest.approx((0.9 + 0.7) ** 2 / (0.81 + 0.49))
+        assert get_algorithm("refit-correct").family == "weighted"
+        assert display_name("refit-correct") == "Refit (correct only)"
+        assert "refit-correct" not in baseline_methods()
+        assert default_order(["refit-correct", "swift", "base", "sft"]) == ["base", "sft", "swift", "refit-correct"]
+        with pytest.raises(ValueError, match="registered twice"):
+            register_algorithm("refit-correct", family="weighted", display="x", paper="x")(lambda *a: [])
+    finally:
+        unregister_algorithm("refit-correct")
+    with pytest.raises(ConfigError, match="'refit-correct' is not a weighted algorithm; expected one of sft, "):
+        build_weighted_examples(log, AlgoConfig(name="refit-correct"))
+
+
+def test_each_family_knows_only_its_algorithms():
+    from turnrl.algorithms.registry import algorithms
+
+    assert [a.name for a in algorithms("weighted")] == ["sft", "sft-final", "star-gate", "refit", "swift", "drift"]
+    assert [a.name for a in algorithms("preference")] == ["dpo", "step-dpo", "m-dpo", "m-kto"]
+    assert [a.name for a in algorithms("distillation")] == ["star-gate-d"]
+    with pytest.raises(ConfigError, match="'dpo' is not a weighted algorithm"):
+        build_weighted_examples([traj("q1", 0, 1.0)], AlgoConfig(name="dpo"))

@@ -1,6 +1,6 @@
 """Render conversations with the model's own chat template and find the tokens of each assistant message.
 
-The loss masks come from the messages, not from hard-coded token ids (DESIGN.md section 3): the template is
+The loss masks come from the messages, not from hard-coded token ids (docs/design.md section 3): the template is
 rendered over growing prefixes of the conversation, which gives the character span of every assistant message
 in the full rendering; the tokenizer's offset mapping turns those spans into token positions. An assistant span
 runs from the first token of the message's content through its end-of-turn token (the model must learn to stop)

@@ -18,16 +18,17 @@ from turnrl.errors import TurnrlError
 
 
 def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
-    from turnrl.compare import CompareConfig, compare
-    from turnrl.demo import DemoConfig, demo
-    from turnrl.evaluate import EvaluateConfig, evaluate
-    from turnrl.iterate import IterateConfig, iterate
-    from turnrl.pipeline import RunConfig, run
-    from turnrl.score import ScoreConfig, score
+    from turnrl.stages.compare import CompareConfig
+    from turnrl.stages.report import compare
+    from turnrl.workflows.demo import DemoConfig, demo
+    from turnrl.stages.evaluate import EvaluateConfig, evaluate
+    from turnrl.workflows.iterate import IterateConfig, iterate
+    from turnrl.workflows.pipeline import RunConfig, run
+    from turnrl.stages.score import ScoreConfig, score
     from turnrl.serve import ServeConfig, serve
-    from turnrl.simulate import SimulateConfig, simulate
-    from turnrl.sweep import SweepConfig, sweep
-    from turnrl.train.weighted import TrainConfig
+    from turnrl.stages.simulate import SimulateConfig, simulate
+    from turnrl.workflows.sweep import SweepConfig, sweep
+    from turnrl.train.common import TrainConfig
 
     def train_cmd(cfg: TrainConfig) -> Any:
         from turnrl.train import train

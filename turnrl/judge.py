@@ -16,11 +16,15 @@ missing individual metric with an Overall present is simply absent.
 
 **Failures.** An unparseable answer is asked again with a fresh sample (temperature ``retry_temperature``, another
 seed), up to ``retries`` times; if all fail, the trajectory gets no judge components (its reward, if it uses
-them, is left unset rather than scored 0), and the raw answers are kept in ``meta["judge"]["failed"]``.
+them, is left unset rather than scored 0), and the raw answers are kept in ``meta["judge"]["failed"]``. An endpoint
+that answers a malformed body (not JSON, or no completion in it) is retried by the backend like a 5xx, and then
+stops the run with an error naming the endpoint and the body (:mod:`turnrl.generation.openai_backend`).
 
-**Cache.** Every call is stored under ``cache_dir`` (default ``$TURNRL_CACHE/judge``) in a file named by the
-SHA-256 of its full content: backend, model (and the weights' fingerprint for local models), messages and
-sampling settings. A rerun with the same content makes no calls; changing any of them makes new ones.
+**Cache.** Every call whose answer parses is stored under ``cache_dir`` (default ``$TURNRL_CACHE/judge``) in a
+file named by the SHA-256 of its full content: backend, model (and the weights' fingerprint for local models),
+messages and sampling settings. A rerun with the same content makes no calls for those; changing any of them makes
+new ones. Answers that did not parse are not reused: a rerun asks them again (an entry of one already in the cache,
+written by an older version, counts as a miss and is replaced once an answer parses).
 
 **Second judge.** ``second`` scores the same conversations with another model (000 Table 19: Claude 4 Opus next to
 GPT-4o), as ``judge_second_*`` components; :func:`agreement` gives Pearson and Spearman correlations, the mean
@@ -35,7 +39,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from turnrl.errors import ConfigError
 from turnrl.generation import BackendConfig, GenRequest, GenResult, Sampling, derive_seed, make_generator
@@ -234,11 +238,16 @@ class Judge:
         return Sampling(temperature=max(self.cfg.temperature, self.cfg.retry_temperature), top_p=self.cfg.top_p,
                         max_new_tokens=self.cfg.max_new_tokens, seed=derive_seed(self.cfg.seed, "retry", attempt))
 
-    def generate(self, requests: list[GenRequest], desc: str | None = None) -> list[GenResult]:
+    def generate(self, requests: list[GenRequest], desc: str | None = None,
+                 reuse: Callable[[GenResult], bool] | None = None) -> list[GenResult]:
+        """Results in request order, from the cache or the backend. With ``reuse``, only results it accepts are
+        taken from the cache or written to it; the others are asked for (again) on every call."""
         identity = self.identity
         contents = [{**identity, "messages": r.messages, "sampling": asdict(r.sampling)} for r in requests]
         keys = [self.cache.key(c) for c in contents]
         found = {k: self.cache.get(k) for k in dict.fromkeys(keys)}
+        if reuse is not None:
+            found = {k: res if res is not None and reuse(res) else None for k, res in found.items()}
         misses, asked = [], set()
         for i, k in enumerate(keys):
             if found[k] is None and k not in asked:  # identical calls within a batch are made once
@@ -251,7 +260,8 @@ class Judge:
             chunk = misses[start: start + CHUNK]
             label = f"{desc} [{start + len(chunk)}/{len(misses)}]" if desc else None
             for i, res in zip(chunk, self._generator.generate([requests[i] for i in chunk], desc=label)):
-                self.cache.put(keys[i], contents[i], res)
+                if reuse is None or reuse(res):
+                    self.cache.put(keys[i], contents[i], res)
                 found[keys[i]] = res
             self.calls += len(chunk)
         return [found[k] for k in keys]  # type: ignore[misc]
@@ -269,7 +279,8 @@ class Judge:
                 break
             sampling = self.sampling(attempt)
             results = self.generate([GenRequest(prompts[i], sampling) for i in todo],
-                                    desc=f"{desc} (retry {attempt})" if desc and attempt else desc)
+                                    desc=f"{desc} (retry {attempt})" if desc and attempt else desc,
+                                    reuse=lambda res: parse_judgement(res.text).ok)
             still = []
             for i, res in zip(todo, results):
                 rec, parsed = records[i], parse_judgement(res.text)

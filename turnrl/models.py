@@ -8,6 +8,12 @@ A model is named by any of:
   model is resolved the same way;
 - a Hugging Face hub id.
 
+A name that is none of the first three is taken as a hub id only when the hub can serve it: when it is already in
+the hub cache, or when a quick look-up (at most :data:`HUB_CHECK_TIMEOUT` seconds) finds it on the hub. Offline
+(``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set), with the hub unreachable, or with no such model there, it is
+an :class:`~turnrl.errors.InputError` at once, listing the aliases and the local forms accepted, instead of a long
+wait for network timeouts in the loader.
+
 GGUF files are dequantised once through transformers' GGUF loader and cached as an ordinary HF folder under
 ``$TURNRL_CACHE`` (default ``~/.cache/turnrl``), so every later load takes a fraction of a second instead of the
 ~15 s of GGUF parsing.
@@ -21,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +41,7 @@ ALIASES = {
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TURNRL_CACHE", Path.home() / ".cache" / "turnrl"))
+    return Path(os.environ.get("TURNRL_CACHE") or Path.home() / ".cache" / "turnrl")
 
 
 @dataclass
@@ -130,9 +137,82 @@ def resolve(name: str) -> ResolvedModel:
         return ResolvedModel(name=name, path=str(path))
     if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") != 1:
         raise InputError(f"model {name!r}: no such file or folder")
-    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(name):
-        raise InputError(f"model {name!r}: not a local folder, and the hub is offline (HF_HUB_OFFLINE=1)")
+    if not _in_hub_cache(name):
+        problem = _hub_problem(name)
+        if problem:
+            raise InputError(f"model {name!r} is not a known alias or an existing local path, and {problem}. "
+                             f"{accepted_names()}")
     return ResolvedModel(name=name, path=name)
+
+
+HUB_CHECK_TIMEOUT = 3.0
+"""Seconds the hub look-up of an unknown name may take before the hub counts as unreachable."""
+
+
+def accepted_names() -> str:
+    """The model names :func:`resolve` accepts, for error messages."""
+    return (f"Known aliases: {', '.join(sorted(ALIASES))}. Local paths: a .gguf file, a save_pretrained folder "
+            "(with config.json), or a folder holding a PEFT adapter (adapter_config.json). Hub ids (org/name) load "
+            "when the hub is reachable or the model is already in the hub cache.")
+
+
+_TRUE = {"1", "ON", "YES", "TRUE"}
+_found_on_hub: set[str] = set()
+
+
+def _offline() -> str | None:
+    """The variable that puts the hub offline, if any (read now, not when huggingface_hub was imported)."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").upper() in _TRUE:
+            return var
+    try:
+        from huggingface_hub import is_offline_mode
+
+        return "HF_HUB_OFFLINE" if is_offline_mode() else None
+    except ImportError:
+        return None
+
+
+def _hub_problem(name: str) -> str | None:
+    """Why ``name`` cannot come from the hub, found without waiting on network timeouts; None when it can (or
+    the hub answered something else, which the loader then reports)."""
+    var = _offline()
+    if var:
+        return f"the hub is offline ({var} is set)"
+    if name in _found_on_hub:
+        return None
+    answer: list[str | None] = []
+
+    def look_up() -> None:
+        try:
+            from huggingface_hub import HfApi
+            from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError,
+                                                RepositoryNotFoundError)
+        except ImportError:
+            answer.append(None)
+            return
+        try:
+            HfApi().model_info(name, timeout=HUB_CHECK_TIMEOUT)
+            answer.append(None)
+        except GatedRepoError:
+            answer.append(None)  # it exists; the loader asks for the token
+        except RepositoryNotFoundError:
+            answer.append("the hub has no such model (or it is private and you are not logged in: hf auth login)")
+        except HFValidationError:
+            answer.append("it is not a valid hub id either")
+        except (HfHubHTTPError, ValueError, TypeError, KeyError):
+            answer.append(None)  # the hub answered something else; let the loader report what it says
+        except Exception as exc:  # no connection, DNS failure, timeout
+            answer.append(f"the hub is unreachable ({type(exc).__name__}: {str(exc)[:200]})")
+
+    thread = threading.Thread(target=look_up, name="turnrl-hub-check", daemon=True)
+    thread.start()
+    thread.join(HUB_CHECK_TIMEOUT + 0.5)  # DNS look-ups are not bounded by the request's timeout
+    if not answer:
+        return f"the hub did not answer within {HUB_CHECK_TIMEOUT:g} s"
+    if answer[0] is None:
+        _found_on_hub.add(name)  # later resolves in this process skip the look-up
+    return answer[0]
 
 
 def _in_hub_cache(repo_id: str) -> bool:
@@ -195,7 +275,6 @@ def load_tokenizer(model: ResolvedModel | str):
 def load_model(model: ResolvedModel | str, dtype: str = "float32", device: str | None = None,
                trainable_adapter: bool = False) -> Any:
     """Load a causal LM (applying its PEFT adapter if any) in ``dtype`` on ``device``."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     resolved = resolve(model) if isinstance(model, str) else model

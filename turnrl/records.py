@@ -1,7 +1,7 @@
 """The records that flow between stages, and the JSONL files that hold them.
 
-Every stage reads the previous stage's files and writes its own (DESIGN.md sections 1-2). Reads validate each
-line and name the file and line of anything wrong; writes are atomic (temporary file + rename) or, for long
+Every stage reads the previous stage's files and writes its own (docs/design.md sections 1-2). Reads validate
+each line and name the file and line of anything wrong; writes are atomic (temporary file + rename) or, for long
 stages, appends of whole records that a restarted run can pick up from (see :class:`ResumableJsonlWriter`).
 """
 
@@ -23,7 +23,7 @@ ROLES = ("system", "user", "assistant", "tool")
 
 @dataclass
 class Task:
-    """One question, normalised from any dataset (DESIGN.md section 2).
+    """One question, normalised from any dataset (docs/design.md section 2).
 
     ``answer`` is an option letter ("A".."J") for multiple-choice tasks and a value (a number or expression as a
     string) for open-answer tasks such as GSM8K and MATH.

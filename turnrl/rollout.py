@@ -1,21 +1,32 @@
-"""The rollout engine: drive many conversations at once, batching every pending request of a kind.
+"""The rollout engine, and the one driver that logs rollouts for simulate, evaluate and iterate.
 
 Each conversation is an environment coroutine (see :mod:`turnrl.envs.base`). In every round the engine collects
 what all unfinished conversations wait for -- the policy's next turn, a teacher's reply, a code execution -- and
 serves each kind with one batched backend call (code runs in a pool, concurrently), so conversations at different
 turns share the same generation batches.
+
+:func:`log_rollouts` runs a list of jobs chunk by chunk into a resumable JSONL log of trajectories: a killed run
+restarted with the same jobs redoes only its unfinished chunk (the same batch as before, so the same numerics) and
+ends with exactly the file an uninterrupted run writes. :func:`check_resume` refuses (or restarts) a log that was
+started with other settings.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Literal
 
 from tqdm.auto import tqdm
 
 from turnrl.envs.base import Environment, Episode, PolicyTurn, Prefix, TeacherTurn, ToolRun
-from turnrl.generation import GenRequest, Generator, Sampling, derive_seed, release_sessions
-from turnrl.records import Task
+from turnrl.errors import ConfigError
+from turnrl.generation import BackendConfig, GenRequest, Backend, Sampling, derive_seed, make_generator, \
+    release_sessions
+from turnrl.records import ResumableJsonlWriter, Task, Trajectory, read_json, write_json
 
 
 @dataclass
@@ -31,8 +42,8 @@ class Job:
 def run_episodes(
     env: Environment,
     jobs: list[Job],
-    policy: Generator,
-    teacher: Generator | None = None,
+    policy: Backend,
+    teacher: Backend | None = None,
     teacher_sampling: Sampling | None = None,
     run_code: Callable[[list[str]], list[Any]] | None = None,
     desc: str | None = None,
@@ -102,3 +113,79 @@ def run_episodes(
     if progress is None:
         bar.close()
     return episodes  # type: ignore[return-value]
+
+
+def env_group_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def build_jobs(tasks: list[Task], settings: dict, samples: int, temperatures: list[float], top_p: float,
+               top_k: int, seed: int) -> list[Job]:
+    """``samples`` jobs per task, the k-th at ``temperatures[k % len]``, each seeded by its id. The id
+    ``<task>@<env settings hash>#<k>`` names the group (the part before ``#``) that Swift standardises over."""
+    group_suffix = env_group_key(settings)
+    jobs = []
+    for task in tasks:
+        for k in range(samples):
+            traj_id = f"{task.id}@{group_suffix}#{k}"
+            jobs.append(Job(id=traj_id, task=task, sampling=Sampling(
+                temperature=temperatures[k % len(temperatures)], top_p=top_p, top_k=top_k,
+                seed=derive_seed(seed, traj_id))))
+    return jobs
+
+
+def episode_to_trajectory(job: Job, episode: Episode, env_settings: dict, policy_info: dict,
+                          seconds: float) -> Trajectory:
+    return Trajectory(
+        id=job.id, task_id=job.task.id, group_id=job.id.rsplit("#", 1)[0], sample=int(job.id.rsplit("#", 1)[1]),
+        messages=episode.messages, policy=policy_info, temperature=job.sampling.temperature,
+        seed=job.sampling.seed, env=env_settings, turns=episode.turns, finish=episode.finish,
+        timing={"seconds": round(seconds, 3)}, meta=episode.meta,
+    )
+
+
+def check_resume(out: Path, record: Path, fingerprint: dict[str, Any],
+                 on_change: Literal["refuse", "restart"]) -> None:
+    """Record the settings a log is written with. A log that holds records and was started with other settings
+    would mix two runs: refuse, naming the changed settings, or delete it and start over. A log without records
+    is not a run to protect."""
+    if record.exists() and out.exists() and out.stat().st_size > 0:
+        old = read_json(record)
+        changed = sorted(k for k in dict.fromkeys([*fingerprint, *old]) if old.get(k) != fingerprint.get(k))
+        if changed and on_change == "refuse":
+            raise ConfigError(f"{out} was started with other settings {changed}; resuming would mix two runs. "
+                              "Use the same settings, another --output, or delete the file to start over.")
+        if changed:
+            print(f"{out}: written with other settings {changed}; starting over")
+            out.unlink()
+    write_json(record, fingerprint)
+
+
+def log_rollouts(out: Path, env: Environment, jobs: list[Job], policy: BackendConfig, *, chunk_size: int,
+                 desc: str, teacher: BackendConfig | None = None, teacher_temperature: float = 0.0,
+                 generator: Backend | None = None,
+                 to_trajectory: Callable[..., Trajectory] = episode_to_trajectory) -> int:
+    """Roll out every job of ``jobs`` that ``out`` does not hold yet and append its trajectory, ``chunk_size``
+    jobs at a time (in the order of ``jobs``; a chunk is one batch of conversations). The backends are loaded only
+    if there is work; ``generator`` reuses a loaded policy. Returns how many trajectories were written."""
+    with ResumableJsonlWriter(out) as writer:
+        chunks = [jobs[i: i + chunk_size] for i in range(0, len(jobs), chunk_size)]
+        todo = [chunk for chunk in chunks if any(j.id not in writer.done for j in chunk)]
+        if not todo:
+            return 0
+        generator = generator or make_generator(policy)
+        teacher_generator = make_generator(teacher) if teacher is not None and env.needs_teacher else None
+        info = {"model": policy.model, "revision": getattr(generator, "revision", ""), "backend": policy.backend}
+        done = len(writer.done)
+        bar = tqdm(total=len(jobs), initial=sum(len(c) for c in chunks) - sum(len(c) for c in todo), desc=desc,
+                   unit="conv")
+        for chunk in todo:
+            start = time.perf_counter()
+            episodes = run_episodes(env, chunk, generator, teacher=teacher_generator,
+                                    teacher_sampling=Sampling(temperature=teacher_temperature),
+                                    run_code=getattr(env, "run_code", None), progress=bar)
+            seconds = (time.perf_counter() - start) / len(chunk)
+            # A chunk redone after a kill may hold records already written: the writer skips their ids.
+            writer.write(to_trajectory(j, e, env.settings(), info, seconds) for j, e in zip(chunk, episodes))
+        bar.close()
+        return len(writer.done) - done

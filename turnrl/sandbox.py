@@ -11,11 +11,45 @@ The code is treated as hostile. Each execution gets:
   dies with the namespace), and new IPC and UTS namespaces;
 - a fresh writable working directory ``/sandbox`` (tmpfs, size-capped) and ``/tmp``, gone when the execution ends;
 - a separate unprivileged uid (unique per execution) with no capabilities and ``no_new_privs`` set;
-- resource limits (``setrlimit``): address space, CPU seconds, number of processes (fork bombs), file size, open
-  files, no core dumps; a wall-clock timeout enforced by the execution's own init process and again by the host;
+- a fresh anonymous session keyring (``KEYCTL_JOIN_SESSION_KEYRING``), joined before the uid changes: a process
+  possesses its session keyring, and with it every key there whatever its uid, so inheriting the caller's (after
+  ``keyctl session``, or a service's private keyring) would hand the code its keys;
+- a seccomp filter (classic BPF, loaded with ``prctl``): ``keyctl``, ``add_key`` and ``request_key`` fail (a uid's
+  user keyring outlives the execution and uids are reused with pids), so do SysV ``shmget``/``msgget`` and
+  ``memfd_create``/``memfd_secret`` (memory outside the address space), and, unless ``subprocesses`` is set,
+  every way to start a process: ``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD`` (``PermissionError``;
+  ``clone3``, whose flags a filter cannot read, answers ``ENOSYS``, on which glibc starts threads with
+  ``clone``). Threads work. Other ABIs (i386, x32) are refused;
+- resource limits (``setrlimit``): address space, CPU seconds, number of threads/processes (fork bombs), file
+  size, open files, no core dumps; a wall-clock timeout enforced by the execution's own init process and again by
+  the host;
 - a minimal environment (no variable of the calling process is inherited) and no inherited file descriptors;
 - output capped (the rest is drained and dropped); on failure, the error's last line ("ZeroDivisionError:
   division by zero"), as 003's executor returns it.
+
+**Memory is capped per execution**, not per process: the code is one process (the filter refuses new ones), its
+threads share one address space, so ``memory_mb`` (RLIMIT_AS) bounds the whole execution -- three children of
+504 MiB under a 1,024 MiB cap cannot be started. Beyond the address space an execution holds at most its two
+size-capped tmpfs directories (``disk_mb`` each) and small kernel buffers (pipes, sockets). Without the filter
+(a kernel without seccomp, another architecture) RLIMIT_NPROC is set to 1 where the uid is the execution's own,
+which refuses threads as well. ``subprocesses=True`` lets the code fork; memory is then capped per process only
+(up to ``max_processes`` x ``memory_mb``). cgroups are not used: this machine's memory controller is on a cgroup
+v1 hierarchy managed by its process manager, and under cgroup v2 a process may give its children a memory limit
+only inside a subtree delegated to it whose own processes have been moved to leaves -- something the caller would
+have to set up -- so the sandbox cannot rely on it; and a limit that differed between machines would make fork
+work on one machine and fail on another, where an execution should be a function of its cells alone.
+
+**The host does not trust what the execution writes.** An execution has three pipes: its output, its init's
+report and its worker's report. Only the init holds the report pipe (the worker closes it before running the
+code; the init is not dumpable, so its ``/proc/<pid>/fd`` does not reach it either), and the host waits for that pipe to
+close -- the init is gone, and in a PID namespace every process of the execution with it -- not for a report
+line; past the deadline it has the launcher kill the execution and waits for the pipe again. The worker's pipe
+can be written by the code. The host keeps at most ``_MAX_STATUS`` bytes of each pipe, and takes from them only
+one-line JSON records of the expected kind with typed fields (:func:`_parse_status`); a line that is too long,
+not JSON (a line of 200,000 ``[``), of the wrong kind or type, a second record or an unterminated one makes that
+execution a ``sandbox_error`` ("SandboxError: invalid status report ..."), nothing more. ``Sandbox.run`` and
+``run_many`` never raise for a failed execution: every failure, the host's own included, is a result with an
+error, one tool observation.
 
 Where the machine does not allow a mechanism (no root and no unprivileged user namespaces, for instance), the
 sandbox falls back to the strongest available set -- an unprivileged user namespace with the same namespaces and
@@ -53,13 +87,16 @@ log = logging.getLogger(__name__)
 CELL_SEPARATOR = "\n# %% [cell]\n"
 """Separates cells in a program string (the percent cell format of Jupytext and editors)."""
 
-FULL_ISOLATION = ("net", "mount", "pid", "ipc", "uts", "chroot", "uid", "no_new_privs", "rlimits")
+FULL_ISOLATION = ("net", "mount", "pid", "ipc", "uts", "chroot", "uid", "no_new_privs", "rlimits", "keyring",
+                  "seccomp", "single_process")
 
 TIMEOUT_TEXT = "Timeout Error"
 EMPTY_OUTPUT_TEXT = "Result is not defined"
 """003's executor answers an execution that printed nothing with this text."""
 
 _MAX_REQUEST = 200_000  # bytes of one request (the cells); a datagram on the launcher's socket
+_MAX_STATUS = 65_536  # bytes the host keeps of one status pipe (a genuine report is well under 4 KiB)
+_MAX_RECORD = 16_384  # bytes of one status record (one line)
 
 
 @dataclass
@@ -71,9 +108,14 @@ class SandboxConfig:
     cpu_seconds: int = 10
     """CPU seconds per process (RLIMIT_CPU)."""
     memory_mb: int = 1024
-    """Address space per process, MiB (RLIMIT_AS)."""
+    """Address space, MiB (RLIMIT_AS). The code is one process (see ``subprocesses``), so this caps the execution
+    as a whole: its threads share the one address space."""
     max_processes: int = 16
-    """Processes and threads the code may have at once (RLIMIT_NPROC of its own uid)."""
+    """Threads (and, with ``subprocesses``, processes) the code may have at once (RLIMIT_NPROC of its own uid)."""
+    subprocesses: bool = False
+    """Let the code start processes (``os.fork``, ``subprocess``, ``multiprocessing``). Off: the execution is one
+    process and ``memory_mb`` bounds all of it. On: ``memory_mb`` bounds each process, so an execution may use up
+    to ``max_processes`` x ``memory_mb``."""
     disk_mb: int = 64
     """Size of the writable working directory and of /tmp, and the largest file the code may write, MiB."""
     max_output_chars: int = 2000
@@ -166,7 +208,16 @@ class Sandbox:
 
     def run(self, program: str | list[str]) -> ExecResult:
         """Run the cells of ``program`` (a list, or a string split at ``CELL_SEPARATOR``) in a fresh sandbox;
-        return the last cell's result."""
+        return the last cell's result. Never raises for a failed execution: whatever goes wrong (the code, its
+        status report, the sandbox) is that call's result, with ``status`` and ``error`` saying what."""
+        try:
+            return self._run(program)
+        except Exception as exc:  # noqa: BLE001 -- one bad execution must not abort a rollout
+            log.warning("sandbox: an execution failed in the host: %r", exc)
+            return ExecResult(output="", status="sandbox_error",
+                              error=f"SandboxError: {type(exc).__name__}: {exc}"[:500])
+
+    def _run(self, program: str | list[str]) -> ExecResult:
         cells = split_cells(program) if isinstance(program, str) else list(program)
         request = {"cells": cells, "config": asdict(self.config)}
         data = json.dumps(request).encode()
@@ -196,8 +247,8 @@ class Sandbox:
             return []
         if len(programs) == 1:
             return [self.run(programs[0])]
-        with ThreadPoolExecutor(max_workers=min(self.config.workers, len(programs))) as pool:
-            return list(pool.map(self.run, programs))
+        with ThreadPoolExecutor(max_workers=max(1, min(self.config.workers, len(programs)))) as pool:
+            return list(pool.map(self.run, programs))  # run returns a result for every program, never raises
 
     def _acquire(self) -> tuple["_Launcher", int]:
         with self._lock:
@@ -270,52 +321,73 @@ class _Launcher:
             raise _LauncherGone() from exc
 
     def execute(self, rid: int, data: bytes, config: SandboxConfig) -> ExecResult:
+        """Send one execution with three pipes -- its output, its init's report, its worker's report -- and
+        read them until the init is gone.
+
+        Only the init holds the report pipe (the worker closes it before running the code), so the code cannot
+        write there, and its end-of-file says that the execution's processes are gone: the host waits for that,
+        not for a report line, which the code could forge. The worker's report pipe is the code's own to write:
+        the host keeps at most ``_MAX_STATUS`` bytes of either and reads nothing in it but well-formed records
+        (:func:`_parse_status`)."""
         start = time.monotonic()
-        out_r, out_w = os.pipe()
-        st_r, st_w = os.pipe()
+        pipes = [os.pipe() for _ in range(3)]
+        (out_r, out_w), (st_r, st_w), (wk_r, wk_w) = pipes
         try:
-            self._send(json.dumps({"op": "run", "id": rid}).encode() + b"\n" + data, [out_w, st_w])
+            self._send(json.dumps({"op": "run", "id": rid}).encode() + b"\n" + data, [out_w, st_w, wk_w])
         except _LauncherGone:
-            for fd in (out_r, out_w, st_r, st_w):
-                os.close(fd)
+            for r, w in pipes:
+                os.close(r)
+                os.close(w)
             raise
-        os.close(out_w)
-        os.close(st_w)
+        for fd in (out_w, st_w, wk_w):
+            os.close(fd)
         # The execution's own init enforces the timeout; the host waits longer, for start-up on a busy machine.
         deadline = start + config.timeout + 10.0
-        limit = config.max_output_chars * 4  # bytes: enough for max_output_chars characters of UTF-8
-        head, total, status_buf = bytearray(), 0, bytearray()
-        open_fds = {out_r, st_r}
-        final_seen_at = None
+        caps = {out_r: config.max_output_chars * 4,  # bytes: enough for max_output_chars characters of UTF-8
+                st_r: _MAX_STATUS, wk_r: _MAX_STATUS}
+        kept = {fd: bytearray() for fd in caps}
+        totals = dict.fromkeys(caps, 0)
+        open_fds = set(caps)
+        poller = select.poll()  # not select(): a busy host may hold descriptors past FD_SETSIZE
+        for fd in caps:
+            poller.register(fd, select.POLLIN)
+        init_gone_at = None
         killed = False
         try:
             while open_fds:
                 now = time.monotonic()
-                if final_seen_at is not None and now - final_seen_at > 1.0:
-                    break  # the init reported; stray writers (degraded isolation only) are not waited for
+                if st_r not in open_fds:  # the init has exited: in a PID namespace, everything went with it
+                    init_gone_at = now if init_gone_at is None else init_gone_at
+                    if now - init_gone_at > 1.0:
+                        break  # stray writers (degraded isolation only) are not waited for
                 if now > deadline:
+                    if killed:
+                        break  # the kill did not close the init's pipe within the grace: give up on it
                     self._kill(rid)
                     killed = True
-                    break
-                ready, _, _ = select.select(list(open_fds), [], [], min(0.5, deadline - now))
-                for fd in ready:
+                    deadline = now + 5.0  # grace for the kill to take the execution down
+                    continue
+                wait = min(0.5, deadline - now)
+                if init_gone_at is not None:
+                    wait = min(wait, 1.0 - (now - init_gone_at))
+                for fd, _ in poller.poll(max(0, int(wait * 1000) + 1)):
                     chunk = os.read(fd, 65536)
-                    if not chunk:
+                    if not chunk:  # end of file (POLLHUP with nothing left to read)
                         open_fds.discard(fd)
-                    elif fd == out_r:
-                        total += len(chunk)
-                        if len(head) < limit:
-                            head += chunk[: limit - len(head)]
-                    else:
-                        status_buf += chunk
-                        if final_seen_at is None and b'"init"' in status_buf:
-                            final_seen_at = time.monotonic()
+                        poller.unregister(fd)
+                        continue
+                    totals[fd] += len(chunk)
+                    room = caps[fd] - len(kept[fd])
+                    if room > 0:
+                        kept[fd] += chunk[:room]
         finally:
-            os.close(out_r)
-            os.close(st_r)
-        if final_seen_at is None and not self.alive():
+            for fd in caps:
+                os.close(fd)
+        init = _parse_status(bytes(kept[st_r]), totals[st_r] > len(kept[st_r]), "init")
+        worker = _parse_status(bytes(kept[wk_r]), totals[wk_r] > len(kept[wk_r]), "worker")
+        if init[0] is None and not self.alive():
             raise _LauncherGone()  # the execution died with the launcher: run it again on a new one
-        return _make_result(head, total, bytes(status_buf), killed, config, time.monotonic() - start)
+        return _make_result(kept[out_r], totals[out_r], init, worker, killed, config, time.monotonic() - start)
 
     def _kill(self, rid: int) -> None:
         try:
@@ -335,17 +407,84 @@ def _stop_launcher(proc: subprocess.Popen, sock: socket.socket) -> None:
             proc.wait()
 
 
-def _make_result(head: bytearray, total: int, status: bytes, killed: bool, config: SandboxConfig,
-                 wall: float) -> ExecResult:
-    worker, init = {}, {}
-    for line in status.decode("utf-8", "replace").splitlines():
+def _is_text(value, limit: int = 4000) -> bool:
+    return isinstance(value, str) and len(value) <= limit
+
+
+def _is_amount(value) -> bool:
+    import math
+
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and 0 <= value <= 1e12)
+
+
+def _is_int(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+_RECORD_FIELDS = {
+    "init": {"isolation": lambda v: isinstance(v, list) and len(v) <= 32 and all(_is_text(x, 32) for x in v),
+             "timeout": lambda v: isinstance(v, bool),
+             "problems": lambda v: isinstance(v, list) and len(v) <= 16 and all(_is_text(x) for x in v),
+             "signal": lambda v: _is_int(v, 1, 128), "exit_code": lambda v: _is_int(v, 0, 255),
+             "cpu_seconds": _is_amount, "max_rss_mb": _is_amount, "setup_error": _is_text},
+    "worker": {"error": lambda v: v is None or _is_text(v), "done": lambda v: v is True, "setup_error": _is_text},
+}
+"""The fields each kind of status record may have, with their types (anything else makes the record invalid)."""
+
+
+def _valid_record(kind: str, record: dict) -> bool:
+    fields = _RECORD_FIELDS[kind]
+    if not all(key in fields and fields[key](value) for key, value in record.items()):
+        return False
+    if "setup_error" in record:
+        return True
+    if kind == "init":  # a report of how the worker ended: the isolation, the timeout flag, one way of ending
+        return "isolation" in record and "timeout" in record and ("signal" in record) != ("exit_code" in record)
+    return "done" in record and "error" in record
+
+
+def _parse_status(data: bytes, overflowed: bool, kind: str) -> tuple[dict | None, list[str]]:
+    """The first valid record of ``kind`` in one status pipe's bytes, and the pipe's faults.
+
+    A record is one line, a JSON object ``{kind: {field: value}}`` with the fields and types of
+    ``_RECORD_FIELDS``. Anything else is a fault -- a line that is too long, not JSON (nested too deeply, for
+    one), of another kind, with an unknown field or a field of the wrong type, a second record, a last line
+    without its newline, more bytes than the host keeps -- and :func:`_make_result` makes a faulty pipe a failed
+    execution. Never raises."""
+    faults: list[str] = []
+    if overflowed:
+        faults.append(f"over {_MAX_STATUS} bytes")
+    lines = data.split(b"\n")
+    if lines[-1]:
+        faults.append("an unterminated record")
+    record = None
+    for line in lines[:-1]:
+        if len(line) > _MAX_RECORD:
+            faults.append("a record too long")
+            continue
         try:
-            obj = json.loads(line)
-        except ValueError:
-            continue  # the sandboxed code can write here too; it can only spoil its own result
-        if isinstance(obj, dict):
-            worker = obj.get("worker", worker) if isinstance(obj.get("worker"), dict) else worker
-            init = obj.get("init", init) if isinstance(obj.get("init"), dict) else init
+            obj = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            faults.append("a record that is not JSON")
+            continue
+        value = obj.get(kind) if isinstance(obj, dict) and len(obj) == 1 else None
+        if not isinstance(value, dict) or not _valid_record(kind, value):
+            faults.append("an invalid record")
+        elif record is not None:
+            faults.append("a second record")  # the first one stands; the report is faulty all the same
+        else:
+            record = value
+    return record, list(dict.fromkeys(faults))
+
+
+def _make_result(head: bytearray, total: int, init_report: tuple[dict | None, list[str]],
+                 worker_report: tuple[dict | None, list[str]], killed: bool, config: SandboxConfig,
+                 wall: float) -> ExecResult:
+    """The result from the output and the two parsed status pipes (records already validated by type)."""
+    init, init_faults = init_report
+    worker, worker_faults = worker_report
+    init, worker = init or {}, worker or {}
     text = head.decode("utf-8", "replace")
     truncated = total > len(head) or len(text) > config.max_output_chars
     if truncated:
@@ -356,11 +495,19 @@ def _make_result(head: bytearray, total: int, status: bytes, killed: bool, confi
                         isolation=list(init.get("isolation", [])))
     if killed or init.get("timeout"):
         result.status, result.error = "timeout", TIMEOUT_TEXT
-    elif not init or init.get("setup_error") or worker.get("setup_error"):
-        reason = init.get("setup_error") or worker.get("setup_error") or "the sandbox failed"
-        result.status, result.error = "sandbox_error", str(reason)
+    elif init_faults:
+        result.status = "sandbox_error"
+        result.error = f"SandboxError: invalid status report from the sandbox ({', '.join(init_faults)})"
+    elif not init or init.get("setup_error"):
+        result.status, result.error = "sandbox_error", str(init.get("setup_error") or "the sandbox failed")
+    elif worker_faults:
+        # The code wrote to its worker's status pipe: its own result is void, nothing else is affected.
+        result.status = "sandbox_error"
+        result.error = f"SandboxError: invalid status report from the execution ({', '.join(worker_faults)})"
+    elif worker.get("setup_error"):
+        result.status, result.error = "sandbox_error", str(worker["setup_error"])
     elif init.get("signal"):
-        sig = int(init["signal"])
+        sig = init["signal"]
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and init.get("cpu_seconds", 0) >= config.cpu_seconds):
             result.status, result.error = "cpu_limit", "CPU time limit exceeded"
         else:
@@ -381,8 +528,25 @@ _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET = 0x10000000, 0x20000000, 0x4000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 32, 4096, 16384, 1 << 18
 _MS_NOATIME, _MS_NODIRATIME, _MS_RELATIME = 1024, 2048, 1 << 21
-_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_SECCOMP, _PR_SET_NO_NEW_PRIVS = 1, 4, 22, 38
 _UID_BASE = 1_000_000_000  # sandbox uids: base + the launcher child's pid, so concurrent executions never share
+
+# keyctl(2) operations and special keyring ids
+_KEYCTL_GET_KEYRING_ID, _KEYCTL_JOIN_SESSION_KEYRING, _KEYCTL_CLEAR = 0, 1, 7
+_KEY_SPEC_SESSION_KEYRING, _KEY_SPEC_USER_KEYRING, _KEY_SPEC_USER_SESSION_KEYRING = -3, -4, -5
+_EPERM, _ENOSYS = 1, 38
+_CLONE_THREAD = 0x00010000
+# seccomp: classic BPF over struct seccomp_data {int nr; u32 arch; u64 ip; u64 args[6]}
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_JSET_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+_SECCOMP_MODE_FILTER, _SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO = 2, 0x7FFF0000, 0x00050000
+_X32_SYSCALL_BIT = 0x40000000
+_ARCH = {  # uname machine: (AUDIT_ARCH_*, syscall numbers); little-endian only (the filter reads args[0]'s low half)
+    "x86_64": (0xC000003E, {"keyctl": 250, "add_key": 248, "request_key": 249, "clone": 56, "fork": 57,
+                            "vfork": 58, "clone3": 435, "shmget": 29, "msgget": 68, "memfd_create": 319,
+                            "memfd_secret": 447}),
+    "aarch64": (0xC00000B7, {"keyctl": 219, "add_key": 217, "request_key": 218, "clone": 220, "clone3": 435,
+                             "shmget": 194, "msgget": 186, "memfd_create": 279, "memfd_secret": 447}),
+}
 
 
 def _libc():
@@ -393,6 +557,7 @@ def _libc():
     libc.unshare.argtypes = [ctypes.c_int]
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    libc.syscall.restype = ctypes.c_long
     return libc
 
 
@@ -407,6 +572,107 @@ def _check(rc: int, what: str) -> None:
 def _mount(libc, source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     enc = (lambda s: s.encode() if s is not None else None)
     _check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def _keyctl(libc, *args: int) -> int:
+    """keyctl(2) through syscall(2) (glibc has no wrapper); -errno on failure."""
+    import ctypes
+
+    nr = _ARCH.get(os.uname().machine, (0, {}))[1].get("keyctl")
+    if nr is None:
+        return -_ENOSYS
+    ctypes.set_errno(0)
+    rc = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    return rc if rc >= 0 else -ctypes.get_errno()
+
+
+def _join_session_keyring(libc) -> None:
+    """Leave the caller's session keyring for a fresh anonymous one (KEYCTL_JOIN_SESSION_KEYRING, NULL): a
+    process possesses its session keyring, and with it every key there, whatever its uid."""
+    rc = _keyctl(libc, _KEYCTL_JOIN_SESSION_KEYRING, 0)
+    if rc < 0 and rc != -_ENOSYS:  # ENOSYS: a kernel without keyrings has none to inherit
+        raise OSError(-rc, f"keyctl(JOIN_SESSION_KEYRING): {os.strerror(-rc)}")
+
+
+def _seccomp_program(allow_processes: bool) -> list[tuple[int, int, int, int]]:
+    """The worker's seccomp filter, as (code, jt, jf, k) instructions: deny the kernel keyring calls (keyctl,
+    add_key, request_key: a uid's user keyring outlives the execution), SysV shared memory and message queues and
+    memfd_create/memfd_secret (memory outside the address space that RLIMIT_AS bounds), and -- unless
+    ``allow_processes`` -- every way to start a process (fork, vfork, clone without CLONE_THREAD; clone3, whose
+    flags a filter cannot read, answers ENOSYS, on which glibc starts threads with clone). Threads stay allowed:
+    they share the address space. Any other ABI (i386, x32) is refused outright."""
+    audit_arch, nr = _ARCH[os.uname().machine]
+    prog: list[list] = [[_BPF_LD_W_ABS, 0, 0, 4], [_BPF_JEQ_K, 0, "eperm", audit_arch], [_BPF_LD_W_ABS, 0, 0, 0]]
+    if os.uname().machine == "x86_64":
+        prog.append([_BPF_JGE_K, "eperm", 0, _X32_SYSCALL_BIT])
+    denied = ["keyctl", "add_key", "request_key", "shmget", "msgget", "memfd_create", "memfd_secret"]
+    if not allow_processes:
+        denied += [name for name in ("fork", "vfork") if name in nr]
+    prog += [[_BPF_JEQ_K, "eperm", 0, nr[name]] for name in denied]
+    if not allow_processes:
+        prog += [[_BPF_JEQ_K, "enosys", 0, nr["clone3"]],
+                 [_BPF_JEQ_K, 0, "allow", nr["clone"]],
+                 [_BPF_LD_W_ABS, 0, 0, 16],  # clone's flags: the low half of args[0]
+                 [_BPF_JSET_K, "allow", "eperm", _CLONE_THREAD]]
+    labels = {"allow": len(prog), "eperm": len(prog) + 1, "enosys": len(prog) + 2}
+    prog += [[_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW], [_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | _EPERM],
+             [_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | _ENOSYS]]
+    for i, insn in enumerate(prog):
+        for j in (1, 2):
+            if isinstance(insn[j], str):
+                insn[j] = labels[insn[j]] - (i + 1)  # jumps are relative to the next instruction
+    return [tuple(insn) for insn in prog]
+
+
+def _install_seccomp(libc, allow_processes: bool) -> None:
+    """Load :func:`_seccomp_program` into this (single-threaded) process; no_new_privs must already be set."""
+    import ctypes
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
+
+    insns = _seccomp_program(allow_processes)
+    table = (SockFilter * len(insns))(*[SockFilter(*insn) for insn in insns])
+    fprog = SockFprog(len(insns), table)
+    _check(libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "seccomp")
+
+
+def _probe_features() -> dict[str, bool]:
+    """What this kernel gives the worker, tried once in a throwaway child: a fresh session keyring ("keyring"),
+    and a seccomp filter that then really refuses keyctl and fork ("seccomp")."""
+    if os.uname().machine not in _ARCH:
+        return {"keyring": False, "seccomp": False}
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            libc = _libc()
+            try:
+                _join_session_keyring(libc)
+                code |= 1
+            except OSError:
+                pass
+            _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+            _install_seccomp(libc, allow_processes=False)
+            if _keyctl(libc, _KEYCTL_GET_KEYRING_ID, _KEY_SPEC_SESSION_KEYRING, 0) == -_EPERM:
+                try:
+                    child = os.fork()
+                except PermissionError:
+                    code |= 2
+                else:
+                    if child == 0:
+                        os._exit(0)
+                    os.waitpid(child, 0)
+        except BaseException:  # noqa: BLE001 -- whatever failed is not available
+            pass
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    bits = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0
+    return {"keyring": bool(bits & 1), "seccomp": bool(bits & 2)}
 
 
 def _launcher_main(sock_fd: int, preload: list[str]) -> None:
@@ -427,6 +693,7 @@ def _launcher_main(sock_fd: int, preload: list[str]) -> None:
 
     sock = socket.socket(fileno=sock_fd)
     mount_point = _make_mount_point()
+    features = _probe_features()
     sock.send(json.dumps({"ready": True}).encode())
     children: dict[int, int] = {}  # request id -> pid
     sock.settimeout(0.5)
@@ -443,6 +710,10 @@ def _launcher_main(sock_fd: int, preload: list[str]) -> None:
                 break
             header, _, body = msg.partition(b"\n")
             req = json.loads(header)
+            if req["op"] == "run" and len(fds) != 3:  # output, the init's report, the worker's report
+                for fd in fds:
+                    os.close(fd)
+                continue
             if req["op"] == "kill":
                 pid = children.get(req["id"])
                 if pid is not None:
@@ -456,7 +727,7 @@ def _launcher_main(sock_fd: int, preload: list[str]) -> None:
                 code = 1
                 try:
                     sock.close()
-                    _execution(json.loads(body), fds[0], fds[1], mount_point)
+                    _execution(json.loads(body), fds[0], fds[1], fds[2], mount_point, features)
                     code = 0
                 finally:
                     os._exit(code)
@@ -502,8 +773,10 @@ def _write_status(fd: int, obj: dict) -> None:
         pass
 
 
-def _execution(request: dict, out_fd: int, status_fd: int, mount_point: str) -> None:
-    """One execution, in a child of the launcher: enter new namespaces, then fork the init of the sandbox."""
+def _execution(request: dict, out_fd: int, status_fd: int, worker_fd: int, mount_point: str,
+               features: dict[str, bool]) -> None:
+    """One execution, in a child of the launcher: enter new namespaces, then fork the init of the sandbox.
+    ``status_fd`` carries the init's report (only the init keeps it), ``worker_fd`` the worker's."""
     cfg = request["config"]
     libc = _libc()
     host_pid = os.getpid()
@@ -529,10 +802,11 @@ def _execution(request: dict, out_fd: int, status_fd: int, mount_point: str) -> 
     nproc_base = 0 if mode == "namespaces" or os.geteuid() == 0 else _count_processes(os.getuid())
     pid = os.fork()
     if pid == 0:
-        _init(request["cells"], cfg, mode, problems, out_fd, status_fd, mount_point, libc, sandbox_uid, nproc_base)
+        _init(request["cells"], cfg, mode, problems, out_fd, status_fd, worker_fd, mount_point, libc, sandbox_uid,
+              nproc_base, features)
         return
-    os.close(out_fd)
-    os.close(status_fd)
+    for fd in (out_fd, status_fd, worker_fd):
+        os.close(fd)
     while True:
         try:
             os.waitpid(pid, 0)
@@ -564,10 +838,14 @@ def _count_processes(uid: int) -> int:
     return count
 
 
-def _init(cells, cfg, mode, problems, out_fd, status_fd, mount_point, libc, sandbox_uid, nproc_base) -> None:
+def _init(cells, cfg, mode, problems, out_fd, status_fd, worker_fd, mount_point, libc, sandbox_uid, nproc_base,
+          features) -> None:
     """PID 1 of the sandbox: build its filesystem, fork the worker, enforce the wall clock, report, exit (which
     kills every process left in the PID namespace)."""
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # Not dumpable: where the worker keeps this process's uid (user namespace, no namespaces), it still cannot
+    # open /proc/1/fd/* -- the report pipe -- or ptrace this process.
+    libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
     isolation: list[str] = []
     root = workdir = None
     setup_error = None
@@ -596,16 +874,24 @@ def _init(cells, cfg, mode, problems, out_fd, status_fd, mount_point, libc, sand
     if drop_uid:
         isolation.append("uid")
     isolation += ["no_new_privs", "rlimits"]
+    if features["keyring"]:
+        isolation.append("keyring")
+    if features["seccomp"]:
+        isolation.append("seccomp")
+    if not cfg["subprocesses"] and (features["seccomp"] or drop_uid):
+        isolation.append("single_process")  # by the filter, or by RLIMIT_NPROC 1 of a uid of its own
     worker = os.fork()
     if worker == 0:
         try:
-            _worker(cells, cfg, root, workdir, out_fd, status_fd, sandbox_uid if drop_uid else None,
-                    nproc_base, libc)
+            os.close(status_fd)  # the init's report is the init's alone
+            _worker(cells, cfg, root, workdir, out_fd, worker_fd, sandbox_uid if drop_uid else None,
+                    nproc_base, libc, features)
         except BaseException as exc:  # noqa: BLE001 -- confinement failed: report it, run nothing
-            _write_status(status_fd, {"worker": {"setup_error": f"sandbox setup failed: {exc!r}"}})
+            _write_status(worker_fd, {"worker": {"setup_error": f"sandbox setup failed: {exc!r}"[:1000]}})
         finally:
             os._exit(70)
     os.close(out_fd)
+    os.close(worker_fd)
     timed_out = [False]
 
     def on_alarm(signum, frame):
@@ -743,12 +1029,15 @@ def _build_root(libc, root: str, cfg: dict, uid: int, mode: str) -> str:
     return root
 
 
-def _worker(cells, cfg, root, workdir, out_fd, status_fd, uid, nproc_base, libc) -> None:
-    """The process that runs the code: confine it, then run the cells (replay) and report the last one."""
+def _worker(cells, cfg, root, workdir, out_fd, status_fd, uid, nproc_base, libc, features) -> None:
+    """The process that runs the code: confine it, then run the cells (replay) and report the last one.
+    ``status_fd`` is the worker's own report pipe, which the code can write to as well."""
     import resource
 
     if root is None:
         os.setpgid(0, 0)  # without a PID namespace, the init kills this process group at the end
+    if features["keyring"]:
+        _join_session_keyring(libc)  # before the uid changes: no key of the caller's session stays reachable
     devnull = os.open("/dev/null", os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(out_fd, 1)
@@ -760,9 +1049,13 @@ def _worker(cells, cfg, root, workdir, out_fd, status_fd, uid, nproc_base, libc)
         os.chroot(root)
     os.chdir(workdir)
     mib = 1024 * 1024
+    single = not cfg["subprocesses"]
+    # One process: the filter refuses new processes and lets threads be; without a filter, RLIMIT_NPROC of 1
+    # (the worker itself) refuses both.
+    tasks = 1 if single and not features["seccomp"] else int(cfg["max_processes"])
     limits = [(resource.RLIMIT_AS, int(cfg["memory_mb"]) * mib),
               (resource.RLIMIT_CPU, (int(cfg["cpu_seconds"]), int(cfg["cpu_seconds"]) + 1)),
-              (resource.RLIMIT_NPROC, nproc_base + int(cfg["max_processes"])),
+              (resource.RLIMIT_NPROC, nproc_base + tasks),
               (resource.RLIMIT_FSIZE, int(cfg["disk_mb"]) * mib),
               (resource.RLIMIT_NOFILE, 256),
               (resource.RLIMIT_CORE, 0)]
@@ -773,7 +1066,14 @@ def _worker(cells, cfg, root, workdir, out_fd, status_fd, uid, nproc_base, libc)
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
-    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        if features["keyring"] and not features["seccomp"]:
+            # Without the filter the code can add keys to this uid's user keyrings, which outlive the execution:
+            # empty them of an earlier execution's (uids are reused with pids). Only for a uid of our own.
+            _keyctl(libc, _KEYCTL_CLEAR, _KEY_SPEC_USER_KEYRING)
+            _keyctl(libc, _KEYCTL_CLEAR, _KEY_SPEC_USER_SESSION_KEYRING)
+    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    if features["seccomp"]:
+        _install_seccomp(libc, allow_processes=not single)
     os.environ.clear()
     os.environ.update(_sandbox_environment())
     if root is None:  # no namespaces: the temporary directory stands in for /sandbox and /tmp

@@ -1,4 +1,4 @@
-"""Means, standard errors and paired comparisons, defined once (DESIGN.md section 8).
+"""Means, standard errors and paired comparisons, defined once (docs/design.md section 9).
 
 - A proportion from one run per question: binomial SE, sqrt(p (1 - p) / n).
 - Any other mean (scores, rates averaged over several runs per question): sample std (ddof 1) / sqrt(n), with
@@ -48,6 +48,12 @@ def mean(values: list[float]) -> Estimate:
         return Estimate(float("nan"), float("nan"), 0)
     se = float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
     return Estimate(float(x.mean()), se, n)
+
+
+def effective_sample_size(weights: list[float]) -> float:
+    """(sum |w|)^2 / sum w^2: how many equally weighted examples the weights are worth (0 for all-zero weights)."""
+    w = np.abs(np.asarray(weights, dtype=float))
+    return float(w.sum() ** 2 / (w ** 2).sum()) if (w ** 2).sum() > 0 else 0.0
 
 
 def estimate(values: list[float], binary: bool) -> Estimate:

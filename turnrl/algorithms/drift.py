@@ -23,21 +23,20 @@ Diagnostics for the report: the effective sample size (sum w)^2 / sum w^2 of eac
 1 when one conversation takes all the weight), and how many groups are all-fail, all-success or mixed (004
 Table 8: only mixed groups tell successes from failures through their outcome).
 
-Evaluation (004 eq. 21): :func:`multi_at_k_curves` and :func:`plot_multi_at_k` read the multi@k outcomes that
-``turnrl evaluate`` records for feedback conversations (``eval/<method>/per_question.jsonl``).
+Evaluation (004 eq. 21): ``turnrl evaluate`` records multi@k for feedback conversations; the curves and their plot
+are in the reporting layer (:func:`turnrl.stages.report.multi_at_k_curves`, :func:`turnrl.stages.report.plot_multi_at_k`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 from scipy.special import logsumexp
 
-from turnrl.algorithms.weighted import AlgoConfig, effective_sample_size, groups_of
-from turnrl.errors import ConfigError, InputError
+from turnrl.algorithms.registry import register_algorithm
+from turnrl.algorithms.weighted import AlgoConfig, groups_of
+from turnrl.errors import ConfigError
 from turnrl.records import Trajectory
+from turnrl.stats import effective_sample_size
 
 
 def group_weights(returns: list[float], beta: float) -> np.ndarray:
@@ -46,6 +45,7 @@ def group_weights(returns: list[float], beta: float) -> np.ndarray:
     return np.exp(z - logsumexp(z) + np.log(len(z)))
 
 
+@register_algorithm("drift", family="weighted", display="DRIFT", paper="004 eq. 13", turns="final")
 def drift_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
     if not cfg.drift_beta > 0:
         raise ConfigError(f"algo.drift_beta: {cfg.drift_beta}; the temperature of the weights must be > 0")
@@ -81,43 +81,3 @@ def drift_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -
         "success_share": float(np.mean([bool(t.rewards.get("accuracy")) for t in trajectories])),
     })
     return [weights[t.id] for t in trajectories]
-
-
-def multi_at_k_curves(run_dir: str | Path, methods: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Per evaluated method: multi@k (mean, SE, n) for k = 1..T from ``eval/<method>/per_question.jsonl`` (SEs
-    as every table of the run: :mod:`turnrl.stats`), and 004 Table 6's correction rate
-    Corr = (multi@T - multi@1) / (1 - multi@1), the share of first-turn failures fixed by the feedback."""
-    from turnrl.compare import AT_K, evaluated_methods, load_method
-
-    run_dir = Path(run_dir)
-    curves: dict[str, dict[str, Any]] = {}
-    for method in methods or evaluated_methods(run_dir):
-        summary = load_method(run_dir, method).summary
-        points = sorted((int(m["k"]), e) for key, e in summary.items()
-                        if (m := AT_K.match(key)) and m["family"] == "multi" and e.n)
-        if not points:
-            continue
-        first, last = points[0][1].mean, points[-1][1].mean
-        curves[method] = {"k": [k for k, _ in points], "mean": [e.mean for _, e in points],
-                          "se": [e.se for _, e in points], "n": points[0][1].n,
-                          "correction_rate": (last - first) / (1 - first) if first < 1 else float("nan")}
-    return curves
-
-
-def plot_multi_at_k(run_dir: str | Path, methods: list[str] | None = None, output: str | Path = "") -> Path:
-    """multi@k against k (mean ± SE), one line per method, as a PNG (default: <run_dir>/multi_at_k.png). It is the
-    figure the run's report draws for the feedback environment (plots/multi_at_k.png), for any choice of methods."""
-    from turnrl.compare import build_comparison, default_order, evaluated_methods
-    from turnrl.report import method_colors, plot_at_k
-
-    run_dir = Path(run_dir)
-    methods = methods or default_order(evaluated_methods(run_dir))
-    if not multi_at_k_curves(run_dir, methods):
-        raise InputError(f"{run_dir / 'eval'}: no evaluation of {methods} has multi@k (env.name: feedback)")
-    comparison = build_comparison(run_dir, methods)
-    path = Path(output) if output else run_dir / "multi_at_k.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(plot_at_k("multi", comparison, method_colors(methods)))
-    tmp.replace(path)
-    return path

@@ -6,8 +6,8 @@ losses themselves are in :mod:`turnrl.train.preference`.
 - DPO (000 Sec. 4): the final winning and losing responses, answered directly to the original question. Prompt =
   everything before the first assistant message (system + first user turn); chosen = the final assistant message
   of the group's best trajectory, rejected = that of its worst. Groups whose rewards are all equal are skipped.
-- StepDPO (000 Sec. 4, after Chen et al.; the literal reading of DESIGN.md section 8): for every logged trajectory
-  and every step t, a new action a'_t was branched from the logged history with the logging policy and the
+- StepDPO (000 Sec. 4, after Chen et al.; the literal reading of docs/design.md section 8): for every logged
+  trajectory and every step t, a new action a'_t was branched from the logged history with the logging policy and the
   conversation rolled out to its end and scored (``turnrl simulate --continue_from``). The logged action a_t and
   the branched a'_t are paired by their trajectories' rewards (ties skipped); the prompt is the history before
   step t, the loss is on the action only.
@@ -24,16 +24,14 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from turnrl.algorithms.registry import get_algorithm, register_algorithm
 from turnrl.algorithms.weighted import AlgoConfig, groups_of
 from turnrl.errors import ConfigError, InputError
 from turnrl.generation import derive_seed
 from turnrl.records import Trajectory
 
-PREFERENCE_ALGORITHMS = ("dpo", "step-dpo", "m-dpo", "m-kto")
 PAIRINGS = ("best-vs-worst", "correct-vs-incorrect")
 PAPER_PAIRING = {"dpo": "best-vs-worst", "m-dpo": "correct-vs-incorrect", "m-kto": "correct-vs-incorrect"}
-BRANCHES = "branches/trajectories.jsonl"
-SCORED_BRANCHES = "branches/scored.jsonl"
 
 
 @dataclass
@@ -173,11 +171,38 @@ def pair_groups(trajectories: list[Trajectory], pairing: str, pairs_per_group: i
     return pairs
 
 
-def dpo_pairs(trajectories: list[Trajectory], cfg: AlgoConfig, stats: PairingStats) -> list[PreferencePair]:
+def pairs_of_groups(trajectories: list[Trajectory], cfg: AlgoConfig, stats: PairingStats,
+                    make) -> list[PreferencePair]:
     pairing = resolve_pairing(cfg)
-    make = final_answer_only if cfg.name == "dpo" else whole
     return [PreferencePair(id=f"{w.id}>{lo.id}", group_id=w.group_id, chosen=make(w), rejected=make(lo))
             for w, lo in pair_groups(trajectories, pairing, cfg.pairs_per_group, stats)]
+
+
+@register_algorithm("dpo", family="preference", display="DPO", paper="000 Sec. 4", baseline=True)
+def dpo_pairs(trajectories: list[Trajectory], cfg: AlgoConfig, branches, stats: PairingStats) -> list[PreferencePair]:
+    """The final answers of the group's best and worst trajectories, to the original question."""
+    return pairs_of_groups(trajectories, cfg, stats, final_answer_only)
+
+
+@register_algorithm("step-dpo", family="preference", display="StepDPO", paper="000 Sec. 4", baseline=True,
+                    needs_branches=True)
+def step_dpo_pairs(trajectories: list[Trajectory], cfg: AlgoConfig, branches,
+                   stats: PairingStats) -> list[PreferencePair]:
+    if branches is None:
+        raise ConfigError("step-dpo needs the branch rollouts (algo.branches)")
+    return step_pairs(trajectories, branches, stats)
+
+
+@register_algorithm("m-dpo", family="preference", display="M-DPO", paper="003 eq. 12")
+def m_dpo_pairs(trajectories: list[Trajectory], cfg: AlgoConfig, branches,
+                stats: PairingStats) -> list[PreferencePair]:
+    """Whole trajectories, every assistant message trained, observations masked by the trainer."""
+    return pairs_of_groups(trajectories, cfg, stats, whole)
+
+
+@register_algorithm("m-kto", family="preference", display="M-KTO", paper="003 eq. 13", unpaired=True)
+def m_kto_examples(trajectories: list[Trajectory], cfg: AlgoConfig, branches, stats: PairingStats) -> list[KTOExample]:
+    return kto_examples(pairs_of_groups(trajectories, cfg, stats, whole))
 
 
 def step_pairs(logged: list[Trajectory], branches: list[Trajectory], stats: PairingStats) -> list[PreferencePair]:
@@ -234,30 +259,25 @@ def kto_examples(pairs: list[PreferencePair]) -> list[KTOExample]:
 def build_preference_data(trajectories: list[Trajectory], cfg: AlgoConfig,
                           branches: list[Trajectory] | None = None) -> tuple[list[Any], dict[str, Any]]:
     """Pairs (dpo, step-dpo, m-dpo) or KTO examples (m-kto), and counts of what was paired and skipped."""
-    if cfg.name not in PREFERENCE_ALGORITHMS:
-        raise ConfigError(f"algo.name: {cfg.name!r} is not a preference algorithm; expected one of "
-                          f"{', '.join(PREFERENCE_ALGORITHMS)}")
+    algorithm = get_algorithm(cfg.name, family="preference")
     stats = PairingStats()
-    if cfg.name == "step-dpo":
-        if branches is None:
-            raise ConfigError("step-dpo needs the branch rollouts (algo.branches)")
-        data: list[Any] = step_pairs(trajectories, branches, stats)
+    if algorithm.needs_branches:
         pairing = "logged-vs-branch"
+        data: list[Any] = algorithm.build(trajectories, cfg, branches, stats)
     else:
         pairing = resolve_pairing(cfg)
         # A trajectory without a reward (the judge could not score it) cannot be ranked: left out, counted.
         stats.unscored = sum(t.reward is None for t in trajectories)
-        data = dpo_pairs([t for t in trajectories if t.reward is not None], cfg, stats)
+        data = algorithm.build([t for t in trajectories if t.reward is not None], cfg, branches, stats)
     diag: dict[str, Any] = {"algorithm": cfg.name, "pairing": pairing, "trajectories": len(trajectories),
-                            "steps" if cfg.name == "step-dpo" else "groups": stats.groups, "pairs": stats.pairs,
+                            "steps" if algorithm.needs_branches else "groups": stats.groups, "pairs": stats.pairs,
                             "skipped_ties": stats.skipped_ties, "skipped_single": stats.skipped_single,
                             "unscored": stats.unscored}
     if pairing == "correct-vs-incorrect":
         diag.update({"all_correct": stats.all_correct, "all_incorrect": stats.all_incorrect})
-    if cfg.name == "step-dpo":
+    if algorithm.needs_branches:
         diag["branches"] = len(branches or [])
-    if cfg.name == "m-kto":
-        data = kto_examples(data)
+    if algorithm.unpaired:
         diag.update({"examples": len(data), "desirable": sum(e.desirable for e in data),
                      "undesirable": sum(not e.desirable for e in data)})
     return data, diag

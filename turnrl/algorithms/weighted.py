@@ -13,9 +13,9 @@ i.e. SFT on every assistant turn, each trajectory's turns scaled by its weight. 
 - Refit:      w = r(x, tau) >= 0 (000 eq. 5; Lemma 1 needs r >= 0, so negative rewards are refused unless
               ``shift_negative`` shifts every reward by the minimum).
 - Swift:      w = (r - mean_x) / std_x over the m trajectories of the group, std with 1/(m - 1) (000 eq. 9).
-              A group whose rewards are all equal carries no signal: its weights are 0 (DESIGN.md section 8).
+              A group whose rewards are all equal carries no signal: its weights are 0 (docs/design.md section 8).
 
-Two safeguards apply to any algorithm (DESIGN.md section 8, "negative weights"): ``negative_floor`` clips
+Two safeguards apply to any algorithm (docs/design.md section 8, "negative weights"): ``negative_floor`` clips
 weights from below, and ``kl_coef`` anchors the policy to the logging policy: on data sampled from pi_0,
 E_{pi_0}[log pi_0 - log pi] = KL(pi_0 || pi), whose gradient is -kl_coef * grad log pi on every logged action,
 i.e. kl_coef is added to every trajectory's weight.
@@ -26,12 +26,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from turnrl.algorithms.registry import get_algorithm, register_algorithm
 from turnrl.errors import ConfigError
 from turnrl.records import Trajectory
+from turnrl.stats import effective_sample_size
 
 
 @dataclass
@@ -113,10 +115,18 @@ def _rewards(trajectories: list[Trajectory]) -> list[float]:
     return [float(t.reward) for t in trajectories]  # type: ignore[arg-type]
 
 
+@register_algorithm("sft", family="weighted", display="SFT", paper="000 Sec. 4", baseline=True)
 def sft_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
     return [1.0] * len(trajectories)
 
 
+@register_algorithm("sft-final", family="weighted", display="SFT (final turn)", paper="004 Sec. 5 (SFT-5turn)",
+                    baseline=True, turns="final")
+def sft_final_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
+    return [1.0] * len(trajectories)
+
+
+@register_algorithm("star-gate", family="weighted", display="STaR-GATE", paper="000 Sec. 4", baseline=True)
 def star_gate_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
     weights = {t.id: 0.0 for t in trajectories}
     skipped = 0
@@ -130,6 +140,7 @@ def star_gate_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dic
     return [weights[t.id] for t in trajectories]
 
 
+@register_algorithm("refit", family="weighted", display="Refit", paper="000 eq. 5")
 def refit_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
     rewards = _rewards(trajectories)
     low = min(rewards)
@@ -145,6 +156,7 @@ def refit_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -
     return rewards
 
 
+@register_algorithm("swift", family="weighted", display="Swift", paper="000 eq. 9")
 def swift_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
     rewards = dict(zip((t.id for t in trajectories), _rewards(trajectories)))
     weights: dict[str, float] = {}
@@ -161,41 +173,18 @@ def swift_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -
     return [weights[t.id] for t in trajectories]
 
 
-WEIGHTS: dict[str, Callable[[list[Trajectory], AlgoConfig, dict], list[float]]] = {
-    "sft": sft_weights,
-    "sft-final": sft_weights,
-    "star-gate": star_gate_weights,
-    "refit": refit_weights,
-    "swift": swift_weights,
-}
-
-
-def effective_sample_size(weights: list[float]) -> float:
-    """(sum |w|)^2 / sum w^2: how many equally weighted examples the weights are worth."""
-    w = np.abs(np.asarray(weights, dtype=float))
-    return float(w.sum() ** 2 / (w ** 2).sum()) if (w ** 2).sum() > 0 else 0.0
-
-
 def build_weighted_examples(trajectories: list[Trajectory], cfg: AlgoConfig) -> tuple[list[WeightedExample], dict]:
     """Weights for every logged trajectory, and diagnostics about them (for the report)."""
-    if cfg.name == "drift":
-        from turnrl.algorithms.drift import drift_weights
-
-        weigh = drift_weights
-    elif cfg.name in WEIGHTS:
-        weigh = WEIGHTS[cfg.name]
-    else:
-        raise ConfigError(f"algo.name: {cfg.name!r} is not a weighted fine-tuning algorithm; "
-                          f"expected one of {', '.join(list(WEIGHTS) + ['drift'])}")
+    algorithm = get_algorithm(cfg.name, family="weighted")
     diag: dict[str, Any] = {"algorithm": cfg.name, "trajectories": len(trajectories),
                             "groups": len(groups_of(trajectories))}
-    weights = weigh(trajectories, cfg, diag)
+    weights = algorithm.build(trajectories, cfg, diag)
     if cfg.negative_floor is not None:
         diag["floored"] = sum(w < cfg.negative_floor for w in weights)
         weights = [max(w, cfg.negative_floor) for w in weights]
     if cfg.kl_coef:
         weights = [w + cfg.kl_coef for w in weights]
-    turns = cfg.turns or ("final" if cfg.name in ("drift", "sft-final") else "all")
+    turns = cfg.turns or algorithm.turns
     if turns not in ("all", "final"):
         raise ConfigError(f"algo.turns: {cfg.turns!r}; expected all or final")
     diag.update({

@@ -1,9 +1,9 @@
-"""Environments (DESIGN.md section 4) and the one config that selects and sets them up."""
+"""Environments (docs/design.md section 4) and the one config that selects and sets them up."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 from turnrl.envs.base import Environment, Episode, Prefix
 from turnrl.errors import ConfigError
@@ -36,6 +36,40 @@ class EnvConfig:
     """clarify: token cap of the teacher's answer."""
 
 
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """What an environment is, declared where it is registered (docs/design.md section 4). What a rollout needs
+    (a teacher, a code runner) the environment itself says (``Environment.needs_teacher``, ``run_code``)."""
+
+    name: str
+    build: Callable[[EnvConfig], Environment]
+    paper: str
+    answer_phrase: str = "the answer is"
+    """How its prompts ask for the final answer (the answer rule reads "<phrase> X")."""
+    reward_components: tuple[str, ...] = ()
+    """Components that only its conversations have, computed by ``turnrl score`` (besides the common ones)."""
+
+
+ENVIRONMENTS: dict[str, EnvironmentSpec] = {}
+
+
+def register_environment(name: str, *, paper: str, **declared: Any) -> Callable:
+    """Register the decorated ``EnvConfig -> Environment`` constructor as environment ``name``."""
+
+    def decorate(build: Callable[[EnvConfig], Environment]) -> Callable[[EnvConfig], Environment]:
+        ENVIRONMENTS[name] = EnvironmentSpec(name=name, build=build, paper=paper, **declared)
+        return build
+
+    return decorate
+
+
+def environment_spec(name: str) -> EnvironmentSpec:
+    if name not in ENVIRONMENTS:
+        raise ConfigError(f"env.name: {name!r}; expected one of {', '.join(ENVIRONMENTS)}")
+    return ENVIRONMENTS[name]
+
+
+@register_environment("reasoning", paper="000 App. E")
 def _reasoning(cfg: EnvConfig) -> Environment:
     from turnrl.envs.reasoning import ReasoningEnv
 
@@ -43,13 +77,7 @@ def _reasoning(cfg: EnvConfig) -> Environment:
                         final_max_new_tokens=cfg.final_max_new_tokens or None)
 
 
-def _feedback(cfg: EnvConfig) -> Environment:
-    from turnrl.envs.feedback import DEFAULT_TURNS, FeedbackEnv
-
-    return FeedbackEnv(turns=cfg.turns or DEFAULT_TURNS, max_new_tokens=cfg.max_new_tokens,
-                       feedback_message=cfg.feedback_message)
-
-
+@register_environment("clarify", paper="000 App. F", answer_phrase="answer is")
 def _clarify(cfg: EnvConfig) -> Environment:
     from turnrl.envs.clarify import ClarifyEnv
 
@@ -58,12 +86,23 @@ def _clarify(cfg: EnvConfig) -> Environment:
                       teacher_max_new_tokens=cfg.teacher_max_new_tokens)
 
 
+@register_environment("ask", paper="this project (docs/results.md section 9)")
 def _ask(cfg: EnvConfig) -> Environment:
     from turnrl.envs.ask import AskEnv
 
     return AskEnv(max_new_tokens=cfg.max_new_tokens, final_max_new_tokens=cfg.final_max_new_tokens or None)
 
 
+@register_environment("feedback", paper="004 Sec. 2, 5.5",
+                      reward_components=("drift_return", "turns_used", "distinct_answers"))
+def _feedback(cfg: EnvConfig) -> Environment:
+    from turnrl.envs.feedback import DEFAULT_TURNS, FeedbackEnv
+
+    return FeedbackEnv(turns=cfg.turns or DEFAULT_TURNS, max_new_tokens=cfg.max_new_tokens,
+                       feedback_message=cfg.feedback_message)
+
+
+@register_environment("tool", paper="003 Sec. 3.1")
 def _tool(cfg: EnvConfig) -> Environment:
     from turnrl.envs.tool import ToolEnv
 
@@ -71,22 +110,13 @@ def _tool(cfg: EnvConfig) -> Environment:
                    tool_timeout=cfg.tool_timeout, instruction=cfg.tool_instruction)
 
 
-ENVIRONMENTS: dict[str, Callable[[EnvConfig], Environment]] = {
-    "reasoning": _reasoning,
-    "clarify": _clarify,
-    "ask": _ask,
-    "feedback": _feedback,
-    "tool": _tool,
-}
-
-
 def make_env(cfg: EnvConfig) -> Environment:
-    if cfg.name not in ENVIRONMENTS:
-        raise ConfigError(f"env.name: {cfg.name!r}; expected one of {', '.join(ENVIRONMENTS)}")
+    spec = environment_spec(cfg.name)
     try:
-        return ENVIRONMENTS[cfg.name](cfg)
+        return spec.build(cfg)
     except ValueError as exc:
         raise ConfigError(f"env: {exc}") from None
 
 
-__all__ = ["EnvConfig", "Environment", "Episode", "Prefix", "make_env"]
+__all__ = ["ENVIRONMENTS", "EnvConfig", "Environment", "EnvironmentSpec", "Episode", "Prefix", "environment_spec",
+           "make_env", "register_environment"]

@@ -5,7 +5,7 @@ or missing one is answered with the fixed feedback message f (004 Sec. 5.5: "Inc
 and turn t + 1 follows, up to T turns (004: T = 5). So only the last assistant turn of a conversation can be
 correct (004 Sec. 2), and a conversation of T wrong turns is a failure.
 
-The verifier (:func:`verify`) reads one assistant turn:
+The verifier (:func:`turnrl.rewards.verdicts.verify`, shared with DRIFT's return) reads one assistant turn:
 
 - multiple choice: the answer letter by the project's one rule (:func:`turnrl.rewards.answers.extract_choice`:
   "The answer is X"; a turn naming two different letters is ambiguous and wrong);
@@ -27,11 +27,11 @@ environment's own default", so ``env.name: feedback`` alone gives 004's protocol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from turnrl.envs.base import Environment, Episode, EpisodeCoroutine, Prefix
 from turnrl.records import Task, Trajectory, TurnInfo
+from turnrl.rewards.verdicts import distinct_answers, solved_at, turn_verdicts, verify
 
 DEFAULT_TURNS = 5
 DEFAULT_FEEDBACK = "Incorrect. Please think again."
@@ -59,53 +59,6 @@ def first_prompt(task: Task) -> str:
     return ("You are solving math problems. Give the final answer within \\boxed{}.\n\n"
             f"Problem:\n{task.question}\n\n"
             "Please reason step by step, and put your final answer within \\boxed{}.")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    answer: str | None
-    """The answer the turn states (an option letter or a math expression), None when it states none."""
-    correct: bool
-
-
-def verify(text: str, task: Task) -> Verdict:
-    """The verifier V(y_t) of 004 Sec. 2: read one assistant turn's answer and check it against the gold one."""
-    if task.choices:
-        from turnrl.rewards.answers import extract_choice
-
-        letter = extract_choice(text, task.letters, "the answer is", task.choices).letter
-        return Verdict(letter, letter is not None and letter == task.answer)
-    from turnrl.rewards.math_answers import extract_math_answer, math_equal
-
-    answer = extract_math_answer(text)
-    return Verdict(answer, answer is not None and math_equal(answer, task.answer))
-
-
-def same_answer(a: str, b: str, task: Task) -> bool:
-    """Two stated answers are the same: equal letters, or equivalent math answers ("0.5" and "\\frac{1}{2}")."""
-    if task.choices:
-        return a == b
-    from turnrl.rewards.math_answers import math_equal
-
-    return a.strip() == b.strip() or math_equal(a, b)
-
-
-def distinct_answers(answers: list[str | None], task: Task) -> int:
-    """E(tau) of 004 eq. 12: how many different answers the turns state (turns stating none add nothing)."""
-    seen: list[str] = []
-    for a in answers:
-        if a is not None and not any(same_answer(a, s, task) for s in seen):
-            seen.append(a)
-    return len(seen)
-
-
-def turn_verdicts(trajectory: Trajectory, task: Task) -> list[Verdict]:
-    return [verify(trajectory.messages[i]["content"], task) for i in trajectory.assistant_indices()]
-
-
-def solved_at(verdicts: list[Verdict]) -> int | None:
-    """The 1-based turn of the first correct answer, or None."""
-    return next((t for t, v in enumerate(verdicts, start=1) if v.correct), None)
 
 
 class FeedbackEnv(Environment):

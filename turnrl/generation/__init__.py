@@ -1,4 +1,5 @@
-"""One interface for generating assistant (or teacher, or judge) turns, three backends (DESIGN.md section 5).
+"""One interface for generating assistant (or teacher, or judge) turns, three backends (docs/design.md
+section 5).
 
 - ``hf``: transformers ``generate``, batched with left padding, on CPU or GPU;
 - ``vllm``: vLLM's offline engine on GPU;
@@ -10,101 +11,27 @@ temperature and seed) and returns one :class:`GenResult` per request, in order.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+import importlib
+from typing import Any
 
 from turnrl.errors import ConfigError
+from turnrl.generation.base import BackendConfig, GenRequest, GenResult, Backend, Sampling, derive_seed, \
+    release_sessions
 
 
-@dataclass
-class Sampling:
-    temperature: float = 0.0
-    """0 means greedy decoding."""
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 128
-    seed: int = 0
-    stop: list[str] = field(default_factory=list)
-    """Generation also ends right after any of these strings (kept in the output)."""
+BACKENDS = {"hf": "turnrl.generation.hf:HFGenerator", "vllm": "turnrl.generation.vllm_backend:VLLMGenerator",
+            "openai": "turnrl.generation.openai_backend:OpenAIGenerator"}
+"""name -> "module:class"; a backend's module is imported only when it is used (vLLM is an optional install)."""
 
 
-@dataclass
-class GenRequest:
-    messages: list[dict[str, str]]
-    sampling: Sampling
-    session: str | None = None
-    """The conversation this turn belongs to; a backend may keep its state (the KV cache) between turns."""
-
-
-@dataclass
-class GenResult:
-    text: str
-    tokens: int
-    finish: str
-    """``stop`` (the model ended its turn), ``stop_string`` (a stop string was produced) or ``length`` (cap hit)."""
-
-    @property
-    def truncated(self) -> bool:
-        return self.finish == "length"
-
-
-class Generator(Protocol):
-    name: str
-
-    def generate(self, requests: list[GenRequest], desc: str | None = None) -> list[GenResult]: ...
-
-
-def release_sessions(generator: Any, sessions: list[str]) -> None:
-    """Tell a backend that keeps per-conversation state that these conversations are over."""
-    if hasattr(generator, "release"):
-        generator.release(sessions)
-
-
-@dataclass
-class BackendConfig:
-    """A model behind a generation backend: the policy, the teacher or the judge each have one."""
-
-    backend: Literal["hf", "vllm", "openai"] = "hf"
-    """hf, vllm or openai."""
-    model: str = "smollm2-135m-instruct"
-    """Model alias, GGUF path, folder, adapter folder or hub id (hf, vllm); the served model name (openai)."""
-    dtype: str = "auto"
-    """Weights' dtype for generation (hf, vllm): auto (bfloat16 on a GPU or a CPU with native bf16, else
-    float32), float32, bfloat16 or float16. Where bf16 is emulated it is several times slower than fp32."""
-    batch_size: int = 64
-    """Conversations per forward batch (hf)."""
-    base_url: list[str] = field(default_factory=list)
-    """openai: one or more endpoints (round-robin), e.g. http://127.0.0.1:8000/v1."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """openai: the environment variable holding the API key (the key itself is never logged or stored)."""
-    concurrency: int = 8
-    """openai: requests in flight at once."""
-    timeout: float = 120.0
-    max_retries: int = 5
-    gpu_memory_utilization: float = 0.85
-    """vllm: share of GPU memory for weights and KV cache."""
-    tensor_parallel_size: int = 1
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any hashable description (run seed, trajectory id, turn), stable across machines."""
-    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
-def make_generator(cfg: BackendConfig, model: Any = None, tokenizer: Any = None) -> Generator:
+def make_generator(cfg: BackendConfig, model: Any = None, tokenizer: Any = None) -> Backend:
     """Build a backend. ``model``/``tokenizer`` reuse an already loaded HF model (e.g. one being trained)."""
-    if cfg.backend == "hf":
-        from turnrl.generation.hf import HFGenerator
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"backend: {cfg.backend!r}; expected {', '.join(BACKENDS)}")
+    module, name = BACKENDS[cfg.backend].split(":")
+    backend = getattr(importlib.import_module(module), name)
+    return backend(cfg, model=model, tokenizer=tokenizer) if cfg.backend == "hf" else backend(cfg)
 
-        return HFGenerator(cfg, model=model, tokenizer=tokenizer)
-    if cfg.backend == "vllm":
-        from turnrl.generation.vllm_backend import VLLMGenerator
 
-        return VLLMGenerator(cfg)
-    if cfg.backend == "openai":
-        from turnrl.generation.openai_backend import OpenAIGenerator
-
-        return OpenAIGenerator(cfg)
-    raise ConfigError(f"backend: {cfg.backend!r}; expected hf, vllm or openai")
+__all__ = ["BackendConfig", "GenRequest", "GenResult", "Backend", "Sampling", "derive_seed", "make_generator",
+           "release_sessions"]

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from turnrl.chat import render
-from turnrl.generation import BackendConfig, GenRequest, GenResult, Sampling
+from turnrl.generation.base import BackendConfig, GenRequest, GenResult, Sampling
 from turnrl.models import default_device, load_model, load_tokenizer, resolve, stop_token_ids
 
 

@@ -7,10 +7,13 @@ hosted API), through the official ``openai`` client.
 - **Key.** Read from the environment variable named by ``api_key_env``; it is handed to the client and never
   logged, stored or put in an error message. Local servers need none (a placeholder is sent).
 - **Concurrency.** At most ``concurrency`` requests are in flight; results come back in request order.
-- **Retries.** A timeout, a failed connection, or HTTP 408/409/429/5xx is retried up to ``max_retries`` times
-  with exponential backoff (or the server's ``Retry-After``), each retry on the next endpoint. Any other 4xx is a
-  mistake in the request or the setup (unknown model, bad key); it stops the run with an error naming the
-  endpoint, the status and the server's message.
+- **Retries.** A timeout, a failed connection, HTTP 408/409/429/5xx, or a malformed success (a 200 whose body is
+  not JSON -- an HTML page, ``text/plain`` -- or is JSON without a completion in it, such as ``{}``) is retried up
+  to ``max_retries`` times with exponential backoff (or the server's ``Retry-After``), each retry on the next
+  endpoint; after the last one the run stops with an error naming the endpoint and what came back (the body
+  truncated to :data:`BODY_EXCERPT` characters). Any other 4xx is a mistake in the request or the setup (unknown
+  model, bad key); it stops the run at once with an error naming the endpoint, the status and the server's
+  message.
 - **Sampling.** temperature, top_p, max_tokens, seed and stop strings come from each request's
   :class:`~turnrl.generation.Sampling` (top_k, which the OpenAI API lacks, is sent as vLLM's extra ``top_k``
   field only when set).
@@ -25,6 +28,7 @@ hosted API), through the official ``openai`` client.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import threading
@@ -35,15 +39,18 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 from turnrl.errors import ConfigError, TurnrlError
-from turnrl.generation import BackendConfig, GenRequest, GenResult, Sampling
+from turnrl.generation.base import BackendConfig, GenRequest, GenResult, Sampling
 
 RETRYABLE_STATUS = {408, 409, 429}
 """Besides every 5xx: request timeout, conflict, rate limit."""
 BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0
+BODY_EXCERPT = 200
+"""Characters of a malformed body quoted in the error."""
 
 
 class EndpointError(TurnrlError):
-    """An endpoint refused a request (a 4xx other than 408/409/429) or kept failing after every retry."""
+    """An endpoint refused a request (a 4xx other than 408/409/429) or kept failing (or answering malformed
+    bodies) after every retry."""
 
 
 class OpenAIGenerator:
@@ -104,8 +111,11 @@ class OpenAIGenerator:
             endpoint = str(client.base_url).rstrip("/")
             retry_after = None
             try:
-                response = client.chat.completions.create(**params)
-                return _to_result(response, request.sampling)
+                raw = client.chat.completions.with_raw_response.create(**params)
+                result = _to_result(raw.http_response, request.sampling)
+                if isinstance(result, GenResult):
+                    return result
+                last = f"{endpoint}: {result}"
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status not in RETRYABLE_STATUS and status < 500:
@@ -141,16 +151,39 @@ class OpenAIGenerator:
         return params
 
 
-def _to_result(response: Any, sampling: Sampling) -> GenResult:
-    choice = response.choices[0]
-    text = choice.message.content or ""
-    tokens = response.usage.completion_tokens if response.usage is not None else 0
-    if choice.finish_reason == "length":
+def _to_result(http: Any, sampling: Sampling) -> GenResult | str:
+    """The result in a successful response's body, or, when the body holds no chat completion, what came back
+    instead (for the error message; such a response is retried like a 5xx)."""
+    body = http.text
+    what = f"HTTP {http.status_code} ({http.headers.get('content-type') or 'no content-type'})"
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return f"{what} whose body is not JSON: {_excerpt(body)}"
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices:
+        return f"{what} without choices: {_excerpt(body)}"
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    # content may be null (a refusal, say: an empty text), but not missing or other than text
+    if not isinstance(message, dict) or not isinstance(message.get("content", 0), (str, type(None))):
+        return f"{what} without a message in choices[0]: {_excerpt(body)}"
+    text = message["content"] or ""
+    usage = data.get("usage")
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    tokens = tokens if isinstance(tokens, int) else 0
+    if choice.get("finish_reason") == "length":
         return GenResult(text=text, tokens=tokens, finish="length")
-    matched = getattr(choice, "stop_reason", None)
+    matched = choice.get("stop_reason")
     if isinstance(matched, str) and matched in sampling.stop:
         return GenResult(text=text + matched, tokens=tokens, finish="stop_string")
     return GenResult(text=text, tokens=tokens, finish="stop")
+
+
+def _excerpt(body: str) -> str:
+    if not body.strip():
+        return "(an empty body)"
+    return repr(body[:BODY_EXCERPT]) + (f" ... ({len(body)} characters)" if len(body) > BODY_EXCERPT else "")
 
 
 def _server_message(exc: Any) -> str:

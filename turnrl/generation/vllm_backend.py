@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from turnrl.chat import encode_prompt
 from turnrl.errors import InputError
-from turnrl.generation import BackendConfig, GenRequest, GenResult
+from turnrl.generation.base import BackendConfig, GenRequest, GenResult
 from turnrl.models import load_tokenizer, resolve, stop_token_ids
 
 

@@ -1,4 +1,5 @@
-"""Reward components of a finished conversation, and their combination into the scalar reward (DESIGN.md section 6).
+"""Reward components of a finished conversation, and their combination into the scalar reward (docs/design.md
+section 6).
 
 Components (each a number in [0, 1] unless noted):
 
@@ -28,8 +29,12 @@ CHEAP = ("accuracy", "format", "thinking", "turn_accuracy")
 
 
 def canonical_phrase(env_settings: dict[str, Any]) -> str:
-    """000's reasoning protocol asks for "The answer is X"; its clarify protocol for "Answer is X"."""
-    return "answer is" if env_settings.get("name") == "clarify" else "the answer is"
+    """How the conversation's environment asked for the answer: 000's reasoning protocol "The answer is X", its
+    clarify protocol "Answer is X" (each environment declares it)."""
+    from turnrl.envs import ENVIRONMENTS
+
+    spec = ENVIRONMENTS.get(env_settings.get("name", ""))
+    return spec.answer_phrase if spec else "the answer is"
 
 
 def final_answer(traj: Trajectory, task: Task) -> dict[str, Any]:

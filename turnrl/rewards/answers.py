@@ -1,6 +1,6 @@
 """Reading the final answer of a multiple-choice conversation. The rule lives here and only here.
 
-The rule (DESIGN.md section 8), applied to the final assistant turn:
+The rule (docs/design.md section 6), applied to the final assistant turn:
 
 1. An answer statement is "The answer is X", "Answer is X", "final answer is X", "correct answer is X" or
    "Answer: X", in any letter case, where X is an option letter written in capitals, optionally in parentheses,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from turnrl.errors import ConfigError, InputError
 from turnrl.records import Task, Trajectory
+from turnrl.rewards.verdicts import distinct_answers, turn_verdicts
 
 
 @dataclass
@@ -66,8 +67,6 @@ def shaped_return(solved: bool, turns_used: int, distinct: int, answered: int, c
 
 def drift_components(trajectory: Trajectory, task: Task, cfg: DriftReturnConfig) -> dict[str, float]:
     """The return and its ingredients, read from the conversation with the feedback environment's verifier."""
-    from turnrl.envs.feedback import distinct_answers, turn_verdicts
-
     verdicts = turn_verdicts(trajectory, task)
     if not verdicts:
         raise InputError(f"trajectory {trajectory.id}: no assistant turn to compute DRIFT's return from")

@@ -22,8 +22,10 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 
 from tqdm.auto import tqdm
 
+from turnrl.algorithms.weighted import AlgoConfig
 from turnrl.errors import ConfigError, TrainingDiverged
-from turnrl.records import write_json
+from turnrl.layout import SCORED, train_dir
+from turnrl.records import Trajectory, read_trajectories, write_json, write_jsonl
 
 
 @dataclass
@@ -69,6 +71,75 @@ class OptimConfig:
     those of shorter runs up to the warm-up's length)."""
     threads: int = 0
     """CPU threads for torch (0: torch's default, one per core)."""
+
+    def check(self) -> None:
+        """The choices the type allows, for configs built in Python (the CLI and YAML parser check them too)."""
+        for name, allowed in (("precision", ("auto", "bf16", "fp32")), ("normalization", ("sum", "mean")),
+                              ("truncated_turns", ("mask_eot", "drop")),
+                              ("schedule", ("constant", "linear", "cosine"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"optim.{name}: {getattr(self, name)!r}; expected {' or '.join(allowed)}")
+
+
+@dataclass
+class TrainConfig:
+    """Train a policy on the scored log."""
+
+    run_dir: str = "runs/turnrl"
+    model: str = ""
+    """The policy to start from (default: the logging policy recorded in the trajectories)."""
+    input: str = SCORED
+    output: str = ""
+    """Output folder inside the run directory (default: train/<algo.name>)."""
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    overwrite: bool = False
+    """Train again even if the output already has a checkpoint."""
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run_dir) / self.output if self.output else train_dir(self.run_dir, self.algo.name)
+
+
+def finished_checkpoint(cfg: TrainConfig) -> Path | None:
+    """The checkpoint a finished run of this output left, unless ``overwrite`` asks to train again."""
+    checkpoint = cfg.out_dir / "checkpoint"
+    if (checkpoint / "turnrl_train.json").exists() and not cfg.overwrite:
+        print(f"train: {checkpoint} exists; nothing to do (--overwrite true to train again)")
+        return checkpoint
+    return None
+
+
+def read_log(cfg: TrainConfig) -> tuple[list[Trajectory], str]:
+    """The scored trajectories to train on and the policy to start from (default: the one that logged them)."""
+    cfg.optim.check()
+    path = Path(cfg.run_dir) / cfg.input
+    trajectories = read_trajectories(path)
+    if not trajectories:
+        raise ConfigError(f"{path}: no trajectories to train on")
+    model_name = cfg.model or trajectories[0].policy.get("model") or ""
+    if not model_name:
+        raise ConfigError("model: not given, and the trajectories do not record their policy")
+    return trajectories, model_name
+
+
+def write_training_files(loop: "TrainLoop", files: dict[str, Any]) -> None:
+    """The trainer's data files (diagnostics.json, pairs.jsonl, ...) beside the checkpoint, by the main process."""
+    if loop.accelerator.is_main_process:
+        loop.out_dir.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            (write_jsonl if name.endswith(".jsonl") else write_json)(loop.out_dir / name, content)
+    loop.accelerator.wait_for_everyone()
+
+
+def finish_training(loop: "TrainLoop", cfg: TrainConfig, model_name: str, history: list[dict[str, float]],
+                    diagnostics: dict[str, Any]) -> Path:
+    """Save the trained policy with what made it (config, start model, loss summary, data diagnostics)."""
+    summary = summarise_history(history)
+    checkpoint = loop.save_checkpoint({"config": asdict(cfg), "model": model_name, "summary": summary,
+                                       "diagnostics": diagnostics})
+    loop.accelerator.print(summary_line(cfg.algo.name, summary, checkpoint))
+    return checkpoint
 
 
 def resolved_precision(precision: str) -> str:
@@ -214,10 +285,7 @@ class TrainLoop:
         from accelerate.utils import DistributedDataParallelKwargs
         from transformers import get_scheduler
 
-        if optim.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"optim.precision: {optim.precision!r}; expected auto, bf16 or fp32")
-        if optim.normalization not in ("sum", "mean"):
-            raise ConfigError(f"optim.normalization: {optim.normalization!r}; expected sum or mean")
+        optim.check()
         if optim.threads:
             torch.set_num_threads(optim.threads)
         self.optim, self.out_dir, self.base_model_name = optim, out_dir, base_model_name
@@ -375,11 +443,3 @@ def summarise_history(history: Iterable[dict[str, float]]) -> dict[str, float]:
             "max_grad_norm": max(r["grad_norm"] for r in rows if not math.isnan(r["grad_norm"])) if any(
                 not math.isnan(r["grad_norm"]) for r in rows) else float("nan"),
             "seconds": sum(r["seconds"] for r in rows)}
-
-
-def config_dict(obj: Any) -> dict[str, Any]:
-    return asdict(obj)
-
-
-__all__ = ["OptimConfig", "TrainLoop", "TokenizedSequence", "pad_batch", "micro_batches", "epoch_steps",
-           "load_for_training", "set_seed", "summarise_history", "config_dict"]

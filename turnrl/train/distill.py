@@ -18,7 +18,7 @@ chunk's vocabulary-sized tensors exist at a time.
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,18 +26,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from turnrl.algorithms.weighted import WeightedExample, build_weighted_examples
+from turnrl.algorithms.registry import get_algorithm
 from turnrl.errors import ConfigError, InputError
 from turnrl.models import load_model, resolve, stop_token_ids
-from turnrl.records import read_trajectories, write_json
-from turnrl.train.common import (OptimConfig, TrainLoop, epoch_steps, finish_step_without_data, gradient_sync,
-                                 load_for_training, micro_batches, pad_batch, process_share, set_seed,
-                                 summarise_history, summary_line)
+from turnrl.layout import train_dir
+from turnrl.train.common import (OptimConfig, TrainConfig, TrainLoop, epoch_steps, finish_step_without_data,
+                                 finish_training, finished_checkpoint, gradient_sync, load_for_training,
+                                 micro_batches, pad_batch, process_share, read_log, set_seed, write_training_files)
 from turnrl.train.logprobs import _base_lm
 from turnrl.train.preference import freeze
-from turnrl.train.weighted import TrainConfig, tokenize_examples, train_weighted
+from turnrl.train.weighted import tokenize_examples, train_weighted
 
-TEACHER = "train/star-gate"
+TEACHER = "star-gate"
+"""The teacher: the run's STaR-GATE policy (train/star-gate/), trained first if absent."""
 
 
 def _capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -124,39 +125,27 @@ def distill_step_loss(alpha: float, temperature: float, normalization: str, micr
     return step_loss
 
 
-def selected_examples(trajectories, algo) -> tuple[list[WeightedExample], dict]:
-    """STaR-GATE's selection (best trajectory per group, ``top_k`` / ``min_reward`` as configured), weight 1."""
-    star_gate = replace(algo, name="star-gate", kl_coef=0.0, negative_floor=None)
-    examples, diagnostics = build_weighted_examples(trajectories, star_gate)
-    diagnostics.pop("weights", None)
-    return [e for e in examples if e.weight > 0], diagnostics
-
-
-def train_distill(cfg, teacher_optim: OptimConfig | None = None) -> Path:
-    """Train STaR-GATE-D (``cfg`` is a :class:`TrainConfig`); returns the student's checkpoint folder."""
-    run_dir, algo, optim = Path(cfg.run_dir), cfg.algo, cfg.optim
-    out_dir = run_dir / (cfg.output or f"train/{algo.name}")
-    if (out_dir / "checkpoint" / "turnrl_train.json").exists() and not cfg.overwrite:
-        print(f"train: {out_dir / 'checkpoint'} exists; nothing to do (--overwrite true to train again)")
-        return out_dir / "checkpoint"
+def train_distill(cfg: TrainConfig, teacher_optim: OptimConfig | None = None) -> Path:
+    """Train STaR-GATE-D; returns the student's checkpoint folder."""
+    algo, optim = cfg.algo, cfg.optim
+    if (done := finished_checkpoint(cfg)) is not None:
+        return done
     if not 0.0 <= algo.distill_alpha <= 1.0:
         raise ConfigError(f"algo.distill_alpha: {algo.distill_alpha}; expected a value in [0, 1]")
     if algo.distill_temperature <= 0:
         raise ConfigError(f"algo.distill_temperature: {algo.distill_temperature}; expected > 0")
-    teacher = algo.teacher or str(run_dir / TEACHER / "checkpoint")
+    teacher_dir = train_dir(cfg.run_dir, TEACHER)
+    teacher = algo.teacher or str(teacher_dir / "checkpoint")
     if algo.teacher and not Path(algo.teacher).exists():
         raise InputError(f"algo.teacher: {algo.teacher}: no such checkpoint")
     if not algo.teacher and not (Path(teacher) / "turnrl_train.json").exists():
-        print(f"train {algo.name}: no STaR-GATE teacher in {run_dir / TEACHER}; training it first")
-        train_weighted(TrainConfig(run_dir=cfg.run_dir, model=cfg.model, input=cfg.input, output=TEACHER,
-                                   algo=replace(algo, name="star-gate"), optim=teacher_optim or optim))
-    trajectories = read_trajectories(run_dir / cfg.input)
-    examples, diagnostics = selected_examples(trajectories, algo)
+        print(f"train {algo.name}: no STaR-GATE teacher in {teacher_dir}; training it first")
+        train_weighted(TrainConfig(run_dir=cfg.run_dir, model=cfg.model, input=cfg.input,
+                                   algo=replace(algo, name=TEACHER), optim=teacher_optim or optim))
+    trajectories, model_name = read_log(cfg)
+    examples, diagnostics = get_algorithm(algo.name, family="distillation").build(trajectories, algo)
     if not examples:
         raise ConfigError(f"{algo.name}: STaR-GATE selected no trajectory ({diagnostics}); nothing to distil")
-    model_name = cfg.model or trajectories[0].policy.get("model") or ""
-    if not model_name:
-        raise ConfigError("model: not given, and the trajectories do not record their policy")
     set_seed(optim.seed)
     lm, tokenizer, _ = load_for_training(model_name, optim)
     teacher_lm = freeze(load_model(resolve(teacher), dtype="float32"))
@@ -170,19 +159,13 @@ def train_distill(cfg, teacher_optim: OptimConfig | None = None) -> Path:
     if not items:
         raise ConfigError(f"{algo.name}: every selected trajectory was dropped ({dropped})")
     steps = epoch_steps(items, optim.batch_size, optim.epochs, optim.seed)
-    loop = TrainLoop(lm, tokenizer, optim, out_dir, model_name, steps,
+    loop = TrainLoop(lm, tokenizer, optim, cfg.out_dir, model_name, steps,
                      wrap=lambda student: DistillLM(student, teacher_lm, algo.distill_temperature))
     teacher_lm.to(loop.accelerator.device)
-    if loop.accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "diagnostics.json", diagnostics)
+    write_training_files(loop, {"diagnostics.json": diagnostics})
     loop.accelerator.print(f"train {algo.name}: {len(items)} trajectories distilled from {teacher}, {len(steps)} "
                            f"steps, dropped {dropped}")
     history = loop.run(distill_step_loss(algo.distill_alpha, algo.distill_temperature, optim.normalization,
                                          optim.micro_batch_tokens, tokenizer.pad_token_id),
                        -(-len(items) // optim.batch_size))
-    summary = summarise_history(history)
-    checkpoint_dir = loop.save_checkpoint({"config": asdict(cfg), "model": model_name, "summary": summary,
-                                           "diagnostics": diagnostics})
-    loop.accelerator.print(summary_line(algo.name, summary, checkpoint_dir))
-    return checkpoint_dir
+    return finish_training(loop, cfg, model_name, history, diagnostics)

@@ -36,16 +36,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from turnrl.algorithms.preference import (SCORED_BRANCHES, Completion, KTOExample, PreferencePair,
-                                          build_preference_data, prompt_length)
+from turnrl.algorithms.preference import Completion, KTOExample, PreferencePair, build_preference_data, prompt_length
+from turnrl.algorithms.registry import get_algorithm
 from turnrl.chat import encode_conversation
 from turnrl.errors import ConfigError
+from turnrl.layout import BRANCHES
 from turnrl.models import load_model, resolve, stop_token_ids
-from turnrl.records import read_json, read_trajectories, write_json, write_jsonl
-from turnrl.simulate import BRANCHES
-from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainLoop, epoch_steps, finish_step_without_data,
-                                 gradient_sync, load_for_training, micro_batches, pad_batch, process_share, set_seed,
-                                 summarise_history, summary_line)
+from turnrl.records import read_json, read_trajectories, write_json
+from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainConfig, TrainLoop, epoch_steps,
+                                 finish_step_without_data, finish_training, finished_checkpoint, gradient_sync,
+                                 load_for_training, micro_batches, pad_batch, process_share, read_log, set_seed,
+                                 write_training_files)
 from turnrl.train.logprobs import MaskedLogprobLM, sequence_logprobs
 
 
@@ -103,7 +104,7 @@ class KTOStepItem:
 
 def tokenize_completion(c: Completion, name: str, tokenizer, eot_ids: list[int],
                         mask_observations: bool = True) -> TokenizedSequence:
-    """Token ids and the trained-token mask of a completion, from the chat template (DESIGN.md section 3).
+    """Token ids and the trained-token mask of a completion, from the chat template (docs/design.md section 3).
 
     With ``mask_observations`` off (003's single-turn baseline), everything from the first to the last trained
     assistant token counts, observations included; the prompt stays masked either way.
@@ -386,8 +387,8 @@ def _reference_values(loop: TrainLoop, ref_lm, steps: list[list[Any]], out_dir: 
     return values
 
 
-def _load_branches(run_dir: Path, cfg) -> list:
-    path = run_dir / cfg.algo.branches
+def _load_branches(cfg: TrainConfig) -> list:
+    path = Path(cfg.run_dir) / cfg.algo.branches
     if not path.exists():
         raise ConfigError(
             f"{path}: missing. step-dpo trains on branch rollouts; with the logging run's settings, run "
@@ -396,34 +397,27 @@ def _load_branches(run_dir: Path, cfg) -> list:
     return read_trajectories(path)
 
 
-def train_preference(cfg) -> Path:
-    """Train one preference algorithm on the run's scored log (``cfg`` is a :class:`TrainConfig`)."""
-    run_dir = Path(cfg.run_dir)
+def train_preference(cfg: TrainConfig) -> Path:
+    """Train one preference algorithm on the run's scored log."""
     algo, optim = cfg.algo, cfg.optim
-    out_dir = run_dir / (cfg.output or f"train/{algo.name}")
-    if (out_dir / "checkpoint" / "turnrl_train.json").exists() and not cfg.overwrite:
-        print(f"train: {out_dir / 'checkpoint'} exists; nothing to do (--overwrite true to train again)")
-        return out_dir / "checkpoint"
-    if optim.truncated_turns not in ("mask_eot", "drop"):
-        raise ConfigError(f"optim.truncated_turns: {optim.truncated_turns!r}; expected mask_eot or drop")
+    if (done := finished_checkpoint(cfg)) is not None:
+        return done
+    algorithm = get_algorithm(algo.name, family="preference")
     if algo.dpo_beta <= 0:
         raise ConfigError(f"algo.dpo_beta: {algo.dpo_beta}; expected > 0")
-    if algo.name == "m-kto" and optim.batch_size < 2:
-        raise ConfigError("optim.batch_size: m-kto needs at least 2 examples per step (z0 is estimated on "
+    if algorithm.unpaired and optim.batch_size < 2:
+        raise ConfigError(f"optim.batch_size: {algo.name} needs at least 2 examples per step (z0 is estimated on "
                           "mismatched pairs within the step)")
-    trajectories = read_trajectories(run_dir / cfg.input)
-    branches = _load_branches(run_dir, cfg) if algo.name == "step-dpo" else None
+    trajectories, model_name = read_log(cfg)
+    branches = _load_branches(cfg) if algorithm.needs_branches else None
     data, diagnostics = build_preference_data(trajectories, algo, branches)
     if not data:
-        raise ConfigError(f"{algo.name}: no pairs could be built from {run_dir / cfg.input} ({diagnostics}); "
-                          "every group is tied (or all correct / all incorrect)")
-    model_name = cfg.model or trajectories[0].policy.get("model") or ""
-    if not model_name:
-        raise ConfigError("model: not given, and the trajectories do not record their policy")
+        raise ConfigError(f"{algo.name}: no pairs could be built from {Path(cfg.run_dir) / cfg.input} "
+                          f"({diagnostics}); every group is tied (or all correct / all incorrect)")
     set_seed(optim.seed)
     lm, tokenizer, resolved = load_for_training(model_name, optim)
     eot = stop_token_ids(tokenizer, lm)
-    kto = algo.name == "m-kto"
+    kto = algorithm.unpaired
     items, dropped = (tokenize_kto if kto else tokenize_pairs)(data, tokenizer, eot, optim, algo.mask_observations)
     diagnostics["dropped"] = dropped
     if not items:
@@ -435,15 +429,13 @@ def train_preference(cfg) -> Path:
     ref_lm, ref_name = reference_model(algo.reference, lm, optim.lora and not resolved.adapter,
                                        algo.precompute_reference)
     diagnostics.update({"reference": ref_name, "precompute_reference": algo.precompute_reference})
-    loop = TrainLoop(lm, tokenizer, optim, out_dir, model_name, steps, wrap=MaskedLogprobLM)
-    if loop.accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_jsonl(out_dir / ("examples.jsonl" if kto else "pairs.jsonl"), [asdict(d) for d in data])
-        write_json(out_dir / "diagnostics.json", diagnostics)
-    loop.accelerator.wait_for_everyone()
+    loop = TrainLoop(lm, tokenizer, optim, cfg.out_dir, model_name, steps, wrap=MaskedLogprobLM)
+    write_training_files(loop, {"examples.jsonl" if kto else "pairs.jsonl": [asdict(d) for d in data],
+                                "diagnostics.json": diagnostics})
     pad = tokenizer.pad_token_id
     if algo.precompute_reference:
-        reference = Reference(values=_reference_values(loop, ref_lm, steps, out_dir, pad, optim.micro_batch_tokens))
+        reference = Reference(values=_reference_values(loop, ref_lm, steps, cfg.out_dir, pad,
+                                                       optim.micro_batch_tokens))
         del ref_lm
         gc.collect()
     else:
@@ -458,26 +450,4 @@ def train_preference(cfg) -> Path:
     else:
         step_fn = dpo_step_loss(algo.dpo_beta, optim.micro_batch_tokens, pad, reference)
     history = loop.run(step_fn, steps_per_epoch)
-    summary = summarise_history(history)
-    checkpoint = loop.save_checkpoint({"config": asdict(cfg), "model": model_name, "summary": summary,
-                                       "diagnostics": diagnostics})
-    loop.accelerator.print(summary_line(algo.name, summary, checkpoint))
-    return checkpoint
-
-
-def branch_stage(run_dir: str, logged: str, simulate_cfg, reward, output: str = SCORED_BRANCHES) -> Path:
-    """StepDPO's data: branch rollouts from every step of the logged trajectories, scored like the log.
-
-    ``simulate_cfg`` is the logging run's :class:`~turnrl.simulate.SimulateConfig` (environment, logging policy,
-    teacher, rollout options); ``reward`` its :class:`~turnrl.score.RewardConfig`. Both steps resume.
-    """
-    from dataclasses import replace
-
-    from turnrl.score import ScoreConfig, score
-    from turnrl.simulate import simulate
-
-    branches = simulate(replace(simulate_cfg, run_dir=run_dir, continue_from=logged, output=BRANCHES))
-    out = Path(run_dir) / output
-    if out.exists() and {t.id for t in read_trajectories(out)} == {t.id for t in read_trajectories(branches)}:
-        return out
-    return score(ScoreConfig(run_dir=run_dir, reward=reward, input=BRANCHES, output=output))
+    return finish_training(loop, cfg, model_name, history, diagnostics)

@@ -13,36 +13,18 @@ in Z, so the loss is exactly the objective over the logged data.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from turnrl.algorithms.weighted import AlgoConfig, WeightedExample, build_weighted_examples
+from turnrl.algorithms.weighted import WeightedExample, build_weighted_examples
 from turnrl.chat import encode_conversation
 from turnrl.errors import ConfigError
 from turnrl.models import stop_token_ids
-from turnrl.records import read_trajectories, write_json
-from turnrl.score import SCORED
-from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainLoop, epoch_steps, finish_step_without_data,
-                                 gradient_sync, load_for_training, micro_batches, pad_batch, process_share, set_seed,
-                                 summarise_history, summary_line)
+from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainConfig, TrainLoop, epoch_steps,
+                                 finish_step_without_data, finish_training, finished_checkpoint, gradient_sync,
+                                 load_for_training, micro_batches, pad_batch, process_share, read_log, set_seed,
+                                 write_training_files)
 from turnrl.train.logprobs import MaskedLogprobLM
-
-
-@dataclass
-class TrainConfig:
-    """Train a policy on the scored log."""
-
-    run_dir: str = "runs/turnrl"
-    model: str = ""
-    """The policy to start from (default: the logging policy recorded in the trajectories)."""
-    input: str = SCORED
-    output: str = ""
-    """Output folder inside the run directory (default: train/<algo.name>)."""
-    algo: AlgoConfig = field(default_factory=AlgoConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    overwrite: bool = False
-    """Train again even if the output already has a checkpoint."""
 
 
 @dataclass
@@ -55,7 +37,7 @@ class WeightedItem:
 
 def tokenize_examples(examples: list[WeightedExample], tokenizer, eot_ids: list[int],
                       optim: OptimConfig) -> tuple[list[WeightedItem], dict[str, int]]:
-    """Token ids and loss masks from the chat template (DESIGN.md section 3); counts what was left out."""
+    """Token ids and loss masks from the chat template (docs/design.md section 3); counts what was left out."""
     items, dropped = [], {"too_long": 0, "truncated": 0, "no_tokens": 0}
     for ex in examples:
         traj = ex.trajectory
@@ -109,20 +91,10 @@ def weighted_step_loss(normalization: str, micro_batch_tokens: int, pad_id: int)
 
 
 def train_weighted(cfg: TrainConfig) -> Path:
-    run_dir = Path(cfg.run_dir)
-    out_dir = run_dir / (cfg.output or f"train/{cfg.algo.name}")
-    if (out_dir / "checkpoint" / "turnrl_train.json").exists() and not cfg.overwrite:
-        print(f"train: {out_dir / 'checkpoint'} exists; nothing to do (--overwrite true to train again)")
-        return out_dir / "checkpoint"
-    if cfg.optim.truncated_turns not in ("mask_eot", "drop"):
-        raise ConfigError(f"optim.truncated_turns: {cfg.optim.truncated_turns!r}; expected mask_eot or drop")
-    trajectories = read_trajectories(run_dir / cfg.input)
-    if not trajectories:
-        raise ConfigError(f"{run_dir / cfg.input}: no trajectories to train on")
+    if (done := finished_checkpoint(cfg)) is not None:
+        return done
+    trajectories, model_name = read_log(cfg)
     examples, diagnostics = build_weighted_examples(trajectories, cfg.algo)
-    model_name = cfg.model or trajectories[0].policy.get("model") or ""
-    if not model_name:
-        raise ConfigError("model: not given, and the trajectories do not record their policy")
     set_seed(cfg.optim.seed)
     lm, tokenizer, _ = load_for_training(model_name, cfg.optim)
     items, dropped = tokenize_examples(examples, tokenizer, stop_token_ids(tokenizer, lm), cfg.optim)
@@ -130,17 +102,11 @@ def train_weighted(cfg: TrainConfig) -> Path:
     if not any(it.weight != 0 for it in items):
         raise ConfigError(f"{cfg.algo.name}: every trajectory has weight 0 (e.g. all rewards equal); nothing to learn")
     steps = epoch_steps(items, cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.seed)
-    steps_per_epoch = -(-len(items) // cfg.optim.batch_size)
-    loop = TrainLoop(lm, tokenizer, cfg.optim, out_dir, model_name, steps, wrap=MaskedLogprobLM)
-    if loop.accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "diagnostics.json", diagnostics)
-    loop.accelerator.print(f"train {cfg.algo.name}: {len(items)} trajectories ({diagnostics['nonzero']} with non-zero weight, "
-          f"ESS {diagnostics['ess']:.1f}), {len(steps)} steps, dropped {dropped}")
+    loop = TrainLoop(lm, tokenizer, cfg.optim, cfg.out_dir, model_name, steps, wrap=MaskedLogprobLM)
+    write_training_files(loop, {"diagnostics.json": diagnostics})
+    loop.accelerator.print(f"train {cfg.algo.name}: {len(items)} trajectories ({diagnostics['nonzero']} with non-zero "
+                           f"weight, ESS {diagnostics['ess']:.1f}), {len(steps)} steps, dropped {dropped}")
     history = loop.run(weighted_step_loss(cfg.optim.normalization, cfg.optim.micro_batch_tokens,
-                                          tokenizer.pad_token_id), steps_per_epoch)
-    summary = summarise_history(history)
-    checkpoint = loop.save_checkpoint({"config": asdict(cfg), "model": model_name, "summary": summary,
-                                       "diagnostics": {k: v for k, v in diagnostics.items() if k != "weights"}})
-    loop.accelerator.print(summary_line(cfg.algo.name, summary, checkpoint))
-    return checkpoint
+                                          tokenizer.pad_token_id), -(-len(items) // cfg.optim.batch_size))
+    return finish_training(loop, cfg, model_name, history,
+                           {k: v for k, v in diagnostics.items() if k != "weights"})

@@ -14,15 +14,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from turnrl.algorithms.registry import get_algorithm
 from turnrl.algorithms.weighted import AlgoConfig
 from turnrl.envs import EnvConfig
 from turnrl.errors import ConfigError
-from turnrl.evaluate import EvalOptions, EvaluateConfig, evaluate
+from turnrl.stages.evaluate import EvalOptions, EvaluateConfig, evaluate
 from turnrl.generation import BackendConfig
 from turnrl.models import DEFAULT_MODEL
-from turnrl.records import write_json
-from turnrl.score import RewardConfig, ScoreConfig, check_reward_fits_tasks, score
-from turnrl.simulate import RolloutOptions, SimulateConfig, simulate
+from turnrl.layout import BRANCHES, SCORED, SCORED_BRANCHES
+from turnrl.records import read_trajectories, write_json
+from turnrl.stages.score import RewardConfig, ScoreConfig, check_reward_fits_tasks, score
+from turnrl.stages.simulate import RolloutOptions, SimulateConfig, simulate
 from turnrl.tasks import DatasetConfig, prepare_split
 from turnrl.train.common import OptimConfig
 
@@ -83,28 +85,38 @@ def algorithm_settings(cfg: RunConfig, name: str) -> tuple[AlgoConfig, OptimConf
     return algo, optim
 
 
+def branch_rollouts(run_dir: str, logged: str, simulate_cfg: SimulateConfig, reward: RewardConfig,
+                    output: str = SCORED_BRANCHES) -> Path:
+    """StepDPO's data, a stage before its training: branch rollouts from every step of the logged trajectories
+    (``turnrl simulate --continue_from``), scored like the log. ``simulate_cfg`` is the logging run's (environment,
+    logging policy, teacher, rollout options). Both steps resume."""
+    branches = simulate(replace(simulate_cfg, run_dir=run_dir, continue_from=logged, output=BRANCHES))
+    out = Path(run_dir) / output
+    if out.exists() and {t.id for t in read_trajectories(out)} == {t.id for t in read_trajectories(branches)}:
+        return out
+    return score(ScoreConfig(run_dir=run_dir, reward=reward, input=BRANCHES, output=output))
+
+
 def train_one(run_dir: str, model: str, algo: AlgoConfig, optim: OptimConfig, run: RunConfig | None = None) -> Path:
-    """Dispatch to the trainer family of the algorithm. With the run's config, step-dpo first rolls out and scores
-    its branches like the logged data, and star-gate-d's teacher (if not trained yet) gets star-gate's settings."""
+    """Dispatch to the trainer family of the algorithm. With the run's config, an algorithm that trains on branch
+    rollouts (StepDPO) first gets them, rolled out and scored like the logged data, and a distilled one's teacher
+    (if not trained yet) gets star-gate's settings."""
     from turnrl.train import train
 
     teacher_optim = None
-    if run is not None and algo.name == "step-dpo":
-        from turnrl.score import SCORED
-        from turnrl.train.preference import branch_stage
-
+    algorithm = get_algorithm(algo.name)
+    if run is not None and algorithm.needs_branches:
         policy = _override(run.generation, {"model": run.model}, "generation")
-        branch_stage(run_dir, SCORED, SimulateConfig(run_dir=run_dir, dataset=run.dataset, env=run.env,
-                                                     policy=policy, teacher=run.teacher, rollout=run.rollout),
-                     run.reward, output=algo.branches)
-    if run is not None and algo.name == "star-gate-d":
+        branch_rollouts(run_dir, SCORED, SimulateConfig(run_dir=run_dir, dataset=run.dataset, env=run.env,
+                                                        policy=policy, teacher=run.teacher, rollout=run.rollout),
+                        run.reward, output=algo.branches)
+    if run is not None and algorithm.family == "distillation":
         teacher_optim = algorithm_settings(run, "star-gate")[1]
     return train(run_dir=run_dir, model=model, algo=algo, optim=optim, teacher_optim=teacher_optim)
 
 
 def train_with_refresh(cfg: RunConfig, name: str) -> Path:
     """Train ``name`` in rounds + 1 stages with a fresh log from the latest policy before each later stage."""
-    from turnrl.score import SCORED
     from turnrl.train import train
 
     if cfg.refresh.rounds < 1:
@@ -184,7 +196,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     for name in cfg.refresh.algorithms:
         checkpoint = timed(f"train {name}-refresh", train_with_refresh, cfg, name)
         timed(f"evaluate {name}-refresh", evaluate_policy, cfg, f"{name}-refresh", str(checkpoint))
-    from turnrl.compare import CompareConfig, compare_run
+    from turnrl.stages.compare import CompareConfig
+    from turnrl.stages.report import compare_run
 
     methods = (["base"] if cfg.evaluate_base else []) + list(cfg.algorithms) + \
         [f"{name}-refresh" for name in cfg.refresh.algorithms]

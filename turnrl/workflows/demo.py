@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from turnrl.pipeline import RunConfig, run
+from turnrl.workflows.pipeline import RunConfig, run
 
 
 @dataclass

@@ -11,9 +11,9 @@ directory:
   highest accuracy) on the questions both answered: the mean per-question difference, a percentile bootstrap 95%
   interval over questions (fixed seed) and the questions won / lost / tied (:func:`turnrl.stats.paired_difference`).
 - ``comparison.json``: all of the above, machine-readable; and, unless ``report`` is off, the plots and
-  ``report.html`` (:mod:`turnrl.report`).
+  ``report.html`` (:mod:`turnrl.stages.report`).
 
-Means and SEs are recomputed from the per-question outcomes with :func:`turnrl.evaluate.summarise`, so the table
+Means and SEs are recomputed from the per-question outcomes with :func:`turnrl.stages.evaluate.summarise`, so the table
 and each evaluation's ``metrics.json`` use one definition (:mod:`turnrl.stats`).
 """
 
@@ -29,17 +29,23 @@ from pathlib import Path
 from typing import Any
 
 from turnrl import stats
+from turnrl.algorithms.registry import algorithms
 from turnrl.errors import ConfigError, InputError
-from turnrl.evaluate import METRICS, summarise
+from turnrl.stages.evaluate import METRICS, summarise
 from turnrl.records import atomic_write_text, iter_jsonl, read_json, write_json
 
-DISPLAY_NAMES = {"base": "Base", "sft": "SFT", "sft-final": "SFT (final turn)", "star-gate": "STaR-GATE",
-                 "star-gate-d": "STaR-GATE-D", "dpo": "DPO", "step-dpo": "StepDPO", "refit": "Refit",
-                 "swift": "Swift", "drift": "DRIFT", "m-dpo": "M-DPO", "m-kto": "M-KTO"}
-"""How 000, 003 and 004 name the methods; other folders under eval/ keep their own name."""
+BASE = "Base"
+"""The logging policy before training (000's Base); every other method's name comes from the algorithm registry."""
 
-BASELINES = ["sft", "sft-final", "star-gate", "star-gate-d", "dpo", "step-dpo"]
-"""The methods that are not reward-weighted RL: the candidates for "best baseline"."""
+
+def display_names() -> dict[str, str]:
+    """How 000, 003 and 004 name the methods, in table order; other folders under eval/ keep their own name."""
+    return {"base": BASE, **{a.name: a.display for a in algorithms()}}
+
+
+def baseline_methods() -> list[str]:
+    """The methods that are not reward-weighted RL: the candidates for "best baseline"."""
+    return [a.name for a in algorithms() if a.baseline]
 
 JUDGE_HEADERS = {"judge_overall": "R-Overall", "judge_accuracy": "R-Accuracy", "judge_reasoning": "R-Reasoning",
                  "judge_comprehensiveness": "R-Comprehensive", "judge_pedagogical": "R-Pedagogic",
@@ -127,14 +133,15 @@ class Comparison:
 
 def display_name(method: str) -> str:
     """The papers' name; ``<algo>-refresh`` (turnrl run's rollout refresh) as "<name> (refresh)"."""
-    if method not in DISPLAY_NAMES and method.endswith("-refresh"):
+    names = display_names()
+    if method not in names and method.endswith("-refresh"):
         return display_name(method.removesuffix("-refresh")) + " (refresh)"
-    return DISPLAY_NAMES.get(method, method)
+    return names.get(method, method)
 
 
 def default_order(methods: list[str], baseline: str = "base") -> list[str]:
-    """Base first, then the methods in the order of DISPLAY_NAMES, then any others alphabetically."""
-    known = list(DISPLAY_NAMES)
+    """Base first, then the registered algorithms in table order, then any others alphabetically."""
+    known = list(display_names())
     return sorted(methods, key=lambda m: (m != baseline, known.index(m) if m in known else len(known), m))
 
 
@@ -226,7 +233,7 @@ def build_comparison(run_dir: Path, methods: list[str], baseline: str = "base",
     results = {m: load_method(run_dir, m) for m in methods}
     columns, diagnostics = table_columns(results)
     marks = {c.key: rank_marks(results, c) if c.ranked else {} for c in columns}
-    best = pick_best_baseline(results, BASELINES if baselines is None else baselines)
+    best = pick_best_baseline(results, baseline_methods() if baselines is None else baselines)
     metrics = [k for k in PAIRED_METRICS if any(k in r.summary and r.summary[k].n for r in results.values())]
     comparisons: dict[str, dict[str, dict[str, stats.PairedDiff]]] = {}
     for reference in dict.fromkeys(r for r in (baseline, best) if r in results and len(methods) > 1):
@@ -348,7 +355,7 @@ def markdown(comparison: Comparison, baseline: str = "base") -> str:
     for table in paired_tables(c, baseline):
         lines += ["", f"## {table.title}", ""] + _md_table(table) + ["", table.note]
     if c.best_baseline is None:
-        lines += ["", "No baseline (" + ", ".join(display_name(b) for b in BASELINES) + ") was evaluated."]
+        lines += ["", "No baseline (" + ", ".join(display_name(b) for b in baseline_methods()) + ") was evaluated."]
     diag = diagnostics_table(c)
     if diag is not None:
         lines += ["", "## Diagnostics", ""] + _md_table(diag)
@@ -404,7 +411,7 @@ class CompareConfig:
     """Methods to compare, in table order (folders under eval/; default: all evaluated, Base first)."""
     baseline: str = "base"
     """The reference of the first paired comparison (000's Base: the logging policy before training)."""
-    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    baselines: list[str] = field(default_factory=baseline_methods)
     """The methods among which the best baseline (highest accuracy) is picked for the second paired comparison."""
     bootstrap_samples: int = 10_000
     """Resamples of the paired bootstrap."""
@@ -415,31 +422,3 @@ class CompareConfig:
 
 def evaluated_methods(run_dir: Path) -> list[str]:
     return [p.name for p in sorted((run_dir / "eval").glob("*")) if (p / "per_question.jsonl").exists()]
-
-
-def compare_run(cfg: CompareConfig) -> tuple[Comparison, Path | None]:
-    """Write the comparison files (and the report); return the comparison and the report's path."""
-    run_dir = Path(cfg.run_dir)
-    available = evaluated_methods(run_dir)
-    methods = cfg.methods or default_order(available, cfg.baseline)
-    if not methods:
-        raise InputError(f"{run_dir / 'eval'}: no evaluated policies; run `turnrl evaluate` first")
-    comparison = build_comparison(run_dir, methods, cfg.baseline, cfg.baselines, cfg.bootstrap_samples,
-                                  cfg.bootstrap_seed)
-    write_comparison(comparison)
-    report = None
-    if cfg.report:
-        from turnrl.report import write_report
-
-        report = write_report(comparison)
-    return comparison, report
-
-
-def compare(cfg: CompareConfig) -> Path | None:
-    comparison, report = compare_run(cfg)
-    print(comparison.markdown)
-    run_dir = Path(cfg.run_dir)
-    print(f"written: {run_dir / 'results.md'}, {run_dir / 'results.csv'}, {run_dir / 'comparison.json'}")
-    if report is not None:
-        print(f"report: {report}")
-    return report

@@ -8,24 +8,17 @@ arguments continues where it stopped and ends with exactly the file an uninterru
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from tqdm.auto import tqdm
-
 from turnrl.envs import EnvConfig, Prefix, make_env
 from turnrl.errors import ConfigError, InputError
-from turnrl.generation import BackendConfig, Sampling, derive_seed, make_generator
-from turnrl.records import ResumableJsonlWriter, Task, Trajectory, read_json, read_trajectories, write_json
-from turnrl.rollout import Job, run_episodes
+from turnrl.generation import BackendConfig, Sampling, derive_seed
+from turnrl.layout import BRANCHES, ROLLOUTS
+from turnrl.records import Task, Trajectory, read_trajectories
+from turnrl.rollout import Job, build_jobs, check_resume, episode_to_trajectory, log_rollouts
 from turnrl.tasks import DatasetConfig, prepare_split
-
-ROLLOUTS = "rollouts/trajectories.jsonl"
-BRANCHES = "branches/trajectories.jsonl"
 
 
 @dataclass
@@ -71,49 +64,6 @@ class SimulateConfig:
     meta.step."""
 
 
-def env_group_key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def build_jobs(tasks: list[Task], settings: dict, samples: int, temperatures: list[float], top_p: float,
-               top_k: int, seed: int) -> list[Job]:
-    group_suffix = env_group_key(settings)
-    jobs = []
-    for task in tasks:
-        for k in range(samples):
-            traj_id = f"{task.id}@{group_suffix}#{k}"
-            jobs.append(Job(id=traj_id, task=task, sampling=Sampling(
-                temperature=temperatures[k % len(temperatures)], top_p=top_p, top_k=top_k,
-                seed=derive_seed(seed, traj_id))))
-    return jobs
-
-
-def episode_to_trajectory(job: Job, episode, env_settings: dict, policy_info: dict, seconds: float) -> Trajectory:
-    task_id = job.task.id
-    return Trajectory(
-        id=job.id, task_id=task_id, group_id=job.id.rsplit("#", 1)[0], sample=int(job.id.rsplit("#", 1)[1]),
-        messages=episode.messages, policy=policy_info, temperature=job.sampling.temperature,
-        seed=job.sampling.seed, env=env_settings, turns=episode.turns, finish=episode.finish,
-        timing={"seconds": round(seconds, 3)}, meta=episode.meta,
-    )
-
-
-def _check_resume(cfg: SimulateConfig, run_dir: Path, out: Path, env_settings: dict) -> None:
-    """A restarted run must use the arguments of the run it continues, or its records would not match. The
-    environment is compared by its resolved settings, so `turns: 0` (its default) and `turns: 3` are the same."""
-    record = run_dir / (cfg.output + ".config.json")
-    current = {**asdict(cfg), "env": env_settings}
-    if record.exists() and out.exists():
-        old = read_json(record)
-        diff = {k: (old.get(k), v) for k, v in current.items() if old.get(k) != v and k != "run_dir"}
-        if diff:
-            raise ConfigError(
-                f"{out} was started with other settings {sorted(diff)}; resuming would mix two runs. "
-                "Use the same settings, another --output, or delete the file to start over."
-            )
-    write_json(record, current)
-
-
 def simulate(cfg: SimulateConfig) -> Path:
     run_dir = Path(cfg.run_dir)
     if cfg.split not in ("train", "test"):
@@ -130,38 +80,19 @@ def simulate(cfg: SimulateConfig) -> Path:
     if cfg.continue_from and cfg.output == ROLLOUTS:
         cfg = replace(cfg, output=BRANCHES)
     out = run_dir / cfg.output
-    _check_resume(cfg, run_dir, out, settings)
+    # The environment is compared by its resolved settings, so `turns: 0` (its default) and `turns: 3` are the same.
+    check_resume(out, run_dir / (cfg.output + ".config.json"),
+                 {k: v for k, v in {**asdict(cfg), "env": settings}.items() if k != "run_dir"}, on_change="refuse")
     if cfg.continue_from:
-        tasks, jobs, to_trajectory = _branch_jobs(run_dir / cfg.continue_from, train + test, ro.top_p, ro.seed)
+        jobs, to_trajectory = _branch_jobs(run_dir / cfg.continue_from, train + test, ro.top_p, ro.seed)
     else:
         jobs = build_jobs(tasks, settings, ro.samples, ro.temperatures, ro.top_p, ro.top_k, ro.seed)
         to_trajectory = episode_to_trajectory
-    with ResumableJsonlWriter(out) as writer:
-        todo_tasks = [t for t in tasks if any(j.id not in writer.done for j in jobs if j.task.id == t.id)]
-        if not todo_tasks:
-            print(f"simulate: {out} is complete ({len(jobs)} trajectories)")
-            return out
-        policy = make_generator(cfg.policy)
-        teacher = make_generator(cfg.teacher) if getattr(env, "needs_teacher", False) else None
-        policy_info = {"model": cfg.policy.model, "revision": getattr(policy, "revision", ""),
-                       "backend": cfg.policy.backend}
-        chunks = [tasks[i: i + ro.chunk_size] for i in range(0, len(tasks), ro.chunk_size)]
-        chunk_jobs_of = [[j for j in jobs if j.task.id in {t.id for t in chunk}] for chunk in chunks]
-        finished = [all(j.id in writer.done for j in cj) for cj in chunk_jobs_of]
-        bar = tqdm(total=len(jobs), initial=sum(len(cj) for cj, f in zip(chunk_jobs_of, finished) if f),
-                   desc="simulate", unit="traj")
-        for chunk_jobs, done in zip(chunk_jobs_of, finished):
-            if done:
-                continue  # finished in an earlier run
-            start = time.perf_counter()
-            episodes = run_episodes(env, chunk_jobs, policy, teacher=teacher,
-                                    teacher_sampling=Sampling(temperature=ro.teacher_temperature),
-                                    run_code=getattr(env, "run_code", None), progress=bar)
-            seconds = (time.perf_counter() - start) / len(chunk_jobs)
-            writer.write(to_trajectory(j, e, settings, policy_info, seconds)
-                         for j, e in zip(chunk_jobs, episodes))
-        bar.close()
-    print(f"simulate: wrote {len(jobs)} trajectories to {out}")
+    written = log_rollouts(out, env, jobs, cfg.policy, chunk_size=ro.chunk_size * ro.samples, desc="simulate",
+                           teacher=cfg.teacher, teacher_temperature=ro.teacher_temperature,
+                           to_trajectory=to_trajectory)
+    print(f"simulate: wrote {written} trajectories to {out}" if written else
+          f"simulate: {out} is complete ({len(jobs)} trajectories)")
     return out
 
 
@@ -181,8 +112,8 @@ def continue_jobs(trajectories: list[Trajectory], tasks: dict[str, Task], temper
 
 
 def _branch_jobs(log: Path, tasks: list[Task], top_p: float, seed: int):
-    """The branch jobs of every step of every logged trajectory, the tasks they cover (in log order), and the
-    conversion of a finished branch into a trajectory of the logged one's group that names its origin."""
+    """The branch jobs of every step of every logged trajectory, and the conversion of a finished branch into a
+    trajectory of the logged one's group that names its origin."""
     logged = read_trajectories(log)
     index = {t.id: t for t in tasks}
     unknown = [t for t in logged if t.task_id not in index]
@@ -194,7 +125,6 @@ def _branch_jobs(log: Path, tasks: list[Task], top_p: float, seed: int):
         for step, job in enumerate(continue_jobs([traj], index, traj.temperature, top_p, seed, "b")):
             jobs.append(job)
             origin[job.id] = (traj, step)
-    covered = list(dict.fromkeys(t.task_id for t in logged))
 
     def to_trajectory(job: Job, episode, env_settings: dict, policy_info: dict, seconds: float) -> Trajectory:
         source, step = origin[job.id]
@@ -205,8 +135,4 @@ def _branch_jobs(log: Path, tasks: list[Task], top_p: float, seed: int):
             timing={"seconds": round(seconds, 3)}, meta={**episode.meta, "branch_of": source.id, "step": step},
         )
 
-    return [index[t] for t in covered], jobs, to_trajectory
-
-
-def load_rollouts(run_dir: Path, name: str = ROLLOUTS) -> list[Trajectory]:
-    return read_trajectories(run_dir / name)
+    return jobs, to_trajectory

@@ -38,22 +38,23 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from turnrl.algorithms.preference import PREFERENCE_ALGORITHMS, build_preference_data
+from turnrl.algorithms.preference import build_preference_data
+from turnrl.algorithms.registry import get_algorithm
 from turnrl.algorithms.weighted import AlgoConfig
 from turnrl.envs import EnvConfig, make_env
 from turnrl.errors import ConfigError
-from turnrl.evaluate import EvalOptions, EvaluateConfig, evaluate
+from turnrl.stages.evaluate import EvalOptions, EvaluateConfig, evaluate
 from turnrl.filters import ToolFilterConfig, filter_tool_trajectories
-from turnrl.generation import BackendConfig, Sampling, derive_seed, make_generator
+from turnrl.generation import BackendConfig, derive_seed
+from turnrl.layout import FILTERED, ROLLOUTS, SCORED, TASKS
 from turnrl.models import DEFAULT_MODEL
-from turnrl.records import ResumableJsonlWriter, Task, read_json, read_trajectories, write_json, write_jsonl
-from turnrl.rollout import run_episodes
-from turnrl.score import SCORED, RewardConfig, Scorer
-from turnrl.simulate import ROLLOUTS, RolloutOptions, SimulateConfig, build_jobs, episode_to_trajectory
+from turnrl.records import Task, read_json, read_trajectories, write_json, write_jsonl
+from turnrl.rollout import build_jobs, log_rollouts
+from turnrl.workflows.pipeline import branch_rollouts
+from turnrl.stages.score import RewardConfig, ScoreConfig, score
+from turnrl.stages.simulate import RolloutOptions, SimulateConfig
 from turnrl.tasks import DatasetConfig, prepare_split
 from turnrl.train.common import OptimConfig
-
-FILTERED = "filtered/trajectories.jsonl"
 
 
 @dataclass
@@ -139,32 +140,17 @@ def _rollouts(cfg: IterateConfig, out: Path, tasks: list[Task], env, seed: int, 
     first_previous = ro.samples - (cfg.previous_samples if previous else 0)
     sources = [(current, [j for j in jobs if _sample_index(j.id) < first_previous]),
                (previous, [j for j in jobs if _sample_index(j.id) >= first_previous])]
-    per_chunk = ro.chunk_size * ro.samples
-    with ResumableJsonlWriter(out) as writer:
-        for model, model_jobs in sources:
-            todo = [j for j in model_jobs if j.id not in writer.done]
-            if not todo:
-                continue
-            backend = replace(cfg.generation, model=model)
-            policy = make_generator(backend)
-            teacher = make_generator(cfg.teacher) if getattr(env, "needs_teacher", False) else None
-            info = {"model": model, "revision": getattr(policy, "revision", ""), "backend": backend.backend}
-            for start in range(0, len(todo), per_chunk):
-                chunk = todo[start: start + per_chunk]
-                episodes = run_episodes(env, chunk, policy, teacher=teacher,
-                                        teacher_sampling=Sampling(temperature=ro.teacher_temperature),
-                                        run_code=getattr(env, "run_code", None),
-                                        desc=f"{out.parent.parent.name} rollouts [{start + len(chunk)}/{len(todo)}]")
-                writer.write(episode_to_trajectory(j, e, env.settings(), info, 0.0) for j, e in zip(chunk, episodes))
+    for model, model_jobs in sources:
+        if model_jobs:
+            log_rollouts(out, env, model_jobs, replace(cfg.generation, model=model),
+                         chunk_size=ro.chunk_size * ro.samples, desc=f"{out.parent.parent.name} rollouts",
+                         teacher=cfg.teacher, teacher_temperature=ro.teacher_temperature)
     return out
 
 
-def _score(out: Path, rollouts: Path, reward: RewardConfig, tasks: dict[str, Task]) -> Path:
-    if not out.exists():  # written atomically: present means complete
-        trajectories = read_trajectories(rollouts)
-        Scorer(reward).score(trajectories, tasks, desc=f"score {out.parent.parent.name}")
-        write_jsonl(out, trajectories)
-    return out
+def _score(it_dir: Path, reward: RewardConfig) -> None:
+    if not (it_dir / SCORED).exists():  # written atomically: present means complete
+        score(ScoreConfig(run_dir=str(it_dir), reward=reward, input=ROLLOUTS, output=SCORED))
 
 
 def _heldout(cfg: IterateConfig, it_dir: Path, model: str, reward: RewardConfig) -> dict[str, Any]:
@@ -180,8 +166,8 @@ def _heldout(cfg: IterateConfig, it_dir: Path, model: str, reward: RewardConfig)
 
 def _copy_tasks(run_dir: Path, it_dir: Path) -> None:
     """Each iteration folder is a run directory of its own for the stage commands; they share one split."""
-    if not (it_dir / "tasks" / "split.json").exists():
-        shutil.copytree(run_dir / "tasks", it_dir / "tasks", dirs_exist_ok=True)
+    if not (it_dir / TASKS / "split.json").exists():
+        shutil.copytree(run_dir / TASKS, it_dir / TASKS, dirs_exist_ok=True)
 
 
 def _tool_filters(cfg: IterateConfig, it_dir: Path, current: str) -> tuple[str, dict[str, int]]:
@@ -206,15 +192,14 @@ def _train(cfg: IterateConfig, it_dir: Path, t: int, current: str, reward: Rewar
     algo = cfg.algo
     if cfg.fixed_reference and t > 1:
         algo = replace(algo, reference=cfg.model)
-    if algo.name not in PREFERENCE_ALGORITHMS:
+    algorithm = get_algorithm(algo.name)
+    if algorithm.family != "preference":
         return str(train(str(it_dir), current, algo, cfg.optim, input=log)), {}
     branches = None
-    if algo.name == "step-dpo":
-        from turnrl.train.preference import branch_stage
-
+    if algorithm.needs_branches:
         simulate_cfg = SimulateConfig(dataset=cfg.dataset, env=cfg.env, policy=replace(cfg.generation, model=current),
                                       teacher=cfg.teacher, rollout=replace(cfg.rollout, seed=seed))
-        branches = read_trajectories(branch_stage(str(it_dir), log, simulate_cfg, reward, output=algo.branches))
+        branches = read_trajectories(branch_rollouts(str(it_dir), log, simulate_cfg, reward, output=algo.branches))
     _, diagnostics = build_preference_data(read_trajectories(it_dir / log), algo, branches)
     if not diagnostics["pairs"]:
         print(f"iterate: iteration {t} found no pairs ({diagnostics}); the policy carries over unchanged")
@@ -229,7 +214,6 @@ def iterate(cfg: IterateConfig) -> dict[str, Any]:
     _check(cfg, len(prompts))
     _start_or_resume(cfg, run_dir)
     env = make_env(cfg.env)
-    task_index = {t.id: t for t in train_split}
     # One fixed scorer for every policy: gold_likelihood by pi_0, not by whichever policy wrote the trajectory.
     reward = replace(cfg.reward, reference=cfg.reward.reference or cfg.model)
     history: list[dict[str, Any]] = []
@@ -255,9 +239,10 @@ def iterate(cfg: IterateConfig) -> dict[str, Any]:
             tasks = prompts[(t - 1) * p: t * p]
         else:
             tasks = prompts
-        rollouts = _rollouts(cfg, it_dir / ROLLOUTS, tasks, env, seed, current, previous)
-        _score(it_dir / SCORED, rollouts, reward, task_index)
-        log, filtered = _tool_filters(cfg, it_dir, current) if cfg.env.name == "tool" else (SCORED, None)
+        _rollouts(cfg, it_dir / ROLLOUTS, tasks, env, seed, current, previous)
+        _score(it_dir, reward)
+        # Code-running environments (tool): 003's filters before pairing.
+        log, filtered = _tool_filters(cfg, it_dir, current) if getattr(env, "run_code", None) else (SCORED, None)
         policy, pairing = _train(cfg, it_dir, t, current, reward, seed, log)
         reference = cfg.model if cfg.fixed_reference else (cfg.algo.reference or current)
         sampled_from = {"current": current, "previous": previous if cfg.previous_samples else None}

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from turnrl.envs import ENVIRONMENTS
 from turnrl.errors import ConfigError, InputError
 from turnrl.judge import COMPONENTS as JUDGE_COMPONENTS, JudgeConfig, summary_markdown
 from turnrl.records import Task, Trajectory, read_tasks, read_trajectories, write_jsonl
@@ -77,6 +78,12 @@ def check_reward_fits_tasks(weights: dict[str, float], tasks) -> None:
                 "none, e.g. --reward.weights '{accuracy: 1.0}'")
 
 
+def environment_components(name: str) -> tuple[str, ...]:
+    """The reward components only this environment's conversations have (e.g. DRIFT's return for feedback)."""
+    spec = ENVIRONMENTS.get(name)
+    return spec.reward_components if spec else ()
+
+
 class Scorer:
     """Computes components for batches of trajectories; expensive models are loaded once, on first use."""
 
@@ -106,7 +113,7 @@ class Scorer:
             if traj.task_id not in tasks:
                 raise InputError(f"trajectory {traj.id}: task {traj.task_id!r} is not in the run's tasks")
             traj.rewards.update(cheap_components(traj, tasks[traj.task_id]))
-            if traj.env.get("name") == "feedback":
+            if "drift_return" in environment_components(traj.env.get("name", "")):
                 traj.rewards.update(drift_components(traj, tasks[traj.task_id], self.cfg.drift))
         if "gold_likelihood" in self.cfg.weights:
             from turnrl.rewards.likelihood import gold_likelihoods

@@ -8,7 +8,6 @@ per-question outcomes (so methods can be compared pairwise on the same questions
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,13 +19,11 @@ from turnrl.envs import EnvConfig, make_env
 from turnrl.errors import ConfigError
 from turnrl.generation import BackendConfig, make_generator
 from turnrl.judge import LABELS as JUDGE_LABELS, summary_markdown as judge_markdown
-from turnrl.records import ResumableJsonlWriter, Task, Trajectory, read_json, read_trajectories, write_json, \
-    write_jsonl, atomic_write_text
+from turnrl.layout import eval_dir
+from turnrl.records import Task, Trajectory, atomic_write_text, read_json, read_trajectories, write_json, write_jsonl
 from turnrl.rewards import answer_changed, answers_per_turn, final_answer, uses_thinking_tags
-from turnrl.rollout import run_episodes
-from turnrl.score import RewardConfig, Scorer, check_reward_fits_tasks
-from turnrl.simulate import build_jobs, episode_to_trajectory
-from turnrl.generation import Sampling
+from turnrl.rollout import build_jobs, check_resume, log_rollouts
+from turnrl.stages.score import RewardConfig, Scorer, check_reward_fits_tasks
 from turnrl.tasks import DatasetConfig, load_split, prepare_split
 
 
@@ -184,26 +181,18 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
         tasks = tasks[: ev.limit]
     task_index = {t.id: t for t in tasks}
     name = policy_label(cfg)
-    out_dir = run_dir / ("eval" if cfg.split == "test" else f"eval-{cfg.split}") / name
+    out_dir = eval_dir(run_dir, name, cfg.split)
     env = make_env(cfg.env)
     settings = env.settings()
     jobs = build_jobs(tasks, settings, ev.runs, [ev.temperature], ev.top_p, 0, ev.seed)
     conversations = out_dir / "conversations.jsonl"
     policy = generator or make_generator(cfg.policy)
-    _start_or_resume(out_dir, {"model": cfg.policy.model, "revision": getattr(policy, "revision", ""),
-                               "env": settings, "evaluation": asdict(ev), "split": cfg.split})
-    with ResumableJsonlWriter(conversations) as writer:
-        todo = [j for j in jobs if j.id not in writer.done]
-        if todo:
-            teacher = make_generator(cfg.teacher) if getattr(env, "needs_teacher", False) else None
-            info = {"model": cfg.policy.model, "revision": getattr(policy, "revision", ""),
-                    "backend": cfg.policy.backend}
-            for start in range(0, len(todo), ev.chunk_size):
-                chunk = todo[start: start + ev.chunk_size]
-                episodes = run_episodes(env, chunk, policy, teacher=teacher, teacher_sampling=Sampling(),
-                                        run_code=getattr(env, "run_code", None),
-                                        desc=f"evaluate {name} [{start + len(chunk)}/{len(todo)}]")
-                writer.write(episode_to_trajectory(j, e, settings, info, 0.0) for j, e in zip(chunk, episodes))
+    # Resume a killed evaluation of the same policy; start over if the policy or the settings changed.
+    check_resume(conversations, out_dir / "evaluation.json",
+                 {"model": cfg.policy.model, "revision": getattr(policy, "revision", ""), "env": settings,
+                  "evaluation": asdict(ev), "split": cfg.split}, on_change="restart")
+    log_rollouts(conversations, env, jobs, cfg.policy, chunk_size=ev.chunk_size, desc=f"evaluate {name}",
+                 teacher=cfg.teacher, generator=policy)
     trajectories = read_trajectories(conversations)
     scorer = Scorer(cfg.reward)
     scorer.score(trajectories, task_index, desc=f"score {name}")
@@ -226,22 +215,8 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
     return result
 
 
-def _start_or_resume(out_dir: Path, fingerprint: dict[str, Any]) -> None:
-    """Resume a killed evaluation of the same policy; start over if the policy or the settings changed."""
-    record = out_dir / "evaluation.json"
-    if record.exists() and read_json(record) != fingerprint:
-        print(f"evaluate: {out_dir} holds an evaluation of another policy or settings; starting over")
-        (out_dir / "conversations.jsonl").unlink(missing_ok=True)
-    write_json(record, fingerprint)
-
-
 def _update_results(run_dir: Path, name: str, result: dict[str, Any]) -> None:
     path = run_dir / "results.json"
     results = read_json(path) if path.exists() else {"methods": {}}
     results["methods"][name] = {"model": result["model"], "metrics": result["metrics"]}
     write_json(path, results)
-
-
-def load_per_question(run_dir: Path, name: str) -> list[dict[str, Any]]:
-    path = run_dir / "eval" / name / "per_question.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from turnrl import stats
-from turnrl.compare import AT_K, Comparison, describe_runs, diagnostics_table, display_name, paired_tables, \
-    results_table, settings_mismatch
+from turnrl.stages.compare import AT_K, Comparison, CompareConfig, build_comparison, default_order, describe_runs, \
+    diagnostics_table, display_name, evaluated_methods, load_method, paired_tables, results_table, \
+    settings_mismatch, write_comparison
+from turnrl.errors import InputError
 from turnrl.records import Task, Trajectory, atomic_write_text, iter_jsonl, read_json, read_tasks, \
     read_trajectories
 
@@ -183,20 +185,18 @@ def plot_weights(diagnostics: dict[str, dict[str, Any]], names: dict[str, str], 
     for ax, (algo, diag) in zip(axes, diagnostics.items()):
         w = np.asarray(diag["weights"], dtype=float)
         ax.hist(w, bins=30, color=colors.get(algo, "black"))
-        ax.set_title(f"{names.get(algo, algo)}: ESS {effective_sample_size(diag):.1f} of {len(w)}", fontsize=9)
+        ax.set_title(f"{names.get(algo, algo)}: ESS {recorded_ess(diag):.1f} of {len(w)}", fontsize=9)
         ax.set_xlabel("weight", fontsize=8)
         ax.set_ylabel("trajectories", fontsize=8)
         ax.tick_params(labelsize=8)
     return _png(fig)
 
 
-def effective_sample_size(diag: dict[str, Any]) -> float:
-    """As the trainer recorded it (:func:`turnrl.algorithms.weighted.effective_sample_size`), else from the weights."""
+def recorded_ess(diag: dict[str, Any]) -> float:
+    """The effective sample size as the trainer recorded it, else computed from the weights."""
     if isinstance(diag.get("ess"), (int, float)):
         return float(diag["ess"])
-    from turnrl.algorithms.weighted import effective_sample_size as ess
-
-    return ess(diag["weights"])
+    return stats.effective_sample_size(diag["weights"])
 
 
 # --------------------------------------------------------------------------------------------- run directory
@@ -256,7 +256,7 @@ def weight_rows(diagnostics: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
         if not diag.get("weights"):
             continue
         w = np.asarray(diag["weights"], dtype=float)
-        ess = effective_sample_size(diag)
+        ess = recorded_ess(diag)
         groups = diag.get("groups")
         # zero_signal_groups (Swift), all-fail groups (DRIFT), groups_without_selection (STaR-GATE), ...
         group_counts = {k: v for k, v in diag.items() if "groups" in k and k != "groups" and isinstance(v, int)}
@@ -448,3 +448,61 @@ def write_report(comparison: Comparison, baseline: str = "base") -> Path:
     out = run_dir / "report.html"
     atomic_write_text(out, page)
     return out
+
+
+def multi_at_k_curves(run_dir: str | Path, methods: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per evaluated method: multi@k (mean, SE, n) for k = 1..T from ``eval/<method>/per_question.jsonl`` (SEs
+    as every table of the run: :mod:`turnrl.stats`), and 004 Table 6's correction rate
+    Corr = (multi@T - multi@1) / (1 - multi@1), the share of first-turn failures fixed by the feedback."""
+    run_dir = Path(run_dir)
+    curves: dict[str, dict[str, Any]] = {}
+    for method in methods or evaluated_methods(run_dir):
+        summary = load_method(run_dir, method).summary
+        points = sorted((int(m["k"]), e) for key, e in summary.items()
+                        if (m := AT_K.match(key)) and m["family"] == "multi" and e.n)
+        if not points:
+            continue
+        first, last = points[0][1].mean, points[-1][1].mean
+        curves[method] = {"k": [k for k, _ in points], "mean": [e.mean for _, e in points],
+                          "se": [e.se for _, e in points], "n": points[0][1].n,
+                          "correction_rate": (last - first) / (1 - first) if first < 1 else float("nan")}
+    return curves
+
+
+def plot_multi_at_k(run_dir: str | Path, methods: list[str] | None = None, output: str | Path = "") -> Path:
+    """multi@k against k (mean ± SE), one line per method, as a PNG (default: <run_dir>/multi_at_k.png). It is the
+    figure the run's report draws for the feedback environment (plots/multi_at_k.png), for any choice of methods."""
+    run_dir = Path(run_dir)
+    methods = methods or default_order(evaluated_methods(run_dir))
+    if not multi_at_k_curves(run_dir, methods):
+        raise InputError(f"{run_dir / 'eval'}: no evaluation of {methods} has multi@k (env.name: feedback)")
+    comparison = build_comparison(run_dir, methods)
+    path = Path(output) if output else run_dir / "multi_at_k.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(plot_at_k("multi", comparison, method_colors(methods)))
+    tmp.replace(path)
+    return path
+
+
+def compare_run(cfg: CompareConfig) -> tuple[Comparison, Path | None]:
+    """Write the comparison files (and the report); return the comparison and the report's path."""
+    run_dir = Path(cfg.run_dir)
+    available = evaluated_methods(run_dir)
+    methods = cfg.methods or default_order(available, cfg.baseline)
+    if not methods:
+        raise InputError(f"{run_dir / 'eval'}: no evaluated policies; run `turnrl evaluate` first")
+    comparison = build_comparison(run_dir, methods, cfg.baseline, cfg.baselines, cfg.bootstrap_samples,
+                                  cfg.bootstrap_seed)
+    write_comparison(comparison)
+    return comparison, write_report(comparison) if cfg.report else None
+
+
+def compare(cfg: CompareConfig) -> Path | None:
+    comparison, report = compare_run(cfg)
+    print(comparison.markdown)
+    run_dir = Path(cfg.run_dir)
+    print(f"written: {run_dir / 'results.md'}, {run_dir / 'results.csv'}, {run_dir / 'comparison.json'}")
+    if report is not None:
+        print(f"report: {report}")
+    return report

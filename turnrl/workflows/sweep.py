@@ -21,7 +21,7 @@ from typing import Any
 
 from turnrl import stats
 from turnrl.errors import ConfigError
-from turnrl.pipeline import RunConfig, algorithm_settings, evaluate_policy, log_stages, timed_stage
+from turnrl.workflows.pipeline import RunConfig, algorithm_settings, evaluate_policy, log_stages, timed_stage
 from turnrl.records import atomic_write_text, write_json
 from turnrl.tasks import prepare_split
 
@@ -131,7 +131,8 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
         timed_stage(timings, "evaluate base", evaluate_policy, cfg, "base", cfg.model, "test")
     for name in cfg.algorithms:
         timed_stage(timings, f"evaluate {name}", evaluate_policy, cfg, name, chosen[name]["policy"], "test")
-    from turnrl.compare import CompareConfig, compare_run
+    from turnrl.stages.compare import CompareConfig
+    from turnrl.stages.report import compare_run
 
     methods = (["base"] if cfg.evaluate_base else []) + list(cfg.algorithms)
     write_json(run_dir / "timings.json", timings)

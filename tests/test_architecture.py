@@ -1,0 +1,91 @@
+"""The package's shape (docs/design.md section 11): no import cycles, and no module imports from a layer above."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "turnrl"
+
+LAYERS = [
+    ["errors", "stats", "records", "layout", "chat", "models", "sandbox"],
+    ["generation", "tasks", "judge", "rewards.answers", "rewards.math_answers", "rewards.verdicts"],
+    ["envs", "rewards", "filters"],
+    ["algorithms", "rollout"],
+    ["train"],
+    ["stages"],
+    ["workflows"],
+    ["cli", "serve"],
+]
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name or "__init__"] = path
+    return found
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """Every turnrl module ``path`` imports, at the top or inside a function."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "turnrl":
+            base = node.module.removeprefix("turnrl").lstrip(".")
+            for alias in node.names:
+                child = f"{base}.{alias.name}" if base else alias.name
+                out.add(child if child in known else base)
+        elif isinstance(node, ast.Import):
+            out.update(a.name.removeprefix("turnrl.") for a in node.names if a.name.startswith("turnrl."))
+    return {m for m in out if m in known}
+
+
+def layer(module: str) -> int:
+    """The layer of the most specific entry that names the module or a package above it."""
+    best = None
+    for index, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and (best is None or len(name) > len(best[1])):
+                best = (index, name)
+    if best is None:
+        raise AssertionError(f"turnrl.{module} is in no layer of docs/design.md section 11; add it there and here")
+    return best[0]
+
+
+GRAPH = {m: imports(p, set(modules())) - {m} for m, p in modules().items() if m != "__init__"}
+
+
+def test_every_module_has_a_layer():
+    for module in GRAPH:
+        layer(module)
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_no_import_from_a_layer_above(module):
+    above = sorted(m for m in GRAPH[module] if layer(m) > layer(module))
+    assert not above, f"turnrl.{module} (layer {layer(module)}) imports from higher layers: {above}"
+
+
+def test_no_import_cycles():
+    """Depth-first search for a back edge; a package's __init__ importing its own submodules (to register them)
+    while they import a sibling is fine, a submodule importing its package's __init__ back is not."""
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(module: str, stack: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(GRAPH.get(module, ())):
+            if state.get(target) == 1:
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target, stack + [target])
+        state[module] = 2
+
+    for module in sorted(GRAPH):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)

@@ -1,0 +1,86 @@
+"""The algorithm registry: each algorithm declares what it is once, beside its math (docs/design.md, "Registries").
+
+An entry names the algorithm's family (which trainer runs it), the function that turns the scored log into its
+training data, how tables name it, whether it is a baseline (not reward-weighted RL: a candidate for "best
+baseline" in comparisons) and, for weighted fine-tuning, which assistant turns carry the weight by default.
+
+    @register_algorithm("refit", family="weighted", display="Refit", paper="000 eq. 5")
+    def refit_weights(trajectories, cfg, diag) -> list[float]: ...
+
+The builder's signature is the family's: weighted ``(trajectories, cfg, diag) -> weights``; preference
+``(trajectories, cfg, branches, stats) -> pairs or KTO examples``; distillation ``(trajectories, cfg) ->
+(examples, diagnostics)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from turnrl.errors import ConfigError
+
+Family = Literal["weighted", "preference", "distillation"]
+FAMILIES = ("weighted", "preference", "distillation")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    family: Family
+    build: Callable
+    """Turns the scored log into the family's training data (see the module docstring)."""
+    display: str
+    """How tables and plots name it (the papers' spelling)."""
+    paper: str
+    """Where its math is, e.g. "000 eq. 9"."""
+    baseline: bool = False
+    turns: Literal["all", "final"] = "all"
+    """weighted: the assistant turns that carry the weight unless ``algo.turns`` says otherwise."""
+    needs_branches: bool = False
+    """preference: trains on branch rollouts from every step of the log (StepDPO), a stage run before training."""
+    unpaired: bool = False
+    """preference: the data are desirable and undesirable examples (KTO's loss) instead of pairs (DPO's)."""
+
+
+_REGISTRY: dict[str, Algorithm] = {}
+
+
+def register_algorithm(name: str, *, family: Family, display: str, paper: str, baseline: bool = False,
+                       turns: Literal["all", "final"] = "all", needs_branches: bool = False,
+                       unpaired: bool = False) -> Callable:
+    """Register the decorated function as the builder of algorithm ``name``; returns the function unchanged."""
+    if family not in FAMILIES:
+        raise ValueError(f"algorithm {name!r}: family {family!r}; expected one of {', '.join(FAMILIES)}")
+
+    def decorate(build: Callable) -> Callable:
+        if name in _REGISTRY and _REGISTRY[name].build is not build:
+            raise ValueError(f"algorithm {name!r} is registered twice ({_REGISTRY[name].build.__module__} and "
+                             f"{build.__module__})")
+        _REGISTRY[name] = Algorithm(name=name, family=family, build=build, display=display, paper=paper,
+                                    baseline=baseline, turns=turns, needs_branches=needs_branches,
+                                    unpaired=unpaired)
+        return build
+
+    return decorate
+
+
+def unregister_algorithm(name: str) -> None:
+    """Remove an entry (for tests and notebooks that register a temporary algorithm)."""
+    _REGISTRY.pop(name, None)
+
+
+def algorithms(family: Family | None = None) -> list[Algorithm]:
+    """Every registered algorithm (of one family), baselines first, each group in registration order: the order
+    of every results table. (Importing this module imports its package first, which registers the built-in
+    algorithms.)"""
+    chosen = [a for a in _REGISTRY.values() if family is None or a.family == family]
+    return [a for a in chosen if a.baseline] + [a for a in chosen if not a.baseline]
+
+
+def get_algorithm(name: str, family: Family | None = None) -> Algorithm:
+    """The entry of ``name``; a clear error naming the known ones if it is not registered (in that family)."""
+    known = {a.name: a for a in algorithms(family)}
+    if name not in known:
+        what = f"a {family} algorithm" if family else "a registered algorithm"
+        raise ConfigError(f"algo.name: {name!r} is not {what}; expected one of {', '.join(known)}")
+    return known[name]

@@ -1,0 +1,35 @@
+"""The run directory's layout: every stage's files, named once (docs/design.md, "The run directory").
+
+    tasks/{train,val,test}.jsonl, tasks/split.json      the split (``tasks.prepare_split``)
+    rollouts/trajectories.jsonl                          ``simulate``: the logged conversations
+    branches/trajectories.jsonl, branches/scored.jsonl  StepDPO's branch rollouts, and scored
+    scored/trajectories.jsonl                            ``score``: the log with its rewards
+    filtered/trajectories.jsonl                          ``iterate`` in the tool environment: 003's filters
+    train/<algo>/                                        ``train``: checkpoint/, diagnostics.json, train_log.jsonl
+    eval/<name>/, eval-val/<name>/, eval-train/<name>/   ``evaluate`` on the test, val and train splits
+    results.json, results.md, report.html, plots/        ``compare``
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TASKS = "tasks"
+ROLLOUTS = "rollouts/trajectories.jsonl"
+BRANCHES = "branches/trajectories.jsonl"
+SCORED_BRANCHES = "branches/scored.jsonl"
+SCORED = "scored/trajectories.jsonl"
+FILTERED = "filtered/trajectories.jsonl"
+
+
+def task_file(run_dir: str | Path, split: str) -> Path:
+    return Path(run_dir) / TASKS / f"{split}.jsonl"
+
+
+def train_dir(run_dir: str | Path, algo: str) -> Path:
+    return Path(run_dir) / "train" / algo
+
+
+def eval_dir(run_dir: str | Path, name: str, split: str = "test") -> Path:
+    """The test split's evaluations are the run's results (eval/); the others are kept apart (eval-<split>/)."""
+    return Path(run_dir) / ("eval" if split == "test" else f"eval-{split}") / name
