@@ -221,3 +221,23 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"turnrl {version('turnrl')}"
+
+
+def test_check_resume_protects_only_logs_with_records(tmp_path):
+    """A log written under other settings is refused (or restarted); an empty log, or a settings record with
+    fields a newer version no longer writes, does not block the command."""
+    from turnrl.errors import ConfigError
+    from turnrl.records import write_json
+    from turnrl.rollout import check_resume
+
+    out, record = tmp_path / "log.jsonl", tmp_path / "log.jsonl.config.json"
+    write_json(record, {"model": "/typo", "run_dir": "elsewhere"})
+    out.write_text("")
+    check_resume(out, record, {"model": "smollm2"}, on_change="refuse")  # no records: nothing to protect
+    out.write_text('{"id": "a"}\n')
+    check_resume(out, record, {"model": "smollm2"}, on_change="refuse")  # same settings; run_dir not compared
+    with pytest.raises(ConfigError, match=r"started with other settings \['model'\]"):
+        check_resume(out, record, {"model": "other"}, on_change="refuse")
+    assert out.read_text() == '{"id": "a"}\n'
+    check_resume(out, record, {"model": "other"}, on_change="restart")
+    assert not out.exists()

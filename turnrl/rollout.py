@@ -151,7 +151,7 @@ def check_resume(out: Path, record: Path, fingerprint: dict[str, Any],
     is not a run to protect."""
     if record.exists() and out.exists() and out.stat().st_size > 0:
         old = read_json(record)
-        changed = sorted(k for k in dict.fromkeys([*fingerprint, *old]) if old.get(k) != fingerprint.get(k))
+        changed = sorted(k for k in fingerprint if old.get(k) != fingerprint[k])
         if changed and on_change == "refuse":
             raise ConfigError(f"{out} was started with other settings {changed}; resuming would mix two runs. "
                               "Use the same settings, another --output, or delete the file to start over.")
