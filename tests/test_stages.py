@@ -215,6 +215,50 @@ def test_a_reward_that_is_not_a_finite_number_is_refused_with_its_line(tmp_path,
     assert str(exc.value) == f"{path}:2: {expected}"
 
 
+GOOD = {"id": "t#0", "task_id": "t", "group_id": "t", "reward": 0.5, "turns": [{"tokens": 2, "truncated": False}],
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+
+
+@pytest.mark.parametrize("line, expected", [
+    (json.dumps({**GOOD, "reward": "high"}).encode(), "field 'reward' is 'high'; expected a number"),
+    (json.dumps({**GOOD, "turns": [{"tokens": 2, "truncated": False, "color": 1}]}).encode(),
+     'turns[0]: {"tokens": 2, "truncated": false, "color": 1}; expected an object with exactly tokens'),
+    (json.dumps({**GOOD, "turns": [{"tokens": "2", "truncated": False}]}).encode(), "turns[0]: "),
+    (json.dumps({**GOOD, "group_id": ""}).encode(), "field 'group_id' is ''; expected the non-empty id"),
+    (json.dumps(GOOD).encode().replace(b'"q"', b'"q\xff"').replace(b"\\xff", b"\xff"), "not UTF-8 text (byte 0xff"),
+])
+def test_bad_records_are_named_by_file_and_line(tmp_path, line, expected):
+    from turnrl.errors import InputError
+    from turnrl.records import read_trajectories
+
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + line + b"\n")
+    with pytest.raises(InputError) as exc:
+        read_trajectories(path)
+    assert str(exc.value).startswith(f"{path}:2: {expected}")
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
+    config = tmp_path / "broken.yaml"
+    config.write_text("run_dir: x\n  bad: [\n")
+    assert main(["run", str(config)]) == 2
+    assert capsys.readouterr().err.strip() == f"turnrl run: error: {config}:2:6: not valid YAML (mapping values are " \
+                                              "not allowed here)"
+
+
+def test_a_corrupt_gguf_file_is_named(tmp_path, monkeypatch):
+    from turnrl.errors import InputError
+    from turnrl.models import resolve
+
+    monkeypatch.setenv("TURNRL_CACHE", str(tmp_path / "cache"))
+    broken = tmp_path / "model.gguf"
+    broken.write_bytes(b"GGUF\x03\x00\x00\x00truncated")
+    with pytest.raises(InputError, match=rf"{broken}: not a readable GGUF model file \(.*\); is it complete\? "
+                                         r"\(17 bytes\)"):
+        resolve(str(broken))
+    assert not list((tmp_path / "cache" / "models").glob("*"))  # nothing half-written in the cache
+
+
 def test_version(capsys):
     from importlib.metadata import version
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -241,3 +242,69 @@ def test_each_family_knows_only_its_algorithms():
     assert [a.name for a in algorithms("distillation")] == ["star-gate-d"]
     with pytest.raises(ConfigError, match="'dpo' is not a weighted algorithm"):
         build_weighted_examples([traj("q1", 0, 1.0)], AlgoConfig(name="dpo"))
+
+
+def test_a_resumed_run_keeps_its_settings_and_logs_each_step_once(tiny_model_dir, tmp_path, monkeypatch):
+    """Killed after a saved state: a rerun with another learning rate is refused (naming it, the state intact);
+    the same command resumes and its log and summary hold every step once; --overwrite starts over."""
+    from turnrl.records import write_jsonl
+    from turnrl.train import common
+    from turnrl.train.common import TrainConfig
+    from turnrl.train.weighted import train_weighted
+
+    log = [traj(f"q{i}", s, reward) for i in range(3) for s, reward in enumerate((1.0, 0.5))]
+    write_jsonl(tmp_path / "scored" / "trajectories.jsonl", log)
+
+    def config(lr: float, overwrite: bool = False) -> TrainConfig:
+        return TrainConfig(run_dir=str(tmp_path), model=str(tiny_model_dir), algo=AlgoConfig(name="refit"),
+                           optim=OptimConfig(learning_rate=lr, batch_size=2, precision="fp32", save_every=1),
+                           overwrite=overwrite)
+
+    original_save = common.TrainLoop.save_state
+
+    def save_then_die(self, step):
+        original_save(self, step)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(common.TrainLoop, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_weighted(config(1e-4))
+    monkeypatch.setattr(common.TrainLoop, "save_state", original_save)
+    out = tmp_path / "train" / "refit"
+    state = (out / "state" / "trainer_state.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"other settings \(optim\.learning_rate\)"):
+        train_weighted(config(3e-4))
+    assert (out / "state" / "trainer_state.json").read_bytes() == state
+
+    checkpoint = train_weighted(config(1e-4))
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    assert json.loads((checkpoint / "turnrl_train.json").read_text())["summary"]["steps"] == 3
+
+    train_weighted(config(3e-4, overwrite=True))
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and {r["lr"] for r in rows} == {3e-4}
+
+
+def test_a_lora_checkpoint_of_an_alias_loads_with_peft_alone(smollm2_dir, tmp_path):
+    """PEFT finds the base of an adapter trained from the default alias by itself (no hub), and turnrl resolves
+    the same checkpoint by the alias it keeps in turnrl_train.json."""
+    from peft import AutoPeftModelForCausalLM
+
+    from turnrl.models import DEFAULT_MODEL, resolve
+    from turnrl.records import write_jsonl
+    from turnrl.train.common import TrainConfig
+    from turnrl.train.weighted import train_weighted
+
+    write_jsonl(tmp_path / "scored" / "trajectories.jsonl", [traj("q1", 0, 1.0), traj("q1", 1, 0.5)])
+    checkpoint = train_weighted(TrainConfig(
+        run_dir=str(tmp_path), model=DEFAULT_MODEL, algo=AlgoConfig(name="refit"),
+        optim=OptimConfig(lora=True, lora_r=2, lora_alpha=4, batch_size=2, precision="fp32", max_length=256)))
+    config = json.loads((checkpoint / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(smollm2_dir.resolve())
+    assert json.loads((checkpoint / "turnrl_train.json").read_text())["model"] == DEFAULT_MODEL
+    model = AutoPeftModelForCausalLM.from_pretrained(checkpoint)
+    assert model.peft_config["default"].r == 2
+    resolved = resolve(str(checkpoint))
+    assert (resolved.path, resolved.adapter) == (str(smollm2_dir), str(checkpoint))

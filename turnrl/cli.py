@@ -74,6 +74,27 @@ def _expand_shorthands(argv: list[str]) -> list[str]:
     return out
 
 
+def _yaml_problem(argv: list[str]) -> str | None:
+    """A YAML file given to --config (or to any option that takes one) that does not parse, named with its line
+    and column (the parser would name only "<unicode string>")."""
+    import yaml
+
+    values = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--") and "=" in arg]
+    values += [value for flag, value in zip(argv, argv[1:]) if flag.startswith("--")]
+    for value in values:
+        if not value.endswith((".yaml", ".yml")) or not Path(value).is_file():
+            continue
+        try:
+            yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{value}:{mark.line + 1}:{mark.column + 1}" if mark else value
+            return f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})"
+        except UnicodeDecodeError:
+            return f"{value}: not UTF-8 text"
+    return None
+
+
 def _build(cls: type, namespace: Any) -> Any:
     values = {f.name: getattr(namespace, f.name) for f in fields(cls)}
     for name, value in values.items():
@@ -109,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_class_arguments(cls, as_group=False)
         subcommands.add_subcommand(name, sub, help=help_text)
         subparsers[name] = sub
-    args = parser.parse_args(_expand_shorthands(list(sys.argv[1:] if argv is None else argv)))
+    argv = _expand_shorthands(list(sys.argv[1:] if argv is None else argv))
+    if (problem := _yaml_problem(argv)) is not None:
+        print(f"turnrl {argv[0] if argv else ''}: error: {problem}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     name = args.command
     cls, fn, _ = commands[name]
     try:

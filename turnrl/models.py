@@ -94,8 +94,12 @@ def convert_gguf(gguf: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        except Exception as exc:  # a truncated or corrupt file fails deep in the GGUF parser, in many ways
+            raise InputError(f"{gguf}: not a readable GGUF model file ({type(exc).__name__}: {str(exc)[:200]}); "
+                             f"is it complete? ({st.st_size} bytes)") from None
         # The dequantised weights are ordinary fp32 tensors; drop the GGUF marker so save_pretrained accepts them.
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -127,7 +131,10 @@ def resolve(name: str) -> ResolvedModel:
     if path.is_dir():
         adapter_cfg = path / "adapter_config.json"
         if adapter_cfg.exists():
-            base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+            # turnrl's own record names the base as the user did (an alias stays portable); PEFT's names weights.
+            meta = path / "turnrl_train.json"
+            base = (json.loads(meta.read_text()).get("model") if meta.exists() else None) or \
+                json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
             if not base:
                 raise InputError(f"{adapter_cfg}: no base_model_name_or_path; cannot tell which model the adapter is for")
             base_resolved = resolve(base)

@@ -102,7 +102,11 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     if cls is Trajectory:
         _check_messages(kwargs["messages"], where)
         _check_rewards(kwargs, where)
-        kwargs["turns"] = [TurnInfo(**t) if isinstance(t, dict) else t for t in kwargs.get("turns", [])]
+        kwargs["turns"] = [_turn_info(t, f"{where}: turns[{i}]") for i, t in enumerate(kwargs.get("turns", []))]
+        if not isinstance(kwargs["group_id"], str) or not kwargs["group_id"].strip():
+            raise InputError(f"{where}: field 'group_id' is {kwargs['group_id']!r}; expected the non-empty id of the "
+                             "context x its trajectories share (an empty one would pool every question into one "
+                             "group for Swift and the preference pairs)")
     if cls is Task:
         for key in ("id", "question", "answer"):
             kwargs[key] = str(kwargs[key])
@@ -128,6 +132,16 @@ def _check_rewards(fields: dict[str, Any], where: str) -> None:
             raise InputError(f"{where}: field {name!r} is {value}; expected a finite number")
 
 
+def _turn_info(entry: Any, where: str) -> TurnInfo:
+    """One entry of ``turns``: exactly {"tokens": an integer, "truncated": true or false}."""
+    if not isinstance(entry, dict) or set(entry) != {"tokens", "truncated"} or \
+            isinstance(entry["tokens"], bool) or not isinstance(entry["tokens"], int) or \
+            not isinstance(entry["truncated"], bool):
+        raise InputError(f"{where}: {json.dumps(entry)[:200]}; expected an object with exactly tokens (an integer) "
+                         "and truncated (true or false)")
+    return TurnInfo(**entry)
+
+
 def _check_messages(messages: Any, where: str) -> None:
     if not isinstance(messages, list) or not messages:
         raise InputError(f"{where}: field 'messages' must be a non-empty list of {{role, content}} objects")
@@ -145,8 +159,13 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                 f"{exc.start + 1}); JSONL files are UTF-8") from None
             if not line.strip():
                 continue
             try:

@@ -11,6 +11,8 @@ from turnrl.errors import ConfigError
 
 @dataclass
 class EnvConfig:
+    """The environment the policy converses with, and its settings."""
+
     name: str = "reasoning"
     """reasoning (000 App. E), clarify (000 App. F), ask (a scripted user who reveals the deciding fact when
     asked), feedback (004) or tool (003)."""

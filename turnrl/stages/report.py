@@ -128,10 +128,11 @@ def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot_training(logs: dict[str, list[dict[str, Any]]], names: dict[str, str], colors: dict[str, str]) -> bytes:
-    """Per algorithm: the loss and the gradient norm (before clipping) of each optimizer step."""
+    """Per algorithm: NLL per trained token (comparable from step to step, unlike the token-sum objective), the
+    objective ("loss") and the gradient norm (before clipping) of each optimizer step."""
     from matplotlib.ticker import MaxNLocator
 
-    panels = [k for k in ("loss", "grad_norm") if any(k in r for rows in logs.values() for r in rows)]
+    panels = [k for k in ("nll_per_token", "loss", "grad_norm") if any(k in r for rows in logs.values() for r in rows)]
     fig = _figure(4.2 * len(panels), 0.6 + 1.9 * len(logs))
     axes = fig.subplots(len(logs), len(panels), squeeze=False)
     for row, (algo, records) in enumerate(logs.items()):
@@ -148,7 +149,8 @@ def plot_training(logs: dict[str, list[dict[str, Any]]], names: dict[str, str], 
             if window > 1:
                 ax.plot(steps[window - 1:], _moving_average(values, window), color=colors.get(algo, "black"), lw=1.5)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_title(f"{names.get(algo, algo)}: {key.replace('_', ' ')}", fontsize=9)
+            label = {"nll_per_token": "NLL per token", "loss": "objective"}.get(key, key.replace("_", " "))
+            ax.set_title(f"{names.get(algo, algo)}: {label}", fontsize=9)
             ax.tick_params(labelsize=8)
             if row == len(logs) - 1:
                 ax.set_xlabel("optimizer step", fontsize=8)

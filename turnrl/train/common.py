@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from turnrl.algorithms.weighted import AlgoConfig
 from turnrl.errors import ConfigError, TrainingDiverged
 from turnrl.layout import SCORED, train_dir
-from turnrl.records import Trajectory, read_trajectories, write_json, write_jsonl
+from turnrl.records import Trajectory, atomic_write_text, read_json, read_trajectories, write_json, write_jsonl
 
 
 @dataclass
@@ -101,12 +101,36 @@ class TrainConfig:
         return Path(self.run_dir) / self.output if self.output else train_dir(self.run_dir, self.algo.name)
 
 
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"learning_rate": 1e-4}} -> {"optim.learning_rate": 1e-4}."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
 def finished_checkpoint(cfg: TrainConfig) -> Path | None:
-    """The checkpoint a finished run of this output left, unless ``overwrite`` asks to train again."""
+    """The checkpoint a finished run of this output left, unless ``overwrite`` asks to train again. Otherwise
+    the run starts, or resumes a killed one from its saved state -- only under the settings that state was saved
+    with: other settings are refused, naming them (``overwrite`` discards the state and starts over)."""
     checkpoint = cfg.out_dir / "checkpoint"
     if (checkpoint / "turnrl_train.json").exists() and not cfg.overwrite:
         print(f"train: {checkpoint} exists; nothing to do (--overwrite true to train again)")
         return checkpoint
+    record, state = cfg.out_dir / "train_settings.json", cfg.out_dir / "state"
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "overwrite")}
+    if (state / "trainer_state.json").exists():
+        saved = read_json(record) if record.exists() else {}
+        now, before = _flat(settings), _flat(saved)
+        changed = sorted(k for k in now if before.get(k) != now[k])
+        if changed and not cfg.overwrite:
+            raise ConfigError(f"{state}: a killed run saved this state with other settings ({', '.join(changed)}); "
+                              "resume it with the same settings, or pass --overwrite true to start over")
+        if changed:
+            shutil.rmtree(state)
+            (cfg.out_dir / "train_log.jsonl").unlink(missing_ok=True)
+            print(f"train: {cfg.out_dir}: settings changed ({', '.join(changed)}); starting over")
+    write_json(record, settings)
     return None
 
 
@@ -316,6 +340,7 @@ class TrainLoop:
         self.state_dir = out_dir / "state"
         self.log_path = out_dir / "train_log.jsonl"
         self.done_steps = 0
+        self.resumed_history: list[dict[str, Any]] = []
 
     def resume(self) -> None:
         meta = self.state_dir / "trainer_state.json"
@@ -324,6 +349,14 @@ class TrainLoop:
             self.done_steps = json.loads(meta.read_text())["step"]
             self.accelerator.print(f"train: resuming from step {self.done_steps} of {len(self.steps)} "
                                    f"({self.state_dir})")
+            # The log keeps the steps the state holds (a kill after a step's log line but before the next save
+            # would otherwise log that step twice), and the run's summary counts them.
+            rows = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()] \
+                if self.log_path.exists() else []
+            self.resumed_history = [r for r in rows if r.get("step", 0) <= self.done_steps]
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                atomic_write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in self.resumed_history))
         elif self.log_path.exists() and self.accelerator.is_main_process:
             self.log_path.unlink()  # a log without a state is from a run that saved nothing: start over
         self.accelerator.wait_for_everyone()
@@ -348,7 +381,7 @@ class TrainLoop:
         import torch
 
         self.resume()
-        history: list[dict[str, float]] = []
+        history: list[dict[str, float]] = list(self.resumed_history)
         main = self.accelerator.is_main_process
         bar = tqdm(total=len(self.steps), initial=self.done_steps, desc="train", unit="step", disable=not main)
         with self.log_path.open("a") if main else contextlib.nullcontext() as log:
@@ -403,8 +436,14 @@ class TrainLoop:
             shutil.rmtree(tmp, ignore_errors=True)
             lm = self.accelerator.unwrap_model(self.model).lm
             if hasattr(lm, "peft_config"):
+                from turnrl.models import resolve
+
+                # PEFT loads the base from here: the weights' folder or hub id (for an alias, the converted GGUF in
+                # this machine's cache). turnrl itself resolves the base by the name kept in turnrl_train.json
+                # ("model"), which stays valid on another machine.
+                base = resolve(self.base_model_name).path
                 for cfg in lm.peft_config.values():
-                    cfg.base_model_name_or_path = self.base_model_name  # resolvable by name, not a cache path
+                    cfg.base_model_name_or_path = str(Path(base).resolve()) if Path(base).exists() else base
             lm.config.use_cache = True
             lm.save_pretrained(tmp, state_dict={k.removeprefix("lm."): v for k, v in state.items()})
             self.tokenizer.save_pretrained(tmp)
