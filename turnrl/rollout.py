@@ -177,8 +177,7 @@ def log_rollouts(out: Path, env: Environment, jobs: list[Job], policy: BackendCo
         teacher_generator = make_generator(teacher) if teacher is not None and env.needs_teacher else None
         info = {"model": policy.model, "revision": getattr(generator, "revision", ""), "backend": policy.backend}
         done = len(writer.done)
-        bar = tqdm(total=len(jobs), initial=sum(len(c) for c in chunks) - sum(len(c) for c in todo), desc=desc,
-                   unit="conv")
+        bar = tqdm(total=len(jobs), initial=len(jobs) - sum(map(len, todo)), desc=desc, unit="conv")
         for chunk in todo:
             start = time.perf_counter()
             episodes = run_episodes(env, chunk, generator, teacher=teacher_generator,

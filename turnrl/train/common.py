@@ -109,10 +109,11 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def finished_checkpoint(cfg: TrainConfig) -> Path | None:
-    """The checkpoint a finished run of this output left, unless ``overwrite`` asks to train again. Otherwise
-    the run starts, or resumes a killed one from its saved state -- only under the settings that state was saved
-    with: other settings are refused, naming them (``overwrite`` discards the state and starts over)."""
+def checkpoint_or_start(cfg: TrainConfig) -> Path | None:
+    """The checkpoint a finished run of this output left (nothing to do), unless ``overwrite`` asks to train
+    again; otherwise None, and the run starts, or resumes a killed one from its saved state -- only under the
+    settings that state was saved with: other settings are refused, naming them (``overwrite`` discards the
+    state and starts over)."""
     checkpoint = cfg.out_dir / "checkpoint"
     if (checkpoint / "turnrl_train.json").exists() and not cfg.overwrite:
         print(f"train: {checkpoint} exists; nothing to do (--overwrite true to train again)")

@@ -31,7 +31,7 @@ from turnrl.errors import ConfigError, InputError
 from turnrl.models import load_model, resolve, stop_token_ids
 from turnrl.layout import train_dir
 from turnrl.train.common import (OptimConfig, TrainConfig, TrainLoop, epoch_steps, finish_step_without_data,
-                                 finish_training, finished_checkpoint, gradient_sync, load_for_training,
+                                 finish_training, checkpoint_or_start, gradient_sync, load_for_training,
                                  micro_batches, pad_batch, process_share, read_log, set_seed, write_training_files)
 from turnrl.train.logprobs import _base_lm
 from turnrl.train.preference import freeze
@@ -128,7 +128,7 @@ def distill_step_loss(alpha: float, temperature: float, normalization: str, micr
 def train_distill(cfg: TrainConfig, teacher_optim: OptimConfig | None = None) -> Path:
     """Train STaR-GATE-D; returns the student's checkpoint folder."""
     algo, optim = cfg.algo, cfg.optim
-    if (done := finished_checkpoint(cfg)) is not None:
+    if (done := checkpoint_or_start(cfg)) is not None:
         return done
     if not 0.0 <= algo.distill_alpha <= 1.0:
         raise ConfigError(f"algo.distill_alpha: {algo.distill_alpha}; expected a value in [0, 1]")

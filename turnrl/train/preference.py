@@ -44,7 +44,7 @@ from turnrl.layout import BRANCHES
 from turnrl.models import load_model, resolve, stop_token_ids
 from turnrl.records import read_json, read_trajectories, write_json
 from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainConfig, TrainLoop, epoch_steps,
-                                 finish_step_without_data, finish_training, finished_checkpoint, gradient_sync,
+                                 finish_step_without_data, finish_training, checkpoint_or_start, gradient_sync,
                                  load_for_training, micro_batches, pad_batch, process_share, read_log, set_seed,
                                  write_training_files)
 from turnrl.train.logprobs import MaskedLogprobLM, sequence_logprobs
@@ -400,7 +400,7 @@ def _load_branches(cfg: TrainConfig) -> list:
 def train_preference(cfg: TrainConfig) -> Path:
     """Train one preference algorithm on the run's scored log."""
     algo, optim = cfg.algo, cfg.optim
-    if (done := finished_checkpoint(cfg)) is not None:
+    if (done := checkpoint_or_start(cfg)) is not None:
         return done
     algorithm = get_algorithm(algo.name, family="preference")
     if algo.dpo_beta <= 0:

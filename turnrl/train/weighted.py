@@ -21,7 +21,7 @@ from turnrl.chat import encode_conversation
 from turnrl.errors import ConfigError
 from turnrl.models import stop_token_ids
 from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainConfig, TrainLoop, epoch_steps,
-                                 finish_step_without_data, finish_training, finished_checkpoint, gradient_sync,
+                                 finish_step_without_data, finish_training, checkpoint_or_start, gradient_sync,
                                  load_for_training, micro_batches, pad_batch, process_share, read_log, set_seed,
                                  write_training_files)
 from turnrl.train.logprobs import MaskedLogprobLM
@@ -91,7 +91,7 @@ def weighted_step_loss(normalization: str, micro_batch_tokens: int, pad_id: int)
 
 
 def train_weighted(cfg: TrainConfig) -> Path:
-    if (done := finished_checkpoint(cfg)) is not None:
+    if (done := checkpoint_or_start(cfg)) is not None:
         return done
     trajectories, model_name = read_log(cfg)
     examples, diagnostics = build_weighted_examples(trajectories, cfg.algo)
