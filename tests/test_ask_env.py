@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from turnrl.envs import EnvConfig, make_env
@@ -60,3 +62,45 @@ def test_open_answer_tasks_are_refused():
     env = make_env(EnvConfig(name="ask"))
     with pytest.raises(ValueError, match="multiple-choice"):
         next(env.episode(Task(id="g/1", source="gsm8k", question="1+1?", answer="2")))
+
+
+def test_explored_conversations_open_with_a_scripted_question_and_the_policy_answers():
+    from turnrl.envs.ask import EXPLORATORY_QUESTIONS
+    from turnrl.rollout import build_jobs, run_episodes
+    from turnrl.stages.simulate import _exploratory_jobs
+
+    env = make_env(EnvConfig(name="ask", max_new_tokens=16))
+    copies = [replace(PLANTS, id=f"mc/1-{i}") for i in range(100)]
+    jobs = build_jobs(copies, env.settings(), samples=2, temperatures=[0.7], top_p=1.0, top_k=0, seed=0)
+    explored_jobs, to_trajectory = _exploratory_jobs(env, jobs, share=0.5, seed=0)
+    explored = [j for j in explored_jobs if j.prefix is not None]
+    # Each job is chosen by its own draw: the count is Binomial(200, 0.5), within 4 SE of 100.
+    assert 100 - 4 * 7.1 < len(explored) < 100 + 4 * 7.1
+    again, _ = _exploratory_jobs(env, jobs[:50], share=0.5, seed=0)  # the choice does not depend on the other jobs
+    assert [j.prefix is not None for j in again] == [j.prefix is not None for j in explored_jobs[:50]]
+    policy = ScriptedPolicy({"plants": ["The answer is A.", "The answer is C."]})
+    episodes = run_episodes(env, explored_jobs, policy)
+    trajectories = [to_trajectory(j, e, env.settings(), {}, 0.0) for j, e in zip(explored_jobs, episodes)]
+    for job, traj in zip(explored_jobs, trajectories):
+        if job.prefix is None:  # the logging policy's own turn: it guessed A and the conversation ended
+            assert roles(traj.messages) == ["system", "user", "assistant"] and "scripted_turns" not in traj.meta
+            continue
+        assert traj.messages[2]["content"] in EXPLORATORY_QUESTIONS and traj.meta["scripted_turns"] == [0]
+        assert traj.messages[3]["content"].startswith("My teacher marked C")
+        assert traj.messages[4]["content"] == "The answer is C." and final_answer(traj, PLANTS)["correct"]
+        assert env.metrics(traj, PLANTS) == {"asked_question": 1.0, "turns_used": 2.0}
+    # The policy was asked for the explored conversations' final turns only (after the reveal).
+    assert len(policy.requests) == len(jobs)
+    assert sum(r.messages[-1]["content"].startswith("My teacher marked") for r in policy.requests) == len(explored)
+
+
+def test_environments_without_an_exploratory_action_refuse_explore():
+    from turnrl.errors import ConfigError
+    from turnrl.rollout import build_jobs
+    from turnrl.stages.simulate import _exploratory_jobs
+
+    env = make_env(EnvConfig(name="reasoning"))
+    jobs = build_jobs([PLANTS, ROCKS, STARS], env.settings(), samples=4, temperatures=[0.7], top_p=1.0, top_k=0,
+                      seed=0)
+    with pytest.raises(ConfigError, match="has no scripted exploratory action"):
+        _exploratory_jobs(env, jobs, share=1.0, seed=0)

@@ -25,38 +25,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def running_serve(model_dir: Path, served_name: str = SERVED, startup_timeout: float = 300.0):
-    """Start ``turnrl serve`` on a free port and yield its base URL; stop it afterwards."""
-    port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="turnrl-serve-", suffix=".log", delete=False)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "turnrl.cli", "serve", "--model", str(model_dir), "--port", str(port),
-         "--dtype", "float32", "--served_name", served_name, "--batch_window_ms", "20"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + startup_timeout
+class ServeProcess:
+    """``turnrl serve`` as a subprocess on a free loopback port: started by the constructor (so that several start
+    at once), ready after :meth:`wait_ready`; ``proc`` is the process, ``base`` its base URL."""
+
+    def __init__(self, model_dir: Path, served_name: str = SERVED, flags: tuple[str, ...] = ()):
+        self.port = free_port()
+        self.log = Path(tempfile.NamedTemporaryFile(prefix="turnrl-serve-", suffix=".log", delete=False).name)
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "turnrl.cli", "serve", "--model", str(model_dir), "--port", str(self.port),
+                 "--dtype", "float32", "--served_name", served_name, "--batch_window_ms", "20", *flags],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        self.base = f"http://127.0.0.1:{self.port}/v1"
+
+    def wait_ready(self, timeout: float = 300.0) -> str:
+        deadline = time.monotonic() + timeout
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"turnrl serve exited with {proc.returncode}:\n{Path(log.name).read_text()}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"turnrl serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                if httpx.get(f"{base}/models", timeout=2).status_code == 200:
-                    break
+                if httpx.get(f"{self.base}/models", timeout=2).status_code == 200:
+                    return self.base
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"turnrl serve did not start in {startup_timeout:.0f} s:\n"
-                                   f"{Path(log.name).read_text()}")
+                raise RuntimeError(f"turnrl serve did not start in {timeout:.0f} s:\n{self.log.read_text()}")
             time.sleep(0.5)
-        yield base
+
+    def health(self) -> dict:
+        """``GET /health``: the queued, running and finished request counts."""
+        return httpx.get(self.base.removesuffix("/v1") + "/health", timeout=10).json()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.unlink(missing_ok=True)
+
+
+@contextmanager
+def running_serve(model_dir: Path, served_name: str = SERVED, startup_timeout: float = 300.0):
+    """Start ``turnrl serve`` on a free port and yield its base URL; stop it afterwards."""
+    server = ServeProcess(model_dir, served_name)
+    try:
+        yield server.wait_ready(startup_timeout)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        Path(log.name).unlink(missing_ok=True)
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -100,11 +100,17 @@ def test_swift_weights_by_hand():
     trajectories = [traj("a", 0, 1.0), traj("a", 1, 0.0), traj("a", 2, 0.5),
                     traj("b", 0, 0.3), traj("b", 1, 0.3), traj("b", 2, 0.3),
                     traj("c", 0, 0.2), traj("c", 1, 0.8)]
-    examples, diag = build_weighted_examples(trajectories, AlgoConfig(name="swift"))
+    examples, diag = build_weighted_examples(trajectories, AlgoConfig(name="swift-literal"))
     s = math.sqrt(0.18)
     assert [e.weight for e in examples] == pytest.approx([1.0, -1.0, 0.0, 0, 0, 0, -0.3 / s, 0.3 / s])
     assert diag["zero_signal_groups"] == 1
     assert diag["negative"] == 2 and diag["positive"] == 2
+    # Swift by default is the same with its negative weights floored at 0; an explicit floor overrides it.
+    floored, diag = build_weighted_examples(trajectories, AlgoConfig(name="swift"))
+    assert [e.weight for e in floored] == pytest.approx([1.0, 0.0, 0.0, 0, 0, 0, 0.0, 0.3 / s])
+    assert diag["floored"] == 2 and diag["negative"] == 0
+    unfloored, _ = build_weighted_examples(trajectories, AlgoConfig(name="swift", negative_floor=-10.0))
+    assert [e.weight for e in unfloored] == pytest.approx([e.weight for e in examples])
 
 
 def test_swift_floor_and_kl_anchor():
@@ -237,7 +243,8 @@ def test_registering_an_algorithm_is_one_function():
 def test_each_family_knows_only_its_algorithms():
     from turnrl.algorithms.registry import algorithms
 
-    assert [a.name for a in algorithms("weighted")] == ["sft", "sft-final", "star-gate", "refit", "swift", "drift"]
+    assert [a.name for a in algorithms("weighted")] == ["sft", "sft-final", "star-gate", "refit", "swift",
+                                                          "swift-literal", "drift"]
     assert [a.name for a in algorithms("preference")] == ["dpo", "step-dpo", "m-dpo", "m-kto"]
     assert [a.name for a in algorithms("distillation")] == ["star-gate-d"]
     with pytest.raises(ConfigError, match="'dpo' is not a weighted algorithm"):

@@ -22,6 +22,8 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
     from turnrl.stages.report import compare
     from turnrl.workflows.demo import DemoConfig, demo
     from turnrl.stages.evaluate import EvaluateConfig, evaluate
+    from turnrl.stages.export import ExportConfig, export
+    from turnrl.stages.importer import ImportConfig, import_log
     from turnrl.workflows.iterate import IterateConfig, iterate
     from turnrl.workflows.pipeline import RunConfig, run
     from turnrl.stages.score import ScoreConfig, score
@@ -38,8 +40,12 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
 
     return {
         "simulate": (SimulateConfig, simulate, "Roll out the logging policy: m trajectories per task, as JSONL."),
+        "import": (ImportConfig, import_log, "Import logged conversations with rewards (JSONL, Parquet, CSV, a "
+                                             "Hugging Face dataset) as the run's scored log."),
         "score": (ScoreConfig, score, "Compute reward components and the scalar reward of each trajectory."),
         "train": (TrainConfig, train_cmd, "Train a policy on the scored log with one algorithm."),
+        "export": (ExportConfig, export, "Write a scored log as TRL SFT / DPO / KTO data or OpenAI fine-tuning "
+                                         "JSONL (randomized rounding of the rewards)."),
         "evaluate": (EvaluateConfig, evaluate, "Run a policy on the test split and report metrics with SEs."),
         "compare": (CompareConfig, compare, "Compare evaluated policies: table, paired differences, report."),
         "run": (RunConfig, run, "All stages for several algorithms on the same logged data."),

@@ -9,14 +9,21 @@ adapter folder -- through the ``hf`` backend. Endpoints:
   ``top_k``. A choice that ended on a stop string reports it as ``stop_reason`` (as vLLM does); the string itself
   is not part of the content (as in OpenAI's API).
 - ``GET /v1/models``: the one served model.
+- ``GET /health``: ``{"status": "ok", "waiting": ..., "running": ..., "served": ...}``, counting sequences
+  (choices) queued, being generated now, and finished since the start.
 
 Concurrent requests are batched: the generation thread takes the first waiting request, waits up to
 ``batch_window_ms`` for others, and runs all of them (up to ``batch_size``) as one batch; whatever arrives during a
-batch forms the next one. Streamed answers are produced the same way and then sent token by token, so a stream's
-text arrives when its batch is done (see docs/judge-and-endpoints.md for the measurements behind the defaults).
+batch forms the next one (see docs/judge-and-endpoints.md for the measurements behind the defaults). A streamed
+request shares batches with the others; its tokens are sent as they are sampled: the backend reports every
+decoding step's tokens, and each choice's text delta goes out as one ``chat.completion.chunk`` event. Only text
+the finished answer is sure to begin with is sent: an incomplete UTF-8 character, and a tail that could be the
+start of a stop string, wait for the next token; the final chunk of a choice carries whatever is left and its
+finish_reason.
 """
 
 import asyncio
+import inspect
 import json
 import queue
 import secrets
@@ -25,7 +32,7 @@ import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from turnrl.models import DEFAULT_MODEL
 
@@ -51,8 +58,9 @@ class ServeConfig:
 
 
 class _Job:
-    def __init__(self, requests: list):
+    def __init__(self, requests: list, on_tokens: Callable[[list[tuple[int, int]]], None] | None = None):
         self.requests = requests
+        self.on_tokens = on_tokens
         self.future: Future = Future()
 
 
@@ -64,13 +72,26 @@ class Batcher:
         self.queue: queue.Queue[_Job | None] = queue.Queue()
         self.batches: list[int] = []
         """Sizes of the batches run so far (for measurements)."""
+        self.streams = "on_step" in inspect.signature(generator.generate).parameters
+        """Whether the backend reports each decoding step's tokens (else a stream gets its text at the end)."""
+        self.waiting = self.running = self.served = 0
+        """Requests (sequences) queued, being generated, finished."""
+        self._count = threading.Lock()
         self.thread = threading.Thread(target=self._loop, name="turnrl-serve-generate", daemon=True)
         self.thread.start()
 
-    def submit(self, requests: list) -> Future:
-        job = _Job(requests)
+    def submit(self, requests: list, on_tokens: Callable[[list[tuple[int, int]]], None] | None = None) -> Future:
+        """Queue ``requests`` for the next batch. ``on_tokens`` (called in the generation thread) receives each
+        decoding step's new tokens of these requests as ``[(index into requests, token id), ...]``."""
+        job = _Job(requests, on_tokens)
+        with self._count:
+            self.waiting += len(requests)
         self.queue.put(job)
         return job.future
+
+    def counts(self) -> dict[str, int]:
+        with self._count:
+            return {"waiting": self.waiting, "running": self.running, "served": self.served}
 
     def close(self) -> None:
         self.queue.put(None)
@@ -99,12 +120,34 @@ class Batcher:
     def _run(self, jobs: list[_Job]) -> None:
         flat = [r for j in jobs for r in j.requests]
         self.batches.append(len(flat))
+        with self._count:
+            self.waiting -= len(flat)
+            self.running += len(flat)
+        kwargs: dict[str, Any] = {}
+        if self.streams and any(j.on_tokens is not None for j in jobs):
+            owners = [(j, k) for j in jobs for k in range(len(j.requests))]  # flat index -> (job, its index)
+
+            def on_step(sampled: list[tuple[int, int]]) -> None:
+                per_job: dict[int, tuple[_Job, list[tuple[int, int]]]] = {}
+                for i, token in sampled:
+                    job, k = owners[i]
+                    if job.on_tokens is not None:
+                        per_job.setdefault(id(job), (job, []))[1].append((k, token))
+                for job, items in per_job.values():
+                    job.on_tokens(items)  # type: ignore[misc]
+
+            kwargs["on_step"] = on_step
         try:
-            results = self.generator.generate(flat)
+            results = self.generator.generate(flat, **kwargs)
         except Exception as exc:  # every waiting request gets the error; the server keeps running
             for j in jobs:
                 j.future.set_exception(exc)
             return
+        finally:
+            with self._count:
+                self.running -= len(flat)
+        with self._count:
+            self.served += len(flat)
         start = 0
         for j in jobs:
             j.future.set_result(results[start: start + len(j.requests)])
@@ -181,8 +224,8 @@ def create_app(generator: Any, served_name: str, cfg: ServeConfig) -> Any:
                                             "owned_by": "turnrl"}]}
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", **batcher.counts()}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
@@ -211,22 +254,17 @@ def create_app(generator: Any, served_name: str, cfg: ServeConfig) -> Any:
         requests = [GenRequest(messages=messages, sampling=Sampling(
             temperature=body.temperature, top_p=body.top_p, top_k=max(0, body.top_k), max_new_tokens=max_new,
             stop=stop, seed=base_seed if k == 0 else derive_seed(base_seed, k))) for k in range(body.n)]
+        created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_stream(batcher, requests, stop, tokenizer, rid, created, served_name,
+                                             prompt_tokens, include_usage), media_type="text/event-stream")
         try:
             results = await asyncio.wrap_future(batcher.submit(requests))
         except Exception as exc:
             return error(500, f"generation failed: {exc}", kind="server_error")
-        created, rid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
-        choices = []
-        for k, res in enumerate(results):
-            text, matched = _split_stop(res.text, stop) if res.finish == "stop_string" else (res.text, None)
-            choices.append({"index": k, "text": text, "tokens": res.tokens, "stop_reason": matched,
-                            "finish_reason": "length" if res.finish == "length" else "stop"})
-        usage = {"prompt_tokens": prompt_tokens * body.n, "completion_tokens": sum(c["tokens"] for c in choices)}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(rid, created, served_name, choices, usage if include_usage else None,
-                                          tokenizer), media_type="text/event-stream")
+        choices = _choices(results, stop)
+        usage = _usage(prompt_tokens, choices)
         return {
             "id": rid, "object": "chat.completion", "created": created, "model": served_name,
             "choices": [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
@@ -244,30 +282,96 @@ def _split_stop(text: str, stop: list[str]) -> tuple[str, str | None]:
     return (text[: len(text) - len(matched)], matched) if matched else (text, None)
 
 
-def _pieces(text: str, tokenizer: Any) -> list[str]:
-    """The text cut at token boundaries (what a token-by-token stream would send)."""
-    if not text:
-        return []
-    ends = [end for _, end in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
-    cuts = sorted({e for e in ends if 0 < e < len(text)}) + [len(text)]
-    return [text[a:b] for a, b in zip([0] + cuts[:-1], cuts)]
+def _choices(results: list, stop: list[str]) -> list[dict[str, Any]]:
+    choices = []
+    for k, res in enumerate(results):
+        text, matched = _split_stop(res.text, stop) if res.finish == "stop_string" else (res.text, None)
+        choices.append({"index": k, "text": text, "tokens": res.tokens, "stop_reason": matched,
+                        "finish_reason": "length" if res.finish == "length" else "stop"})
+    return choices
 
 
-def _sse(rid: str, created: int, model: str, choices: list[dict[str, Any]], usage: dict[str, int] | None,
-         tokenizer: Any):
+def _usage(prompt_tokens: int, choices: list[dict[str, Any]]) -> dict[str, int]:
+    usage = {"prompt_tokens": prompt_tokens * len(choices),
+             "completion_tokens": sum(c["tokens"] for c in choices)}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return usage
+
+
+class _Deltas:
+    """The text of one streamed choice, from its tokens as they are sampled: :meth:`push` returns the new text
+    that the finished answer is sure to begin with. An incomplete UTF-8 character (decoded as U+FFFD) and a tail
+    that could be the start of a stop string are held back until later tokens settle them (a stop string itself is
+    never sent: the API reports it apart from the content)."""
+
+    def __init__(self, tokenizer: Any, stop: list[str]):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.tokens: list[int] = []
+        self.sent = ""
+
+    def push(self, token: int) -> str:
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).rstrip("\ufffd")
+        found = [text.find(s) for s in self.stop if s and s in text]
+        if found:
+            text = text[: min(found)]
+        else:
+            hold = max((k for s in self.stop for k in range(1, min(len(s) - 1, len(text)) + 1)
+                        if text.endswith(s[:k])), default=0)
+            text = text[: len(text) - hold]
+        if len(text) <= len(self.sent) or not text.startswith(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+    def rest(self, final: str) -> str:
+        """What is left to send of the finished choice's content."""
+        return final[len(self.sent):] if final.startswith(self.sent) else ""
+
+
+async def _stream(batcher: Batcher, requests: list, stop: list[str], tokenizer: Any, rid: str, created: int,
+                  model: str, prompt_tokens: int, include_usage: bool):
+    """Server-sent events of a streamed request: a role chunk per choice, then each choice's text deltas as the
+    generation thread samples them, then per choice the rest and its finish_reason, the usage if asked, [DONE]."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+
+    def on_tokens(items: list[tuple[int, int]]) -> None:  # the generation thread
+        loop.call_soon_threadsafe(events.put_nowait, items)
+
+    future = batcher.submit(requests, on_tokens=on_tokens)
+    future.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, None))
+
     def event(choice_list: list[dict[str, Any]], **extra: Any) -> str:
         chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
                  "choices": choice_list, **extra}
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
+    def content(k: int, text: str) -> str:
+        return event([{"index": k, "delta": {"content": text}, "finish_reason": None}])
+
+    deltas = [_Deltas(tokenizer, stop) for _ in requests]
+    for k in range(len(requests)):
+        yield event([{"index": k, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    while (items := await events.get()) is not None:
+        for k, token in items:
+            if text := deltas[k].push(token):
+                yield content(k, text)
+    try:
+        results = future.result()
+    except Exception as exc:  # the status line has gone out: report the failure in the stream
+        failure = {"message": f"generation failed: {exc}", "type": "server_error", "param": None, "code": None}
+        yield f"data: {json.dumps({'error': failure}, ensure_ascii=False)}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    choices = _choices(results, stop)
     for c in choices:
-        yield event([{"index": c["index"], "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        for piece in _pieces(c["text"], tokenizer):
-            yield event([{"index": c["index"], "delta": {"content": piece}, "finish_reason": None}])
+        if text := deltas[c["index"]].rest(c["text"]):
+            yield content(c["index"], text)
         yield event([{"index": c["index"], "delta": {}, "finish_reason": c["finish_reason"],
                       "stop_reason": c["stop_reason"]}])
-    if usage is not None:
-        yield event([], usage=usage)
+    if include_usage:
+        yield event([], usage=_usage(prompt_tokens, choices))
     yield "data: [DONE]\n\n"
 
 

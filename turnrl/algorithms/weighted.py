@@ -12,8 +12,12 @@ i.e. SFT on every assistant turn, each trajectory's turns scaled by its weight. 
               else 0 (000 Sec. 4, "reward thresholding").
 - Refit:      w = r(x, tau) >= 0 (000 eq. 5; Lemma 1 needs r >= 0, so negative rewards are refused unless
               ``shift_negative`` shifts every reward by the minimum).
-- Swift:      w = (r - mean_x) / std_x over the m trajectories of the group, std with 1/(m - 1) (000 eq. 9).
-              A group whose rewards are all equal carries no signal: its weights are 0 (docs/design.md section 8).
+- Swift:      w = max(0, (r - mean_x) / std_x) over the m trajectories of the group, std with 1/(m - 1)
+              (000 eq. 9, its negative weights floored at 0). A group whose rewards are all equal carries no
+              signal: its weights are 0 (docs/design.md section 8).
+- swift-literal: 000 eq. 9 as written, negative weights kept. Under the token-sum objective pushing down a
+              negative trajectory's tokens never saturates and training diverges (docs/results.md section 10):
+              the floor is what makes Swift's objective a weighted likelihood again.
 
 Two safeguards apply to any algorithm (docs/design.md section 8, "negative weights"): ``negative_floor`` clips
 weights from below, and ``kl_coef`` anchors the policy to the logging policy: on data sampled from pi_0,
@@ -59,7 +63,8 @@ class AlgoConfig:
     shift_negative: bool = False
     """refit: shift rewards by their minimum instead of refusing negative ones."""
     negative_floor: float | None = None
-    """Clip weights below this value (e.g. -1.0); default: no floor (000)."""
+    """Clip weights below this value (e.g. -1.0). Default: the algorithm's own (swift: 0; swift-literal and the
+    others: no floor)."""
     kl_coef: float = 0.0
     """Anchor to the logging policy: adds kl_coef to every weight (see module docstring)."""
     turns: str = ""
@@ -156,7 +161,8 @@ def refit_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -
     return rewards
 
 
-@register_algorithm("swift", family="weighted", display="Swift", paper="000 eq. 9")
+@register_algorithm("swift-literal", family="weighted", display="Swift (000 as written)", paper="000 eq. 9")
+@register_algorithm("swift", family="weighted", display="Swift", paper="000 eq. 9", negative_floor=0.0)
 def swift_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
     rewards = dict(zip((t.id for t in trajectories), _rewards(trajectories)))
     weights: dict[str, float] = {}
@@ -179,9 +185,10 @@ def build_weighted_examples(trajectories: list[Trajectory], cfg: AlgoConfig) -> 
     diag: dict[str, Any] = {"algorithm": cfg.name, "trajectories": len(trajectories),
                             "groups": len(groups_of(trajectories))}
     weights = algorithm.build(trajectories, cfg, diag)
-    if cfg.negative_floor is not None:
-        diag["floored"] = sum(w < cfg.negative_floor for w in weights)
-        weights = [max(w, cfg.negative_floor) for w in weights]
+    floor = cfg.negative_floor if cfg.negative_floor is not None else algorithm.negative_floor
+    if floor is not None:
+        diag["floored"] = sum(w < floor for w in weights)
+        weights = [max(w, floor) for w in weights]
     if cfg.kl_coef:
         weights = [w + cfg.kl_coef for w in weights]
     turns = cfg.turns or algorithm.turns

@@ -73,6 +73,12 @@ class Environment:
         (StepDPO's branching)."""
         raise NotImplementedError
 
+    def exploratory_opening(self, task: Task, draw: int) -> Prefix | None:
+        """The opening of a conversation whose first assistant turn is a scripted exploratory action instead of
+        the logging policy's (``rollout.explore``); ``draw`` picks among the environment's phrasings. None: the
+        environment has no such action."""
+        return None
+
     needs_teacher = False
     """True for environments whose observations come from an LLM teacher (the engine then needs a teacher)."""
 

@@ -14,13 +14,16 @@ Every row samples with its own ``torch.Generator`` seeded per request (temperatu
 temperature is 0), so a conversation's sample does not depend on which other conversations share its batch.
 Rows of a batch are laid out in aligned columns: a row whose new segment is shorter than the others' leaves masked
 holes, and positions are counted per row over unmasked tokens only.
+
+``generate(..., on_step=f)`` calls ``f`` after every decoding step with the tokens just sampled, as
+``[(request index, token id), ...]`` (end-of-turn tokens left out): what ``turnrl serve`` streams from.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -175,7 +178,10 @@ class HFGenerator:
             rest = rest[len(eot_text):]
         return lead + self._ids(rest)
 
-    def generate(self, requests: list[GenRequest], desc: str | None = None) -> list[GenResult]:
+    def generate(self, requests: list[GenRequest], desc: str | None = None,
+                 on_step: Callable[[list[tuple[int, int]]], None] | None = None) -> list[GenResult]:
+        """One result per request, in order. ``on_step``: called (in this thread) after each decoding step with
+        the tokens of the replies' text sampled in it, ``[(index into requests, token id), ...]``."""
         was_training = self.model.training
         self.model.eval()
         prompts = [render(self.tokenizer, r.messages, add_generation_prompt=True) for r in requests]
@@ -194,10 +200,10 @@ class HFGenerator:
         bar = tqdm(total=len(requests), desc=desc or "generate", unit="conv", leave=False, disable=desc is None)
         with torch.no_grad():
             for key, items in continuing.items():
-                self._continue(batches[key], items, requests, prompts, results)
+                self._continue(batches[key], items, requests, prompts, results, on_step)
                 bar.update(len(items))
             for group in self._fresh_groups(fresh, requests, prompts):
-                self._start(group, requests, prompts, results)
+                self._start(group, requests, prompts, results, on_step)
                 bar.update(len(group))
         bar.close()
         if was_training:
@@ -218,7 +224,7 @@ class HFGenerator:
                 groups.extend(same[i: i + self.cfg.batch_size] for i in range(0, len(same), self.cfg.batch_size))
         return groups
 
-    def _start(self, group: list[int], requests, prompts, results) -> None:
+    def _start(self, group: list[int], requests, prompts, results, on_step=None) -> None:
         """Encode the distinct prompts of a new batch once, copy their cache to every row, then decode."""
         unique = list(dict.fromkeys(prompts[i] for i in group))
         segments = [self._ids(p) for p in unique]
@@ -229,15 +235,16 @@ class HFGenerator:
         logits = self._feed(batch, segments)
         rows = torch.tensor([unique.index(prompts[i]) for i in group], device=self.device)
         self._select(batch, rows)
-        self._decode(batch, logits[rows], group, requests, prompts, results)
+        self._decode(batch, logits[rows], group, requests, prompts, results, on_step)
 
-    def _continue(self, batch: _Batch, items: list[tuple[int, list[int]]], requests, prompts, results) -> None:
+    def _continue(self, batch: _Batch, items: list[tuple[int, list[int]]], requests, prompts, results,
+                  on_step=None) -> None:
         """Feed each conversation's new tokens on top of its cached rows, then decode."""
         rows = torch.tensor([self._sessions[requests[i].session].row for i, _ in items], device=self.device)
         if len(rows) != len(batch.sessions) or not torch.equal(rows, torch.arange(len(rows), device=self.device)):
             batch = self._copy_rows(batch, rows)  # some conversations ended or are elsewhere: keep only these rows
         logits = self._feed(batch, [ext for _, ext in items])
-        self._decode(batch, logits, [i for i, _ in items], requests, prompts, results)
+        self._decode(batch, logits, [i for i, _ in items], requests, prompts, results, on_step)
 
     def _copy_rows(self, batch: _Batch, rows: torch.Tensor) -> _Batch:
         clone = _Batch(cache=batch.cache, mask=batch.mask, n_valid=batch.n_valid, sessions=list(batch.sessions))
@@ -274,7 +281,8 @@ class HFGenerator:
         batch.n_valid = batch.n_valid + lengths
         return out.logits[torch.arange(len(segments), device=self.device), column_of_row]
 
-    def _decode(self, batch: _Batch, logits: torch.Tensor, request_ids: list[int], requests, prompts, results) -> None:
+    def _decode(self, batch: _Batch, logits: torch.Tensor, request_ids: list[int], requests, prompts, results,
+                on_step: Callable[[list[tuple[int, int]]], None] | None = None) -> None:
         samplings = [requests[i].sampling for i in request_ids]
         generators = [torch.Generator(device=self.device).manual_seed(s.seed) if s.temperature > 0 else None
                       for s in samplings]
@@ -286,11 +294,14 @@ class HFGenerator:
         for step in range(max(caps)):
             tokens = sample_rows(logits, samplings, generators)
             feed = torch.zeros(rows, dtype=torch.long, device=self.device)
+            sampled: list[tuple[int, int]] = []
             for r in range(rows):
                 if finish[r] is not None:
                     continue
                 token = int(tokens[r])
                 generated[r].append(token)
+                if token not in stop_ids:
+                    sampled.append((request_ids[r], token))
                 if token in stop_ids:
                     finish[r] = "stop"
                 elif samplings[r].stop and self._hit_stop_string(generated[r], samplings[r].stop):
@@ -299,6 +310,8 @@ class HFGenerator:
                     finish[r] = "length"
                 else:
                     feed[r] = 1  # rows that go on feed their token; a row's final token stays pending
+            if on_step is not None and sampled:
+                on_step(sampled)
             if not feed.any():
                 break
             batch.mask = torch.cat([batch.mask, feed[:, None]], dim=1)

@@ -4,16 +4,23 @@ hosted API), through the official ``openai`` client.
 - **Endpoints.** ``base_url`` lists one or more endpoints; requests are dealt to them round-robin, so a rollout
   scales over many ``vllm serve`` instances. An empty list means the client's default (``$OPENAI_BASE_URL`` or
   https://api.openai.com/v1).
+- **Failover.** An endpoint that cannot be reached (connection refused or dropped, no connection within
+  :data:`CONNECT_TIMEOUT_S`) or that times out is marked down for :data:`COOLDOWN_S` seconds: requests pass it over
+  while another endpoint is up, and the failed request is sent again at once to the next endpoint that is up.
+  After the cool-down the endpoint gets requests again (the first success clears the mark; another failure
+  renews it). When every endpoint is down, requests still try the one whose cool-down ends first, with backoff,
+  so a server that comes back is found; after ``max_retries`` retries the error lists each endpoint's last
+  failure.
 - **Key.** Read from the environment variable named by ``api_key_env``; it is handed to the client and never
   logged, stored or put in an error message. Local servers need none (a placeholder is sent).
 - **Concurrency.** At most ``concurrency`` requests are in flight; results come back in request order.
 - **Retries.** A timeout, a failed connection, HTTP 408/409/429/5xx, or a malformed success (a 200 whose body is
   not JSON -- an HTML page, ``text/plain`` -- or is JSON without a completion in it, such as ``{}``) is retried up
-  to ``max_retries`` times with exponential backoff (or the server's ``Retry-After``), each retry on the next
-  endpoint; after the last one the run stops with an error naming the endpoint and what came back (the body
-  truncated to :data:`BODY_EXCERPT` characters). Any other 4xx is a mistake in the request or the setup (unknown
-  model, bad key); it stops the run at once with an error naming the endpoint, the status and the server's
-  message.
+  to ``max_retries`` times with exponential backoff (or the server's ``Retry-After``; none before a failover to an
+  endpoint that is up), each retry on the next endpoint; after the last one the run stops with an error naming the
+  endpoint and what came back (the body truncated to :data:`BODY_EXCERPT` characters). Any other 4xx is a mistake
+  in the request or the setup (unknown model, bad key); it stops the run at once with an error naming the
+  endpoint, the status and the server's message.
 - **Sampling.** temperature, top_p, max_tokens, seed and stop strings come from each request's
   :class:`~turnrl.generation.Sampling` (top_k, which the OpenAI API lacks, is sent as vLLM's extra ``top_k``
   field only when set).
@@ -36,6 +43,7 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
+import httpx
 from tqdm.auto import tqdm
 
 from turnrl.errors import ConfigError, TurnrlError
@@ -44,6 +52,10 @@ from turnrl.generation.base import BackendConfig, GenRequest, GenResult, Samplin
 RETRYABLE_STATUS = {408, 409, 429}
 """Besides every 5xx: request timeout, conflict, rate limit."""
 BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0
+COOLDOWN_S = 30.0
+"""Seconds an endpoint that could not be reached or timed out is passed over (while another one is up)."""
+CONNECT_TIMEOUT_S = 10.0
+"""Seconds to wait for a connection (at most ``timeout``): a dead host fails over quickly, not after ``timeout``."""
 BODY_EXCERPT = 200
 """Characters of a malformed body quoted in the error."""
 
@@ -72,14 +84,50 @@ class OpenAIGenerator:
         self.cfg = cfg
         self.revision = ""
         self._sleep = sleep
-        self._clients = [OpenAI(api_key=key, base_url=url, timeout=cfg.timeout, max_retries=0)
+        self._clock = time.monotonic
+        timeout = httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, CONNECT_TIMEOUT_S))
+        self._clients = [OpenAI(api_key=key, base_url=url, timeout=timeout, max_retries=0)
                          for url in (cfg.base_url or [None])]
         self._turn = itertools.count()
         self._lock = threading.Lock()
+        self.cooldown = COOLDOWN_S
+        """Seconds an unreachable endpoint is passed over (see the module's docstring)."""
+        self._down_until = [0.0] * len(self._clients)
+        self.failures: dict[str, int] = {e: 0 for e in self.endpoints}
+        """Failed attempts per endpoint so far (unreachable, timed out, retryable status, malformed body)."""
 
     @property
     def endpoints(self) -> list[str]:
         return [str(c.base_url).rstrip("/") for c in self._clients]
+
+    def down(self) -> list[str]:
+        """The endpoints marked down now (unreachable or timed out within the last ``cooldown`` seconds)."""
+        now = self._clock()
+        with self._lock:
+            return [e for e, until in zip(self.endpoints, self._down_until) if until > now]
+
+    def _pick(self, start: int) -> int:
+        """The first endpoint from ``start`` on (round-robin order) that is not marked down; when all are, the one
+        whose cool-down ends first."""
+        n = len(self._clients)
+        now = self._clock()
+        with self._lock:
+            order = [(start + k) % n for k in range(n)]
+            up = [i for i in order if self._down_until[i] <= now]
+            return up[0] if up else min(order, key=lambda i: self._down_until[i])
+
+    def _is_up(self, index: int) -> bool:
+        with self._lock:
+            return self._down_until[index] <= self._clock()
+
+    def _mark(self, index: int, ok: bool, unreachable: bool = False) -> None:
+        with self._lock:
+            if ok:
+                self._down_until[index] = 0.0
+                return
+            self.failures[self.endpoints[index]] += 1
+            if unreachable:
+                self._down_until[index] = self._clock() + self.cooldown
 
     def generate(self, requests: list[GenRequest], desc: str | None = None) -> list[GenResult]:
         if not requests:
@@ -103,35 +151,48 @@ class OpenAIGenerator:
         import openai
 
         with self._lock:
-            first = next(self._turn)
+            position = next(self._turn)
         params = self._params(request)
-        last = ""
+        last: dict[str, str] = {}  # endpoint -> its latest failure for this request, oldest first
         for attempt in range(self.cfg.max_retries + 1):
-            client = self._clients[(first + attempt) % len(self._clients)]
-            endpoint = str(client.base_url).rstrip("/")
-            retry_after = None
+            index = self._pick(position)
+            position = index + 1  # a retry goes on to the next endpoint
+            client = self._clients[index]
+            endpoint = self.endpoints[index]
+            retry_after, unreachable = None, False
             try:
                 raw = client.chat.completions.with_raw_response.create(**params)
                 result = _to_result(raw.http_response, request.sampling)
                 if isinstance(result, GenResult):
+                    self._mark(index, ok=True)
                     return result
-                last = f"{endpoint}: {result}"
+                failure = f"{endpoint}: {result}"
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status not in RETRYABLE_STATUS and status < 500:
                     raise EndpointError(f"{endpoint}: HTTP {status} for model {self.cfg.model!r}: "
                                         f"{_server_message(exc)}") from None
-                last = f"HTTP {status} from {endpoint}: {_server_message(exc)}"
+                failure = f"HTTP {status} from {endpoint}: {_server_message(exc)}"
                 retry_after = _retry_after(exc.response.headers)
             except openai.APITimeoutError:
-                last = f"{endpoint}: no answer within {self.cfg.timeout:g} s"
+                failure, unreachable = f"{endpoint}: no answer within {self.cfg.timeout:g} s", True
             except openai.APIConnectionError as exc:
-                last = f"{endpoint}: connection failed ({exc.__cause__ or exc})"
+                failure, unreachable = f"{endpoint}: connection failed ({exc.__cause__ or exc})", True
+            self._mark(index, ok=False, unreachable=unreachable)
+            last.pop(endpoint, None)
+            last[endpoint] = failure
             if attempt < self.cfg.max_retries:
+                if unreachable and self._is_up(self._pick(position)):
+                    continue  # fail over at once: the next endpoint is up
                 self._sleep(retry_after if retry_after is not None else
                             min(BACKOFF_MAX, BACKOFF_BASE * 2 ** attempt) * random.uniform(0.5, 1.0))
+        failures = list(last.values())
+        if len(failures) > 1 and len(failures) == len(self._clients):
+            what = f"every endpoint failed; the last failure of each: {'; '.join(failures)}"
+        else:
+            what = f"last: {failures[-1]}"
         raise EndpointError(f"gave up after {self.cfg.max_retries + 1} attempts (max_retries "
-                            f"{self.cfg.max_retries}); last: {last}")
+                            f"{self.cfg.max_retries}); {what}")
 
     def _params(self, request: GenRequest) -> dict[str, Any]:
         s = request.sampling

@@ -34,6 +34,12 @@ class RolloutOptions:
     top_k: int = 0
     teacher_temperature: float = 0.0
     seed: int = 0
+    explore: float = 0.0
+    """Share of conversations (chosen per conversation by its seed) whose first assistant turn is the environment's
+    scripted exploratory action instead of the logging policy's (ask: a question to the user): off-policy data
+    from a behaviour policy that tries what the logging policy rarely does, so that the log holds its outcomes. The
+    rest of the conversation is the logging policy's; the scripted turn is marked in ``meta.scripted_turns``.
+    Environments without such an action refuse a value above 0."""
     chunk_size: int = 64
     """Tasks per resumable chunk (all their trajectories are generated together)."""
     limit: int = 0
@@ -71,6 +77,8 @@ def simulate(cfg: SimulateConfig) -> Path:
     ro = cfg.rollout
     if ro.samples < 1 or not ro.temperatures or min(ro.temperatures) < 0:
         raise ConfigError("rollout: samples must be >= 1 and temperatures a non-empty list of values >= 0")
+    if not 0.0 <= ro.explore <= 1.0:
+        raise ConfigError(f"rollout.explore: {ro.explore}; expected a share between 0 and 1")
     train, test = prepare_split(cfg.dataset, run_dir)
     tasks = train if cfg.split == "train" else test
     if ro.limit:
@@ -88,12 +96,40 @@ def simulate(cfg: SimulateConfig) -> Path:
     else:
         jobs = build_jobs(tasks, settings, ro.samples, ro.temperatures, ro.top_p, ro.top_k, ro.seed)
         to_trajectory = episode_to_trajectory
+        if ro.explore > 0:
+            jobs, to_trajectory = _exploratory_jobs(env, jobs, ro.explore, ro.seed)
     written = log_rollouts(out, env, jobs, cfg.policy, chunk_size=ro.chunk_size * ro.samples, desc="simulate",
                            teacher=cfg.teacher, teacher_temperature=ro.teacher_temperature,
                            to_trajectory=to_trajectory)
     print(f"simulate: wrote {written} trajectories to {out}" if written else
           f"simulate: {out} is complete ({len(jobs)} trajectories)")
     return out
+
+
+def _exploratory_jobs(env, jobs: list[Job], share: float, seed: int):
+    """Open a ``share`` of the jobs with the environment's scripted exploratory turn (``rollout.explore``). A job
+    is chosen by a draw from its own id, so the choice does not depend on the other jobs, on chunking or on a
+    resume."""
+    explored = set()
+    out = []
+    for job in jobs:
+        draw = derive_seed(seed, job.id, "explore")
+        if draw % 1_000_000 < share * 1_000_000:
+            opening = env.exploratory_opening(job.task, draw // 1_000_000)
+            if opening is None:
+                raise ConfigError(f"rollout.explore: the {env.name!r} environment has no scripted exploratory "
+                                  "action; set rollout.explore to 0")
+            job = replace(job, prefix=opening)
+            explored.add(job.id)
+        out.append(job)
+
+    def to_trajectory(job: Job, episode, env_settings: dict, policy_info: dict, seconds: float) -> Trajectory:
+        traj = episode_to_trajectory(job, episode, env_settings, policy_info, seconds)
+        if job.id in explored:
+            traj.meta = {**traj.meta, "scripted_turns": [0]}
+        return traj
+
+    return out, to_trajectory
 
 
 def continue_jobs(trajectories: list[Trajectory], tasks: dict[str, Task], temperature: float, top_p: float,

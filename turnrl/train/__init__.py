@@ -11,13 +11,15 @@ from turnrl.train.common import OptimConfig, TrainConfig
 
 
 def train(run_dir: str, model: str, algo: AlgoConfig, optim: OptimConfig, overwrite: bool = False,
-          input: str = "", output: str = "", teacher_optim: OptimConfig | None = None) -> Path:
+          input: str = "", output: str = "", teacher_optim: OptimConfig | None = None,
+          report_to: str = "none") -> Path:
     """Train one algorithm on the run's scored log and return its checkpoint folder.
 
     ``teacher_optim``: star-gate-d only, how to train its STaR-GATE teacher if the run has none yet (default:
-    ``optim``)."""
+    ``optim``); ``report_to``: experiment trackers (turnrl/train/tracking.py)."""
     family = get_algorithm(algo.name).family
-    cfg = TrainConfig(run_dir=run_dir, model=model, algo=algo, optim=optim, overwrite=overwrite, output=output)
+    cfg = TrainConfig(run_dir=run_dir, model=model, algo=algo, optim=optim, overwrite=overwrite, output=output,
+                      report_to=report_to)
     if input:
         cfg.input = input
     if family == "weighted":

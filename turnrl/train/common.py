@@ -95,6 +95,10 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     overwrite: bool = False
     """Train again even if the output already has a checkpoint."""
+    report_to: str = "none"
+    """Experiment trackers: none, tensorboard, wandb or trackio, or several comma-separated (tensorboard: event
+    files in <output>/tensorboard; see turnrl/train/tracking.py). Not a training setting: a resumed run may change
+    it."""
 
     @property
     def out_dir(self) -> Path:
@@ -109,11 +113,18 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+UNTRACKED_SETTINGS = ("report_to",)
+"""Recorded with a run's settings but free to change on resume: they do not change what is trained."""
+
+
 def checkpoint_or_start(cfg: TrainConfig) -> Path | None:
     """The checkpoint a finished run of this output left (nothing to do), unless ``overwrite`` asks to train
     again; otherwise None, and the run starts, or resumes a killed one from its saved state -- only under the
     settings that state was saved with: other settings are refused, naming them (``overwrite`` discards the
     state and starts over)."""
+    from turnrl.train.tracking import parse_report_to
+
+    parse_report_to(cfg.report_to)  # a tracker that is not installed stops here, before any work
     checkpoint = cfg.out_dir / "checkpoint"
     if (checkpoint / "turnrl_train.json").exists() and not cfg.overwrite:
         print(f"train: {checkpoint} exists; nothing to do (--overwrite true to train again)")
@@ -123,7 +134,7 @@ def checkpoint_or_start(cfg: TrainConfig) -> Path | None:
     if (state / "trainer_state.json").exists():
         saved = read_json(record) if record.exists() else {}
         now, before = _flat(settings), _flat(saved)
-        changed = sorted(k for k in now if before.get(k) != now[k])
+        changed = sorted(k for k in now if before.get(k) != now[k] and k not in UNTRACKED_SETTINGS)
         if changed and not cfg.overwrite:
             raise ConfigError(f"{state}: a killed run saved this state with other settings ({', '.join(changed)}); "
                               "resume it with the same settings, or pass --overwrite true to start over")
@@ -154,6 +165,10 @@ def write_training_files(loop: "TrainLoop", files: dict[str, Any]) -> None:
         loop.out_dir.mkdir(parents=True, exist_ok=True)
         for name, content in files.items():
             (write_jsonl if name.endswith(".jsonl") else write_json)(loop.out_dir / name, content)
+    if "diagnostics.json" in files and loop.tracking and not loop.resuming_from:
+        from turnrl.train.tracking import scalars
+
+        loop.accelerator.log(scalars(files["diagnostics.json"], "diagnostics/"), step=0)
     loop.accelerator.wait_for_everyone()
 
 
@@ -163,6 +178,7 @@ def finish_training(loop: "TrainLoop", cfg: TrainConfig, model_name: str, histor
     summary = summarise_history(history)
     checkpoint = loop.save_checkpoint({"config": asdict(cfg), "model": model_name, "summary": summary,
                                        "diagnostics": diagnostics})
+    loop.end_tracking()
     loop.accelerator.print(summary_line(cfg.algo.name, summary, checkpoint))
     return checkpoint
 
@@ -301,6 +317,11 @@ class TrainLoop:
 
     ``step_loss(step_items, accelerator, model)`` runs the forward/backward passes of one optimizer step (calling
     ``accelerator.backward`` per micro-batch) and returns a dict of metrics (including ``loss``).
+
+    Experiment trackers (turnrl/train/tracking.py) are the ones the run's settings record names
+    (``train_settings.json``, written by :func:`checkpoint_or_start` before every trainer builds its loop, so
+    every trainer family tracks alike); a loop without that record tracks nothing. Each step's log row goes to
+    them under ``train/``, with the record as the run's hyperparameters.
     """
 
     def __init__(self, lm, tokenizer, optim: OptimConfig, out_dir: Path, base_model_name: str,
@@ -322,9 +343,14 @@ class TrainLoop:
         # free of collectives, so processes may run different numbers of forward passes in a step (an empty share,
         # more micro-batches, a reference pass) without their collectives falling out of step.
         bf16 = resolved_precision(optim.precision) == "bf16"
+        self.state_dir = out_dir / "state"
+        meta = self.state_dir / "trainer_state.json"
+        self.resuming_from = json.loads(meta.read_text())["step"] if meta.exists() else 0
+        trackers, settings = self._trackers(out_dir)
         self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no",
                                        cpu=default_device() == "cpu",
-                                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+                                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+                                       log_with=trackers or None)
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         if plugin is not None:
             # Steps are cut into micro-batches here, not by DeepSpeed: one micro-batch per backward, no scaling.
@@ -338,10 +364,36 @@ class TrainLoop:
         scheduler = get_scheduler(optim.schedule if optim.schedule != "constant" else "constant_with_warmup",
                                   optimizer, num_warmup_steps=warmup, num_training_steps=max(1, len(steps)))
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
-        self.state_dir = out_dir / "state"
         self.log_path = out_dir / "train_log.jsonl"
         self.done_steps = 0
         self.resumed_history: list[dict[str, Any]] = []
+        self.tracking = bool(trackers)
+        if trackers:
+            from turnrl.train.tracking import PROJECT, hparams
+
+            if self.accelerator.is_main_process:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            self.accelerator.init_trackers(PROJECT, config=hparams(settings))
+
+    def _trackers(self, out_dir: Path) -> tuple[list[Any], dict[str, Any]]:
+        """The trackers the run's settings record asks for (not started), and the record."""
+        from turnrl.train.tracking import make_trackers, parse_report_to, run_label
+
+        record = out_dir / "train_settings.json"
+        settings = read_json(record) if record.exists() else {}
+        names = parse_report_to(settings.get("report_to", "none"))
+        # TensorBoard hides what an earlier writer of the folder logged from the first step this run logs: after a
+        # resume, the steps past the saved state; after a start over, everything.
+        return make_trackers(names, out_dir, run_label(out_dir),
+                             purge_step=self.resuming_from + 1 if self.resuming_from else 0), settings
+
+    def end_tracking(self) -> None:
+        """Close the trackers (flush and finish their runs). Not ``accelerator.end_training()``: that also destroys
+        the process group, which later stages of the same launch (``turnrl run``'s next algorithm) still use."""
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        self.accelerator.trackers = []
+        self.tracking = False
 
     def resume(self) -> None:
         meta = self.state_dir / "trainer_state.json"
@@ -381,6 +433,8 @@ class TrainLoop:
             steps_per_epoch: int) -> list[dict[str, float]]:
         import torch
 
+        from turnrl.train.tracking import scalars
+
         self.resume()
         history: list[dict[str, float]] = list(self.resumed_history)
         main = self.accelerator.is_main_process
@@ -407,6 +461,8 @@ class TrainLoop:
                 if main:
                     log.write(json.dumps(metrics) + "\n")
                     log.flush()
+                if self.tracking:
+                    self.accelerator.log(scalars(metrics, "train/", skip=("step",)), step=index + 1)
                 bar.set_postfix(headline(metrics))
                 bar.update(1)
                 at_epoch_end = (index + 1) % steps_per_epoch == 0

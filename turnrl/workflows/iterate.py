@@ -55,6 +55,7 @@ from turnrl.stages.score import RewardConfig, ScoreConfig, score
 from turnrl.stages.simulate import RolloutOptions, SimulateConfig
 from turnrl.tasks import DatasetConfig, prepare_split
 from turnrl.train.common import OptimConfig
+from turnrl.train.tracking import StandaloneTrackers, hparams, parse_report_to, scalars
 
 
 @dataclass
@@ -94,11 +95,16 @@ class IterateConfig:
     """Evaluate the selected policy on the test split (eval/iterate-<algo>/)."""
     tool_filters: ToolFilterConfig = field(default_factory=ToolFilterConfig)
     """tool environment: 003's filters, applied to the scored trajectories before pairing (turnrl/filters.py)."""
+    report_to: str = "none"
+    """Experiment trackers (none, tensorboard, wandb, trackio, or several comma-separated): each iteration's
+    held-out metrics at step t (tensorboard: <run_dir>/tensorboard), and each iteration's training as
+    `turnrl train --report_to` logs it (iter_t/train/<algo>/tensorboard). See turnrl/train/tracking.py."""
 
 
 def _check(cfg: IterateConfig, n_prompts: int) -> None:
     if cfg.iterations < 1:
         raise ConfigError(f"iterations: {cfg.iterations}; expected >= 1")
+    parse_report_to(cfg.report_to)
     if cfg.optim.epochs > 1:
         raise ConfigError(f"optim.epochs: {cfg.optim.epochs}; an iteration trains at most one epoch (003)")
     if not 0 <= cfg.previous_samples < cfg.rollout.samples:
@@ -121,7 +127,7 @@ def _start_or_resume(cfg: IterateConfig, run_dir: Path) -> None:
     if record.exists():
         old = read_json(record)
         diff = sorted(k for k, v in current.items() if old.get(k) != v and k not in ("run_dir", "iterations",
-                                                                                   "evaluate_best"))
+                                                                                   "evaluate_best", "report_to"))
         if diff:
             raise ConfigError(f"{record}: this loop was started with other settings {diff}; resume it with the "
                               "same settings or use another run_dir")
@@ -194,7 +200,7 @@ def _train(cfg: IterateConfig, it_dir: Path, t: int, current: str, reward: Rewar
         algo = replace(algo, reference=cfg.model)
     algorithm = get_algorithm(algo.name)
     if algorithm.family != "preference":
-        return str(train(str(it_dir), current, algo, cfg.optim, input=log)), {}
+        return str(train(str(it_dir), current, algo, cfg.optim, input=log, report_to=cfg.report_to)), {}
     branches = None
     if algorithm.needs_branches:
         simulate_cfg = SimulateConfig(dataset=cfg.dataset, env=cfg.env, policy=replace(cfg.generation, model=current),
@@ -204,7 +210,14 @@ def _train(cfg: IterateConfig, it_dir: Path, t: int, current: str, reward: Rewar
     if not diagnostics["pairs"]:
         print(f"iterate: iteration {t} found no pairs ({diagnostics}); the policy carries over unchanged")
         return current, diagnostics
-    return str(train(str(it_dir), current, algo, cfg.optim, input=log)), diagnostics
+    return str(train(str(it_dir), current, algo, cfg.optim, input=log, report_to=cfg.report_to)), diagnostics
+
+
+def _tracked(record: dict[str, Any]) -> dict[str, float | int]:
+    """What the trackers get of an iteration: its held-out metrics (mean, se, n), prompts, pairs, filter counts."""
+    return {**scalars(record["heldout"], "heldout/"), **scalars(record.get("pairing") or {}, "pairing/"),
+            **scalars(record.get("filtered") or {}, "filtered/"),
+            **({"prompts": record["prompts"]} if "prompts" in record else {})}
 
 
 def iterate(cfg: IterateConfig) -> dict[str, Any]:
@@ -213,6 +226,16 @@ def iterate(cfg: IterateConfig) -> dict[str, Any]:
     prompts = train_split[cfg.heldout:]
     _check(cfg, len(prompts))
     _start_or_resume(cfg, run_dir)
+    # Every call logs every iteration again, finished ones from their records: purge_step 0 hides what an earlier,
+    # interrupted call logged, so each metric has one point per iteration.
+    trackers = StandaloneTrackers(cfg.report_to, run_dir, config=hparams(asdict(cfg)), purge_step=0)
+    try:
+        return _iterate(cfg, run_dir, prompts, trackers)
+    finally:
+        trackers.finish()
+
+
+def _iterate(cfg: IterateConfig, run_dir: Path, prompts: list[Task], trackers: StandaloneTrackers) -> dict[str, Any]:
     env = make_env(cfg.env)
     # One fixed scorer for every policy: gold_likelihood by pi_0, not by whichever policy wrote the trajectory.
     reward = replace(cfg.reward, reference=cfg.reward.reference or cfg.model)
@@ -225,10 +248,12 @@ def iterate(cfg: IterateConfig) -> dict[str, Any]:
         record = {"iteration": 0, "policy": cfg.model, "heldout": _heldout(cfg, base_dir, cfg.model, reward)}
         write_json(base_dir / "iteration.json", record)
         history.append(record)
+    trackers.log(_tracked(history[0]), step=0)
     for t in range(1, cfg.iterations + 1):
         it_dir = run_dir / f"iter_{t}"
         if (it_dir / "iteration.json").exists():
             history.append(read_json(it_dir / "iteration.json"))
+            trackers.log(_tracked(history[-1]), step=t)
             continue
         _copy_tasks(run_dir, it_dir)
         current = history[-1]["policy"]
@@ -251,6 +276,7 @@ def iterate(cfg: IterateConfig) -> dict[str, Any]:
                   "heldout": _heldout(cfg, it_dir, policy, reward)}
         write_json(it_dir / "iteration.json", record)
         history.append(record)
+        trackers.log(_tracked(record), step=t)
         print(f"iterate: iteration {t}: held-out {cfg.selection} {record['heldout'][cfg.selection]['mean']:.4g} "
               f"(pi_0: {history[0]['heldout'][cfg.selection]['mean']:.4g})")
     best = max(history, key=lambda r: (r["heldout"][cfg.selection]["mean"], r["iteration"]))
@@ -261,6 +287,8 @@ def iterate(cfg: IterateConfig) -> dict[str, Any]:
         summary["best"]["test"] = evaluate(EvaluateConfig(
             run_dir=cfg.run_dir, name=name, policy=replace(cfg.generation, model=best["policy"]),
             teacher=cfg.teacher, dataset=cfg.dataset, env=cfg.env, reward=reward, evaluation=cfg.evaluation))["metrics"]
+        trackers.log(scalars(summary["best"]["test"], "test/"), step=best["iteration"])
+    trackers.log({"best_iteration": best["iteration"]}, step=cfg.iterations)
     write_json(run_dir / "summary.json", summary)
     print(f"iterate: best on the held-out prompts: iteration {best['iteration']} ({best['policy']})")
     return summary

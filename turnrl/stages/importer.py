@@ -1,0 +1,458 @@
+"""``turnrl import``: logged conversations from elsewhere as the run's scored log (docs/import-export.md).
+
+Reads JSONL, JSON, Parquet, CSV or a Hugging Face dataset (a ``save_to_disk`` folder, a folder of data files or a
+hub id, loaded with ``datasets``) in the shapes logs come in:
+
+- TRL conversational and OpenAI chat / fine-tuning logs: a ``messages`` list of ``{role, content}`` (OpenAI's
+  ``developer`` role is read as ``system``, its legacy ``function`` role as ``tool``; ``content`` may be a list of
+  text parts; an assistant message with ``tool_calls`` and no content keeps its calls; a ``tools`` column is kept
+  in ``meta.tools`` and written back by ``turnrl export``);
+- ShareGPT: ``conversations`` of ``{from, value}``, with ``human`` / ``gpt`` / ``system`` read as user /
+  assistant / system (``observation`` and ``function`` as ``tool``);
+- TRL prompt-completion: ``prompt`` and ``completion`` lists of messages, joined into one conversation.
+
+Each row becomes one :class:`~turnrl.records.Trajectory` with its scalar ``reward`` from one column
+(``reward_column``) or a weighted sum of several (``reward_columns`` with ``reward_weights``: non-negative,
+summing to 1, as the score stage's ``reward.weights``), each column also kept as a named component in
+``rewards``. ``group_id`` (the context x that Swift standardises over and the pairings pair within) is a column's
+value or, by default, a hash of the conversation's system prompt and first user message. Every other column is
+kept in ``meta``.
+
+The output is ``scored/trajectories.jsonl`` (what ``turnrl train`` reads), written whole or not at all. An imported
+log has no :class:`~turnrl.records.Task`: training reads only the log, and the report reads tasks only where they
+exist. Data still flow one way: nothing is written to ``tasks/`` (``turnrl evaluate`` creates the held-out split
+from its own ``--dataset``) or ``rollouts/``. ``turnrl score`` is not run on an imported log: its components need
+each task's gold answer, which a log from elsewhere does not have; the rewards come with the data.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import hashlib
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from turnrl.errors import ConfigError, InputError
+from turnrl.layout import SCORED
+from turnrl.records import Trajectory, atomic_write_text, dumps, iter_jsonl
+
+ROLE_NAMES = {
+    "system": "system", "user": "user", "assistant": "assistant", "tool": "tool",
+    "developer": "system",  # OpenAI's newer name for the system message
+    "function": "tool",  # OpenAI's legacy function-result role
+    "human": "user", "gpt": "assistant", "observation": "tool",  # ShareGPT
+}
+"""The roles (and ShareGPT ``from`` values) read, and the turnrl role each becomes."""
+
+FORMATS = ("auto", "messages", "sharegpt", "prompt-completion")
+TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet"}
+JSON_SUFFIXES = (".jsonl", ".json")
+KEPT_MESSAGE_KEYS = ("name", "tool_calls", "tool_call_id", "function_call", "weight")
+"""Keys of a message kept beside role and content (OpenAI's tool calls, fine-tuning weights)."""
+
+
+@dataclass
+class ImportConfig:
+    """Import logged conversations with rewards as the run's scored log."""
+
+    run_dir: str = "runs/turnrl"
+    source: str = ""
+    """The data: a .jsonl/.json/.parquet/.csv file, a Hugging Face dataset folder (save_to_disk, or a folder of data
+    files) or a hub id. A path is relative to the current directory, not to the run directory."""
+    format: Literal["auto", "messages", "sharegpt", "prompt-completion"] = "auto"
+    """auto (by the columns: messages, conversations, or prompt + completion), messages (TRL / OpenAI
+    {role, content}), sharegpt ({from, value}) or prompt-completion (TRL's two lists of messages)."""
+    messages_column: str = ""
+    """The column holding the conversation (default: messages, or conversations for ShareGPT)."""
+    split: str = "train"
+    """Hugging Face datasets: the split to read."""
+    subset: str = ""
+    """Hub datasets: the configuration (subset) name, if the dataset has several."""
+    reward_column: str = "reward"
+    """The column holding each conversation's scalar reward (unused when reward_columns or reward_weights are set)."""
+    reward_columns: list[str] = field(default_factory=list)
+    """Several reward component columns, e.g. [helpful, correct]; the reward is their weighted sum."""
+    reward_weights: dict[str, float] = field(default_factory=dict)
+    """Component column -> weight, non-negative and summing to 1 (as reward.weights of the score stage); default:
+    equal weights. Given alone, its keys are the reward columns."""
+    group_column: str = ""
+    """The column naming each conversation's context x (Swift standardises within it, DPO pairs within it).
+    Default: a hash of the system prompt and the first user message."""
+    id_column: str = ""
+    """A column of unique trajectory ids (default: <group>#<k>, k counting the group's rows in file order)."""
+    policy_model: str = ""
+    """The model that wrote the conversations, recorded as the trajectories' policy: `turnrl train` starts from it
+    unless --model says otherwise (leave empty when it is not a model turnrl can load, e.g. a hosted API)."""
+    output: str = SCORED
+    """The log to write, in the run directory."""
+    overwrite: bool = False
+    """Replace an existing output with different content (otherwise refused)."""
+
+
+@dataclass
+class Row:
+    number: int
+    """1-based, in file order."""
+    where: str
+    """How errors name it: file and row (and line, for JSON lines)."""
+    data: dict[str, Any]
+
+
+@dataclass
+class Source:
+    label: str
+    rows: Iterator[Row]
+    columns: list[str] | None
+    """Every row's columns (tables and datasets); None for JSON lines, whose rows may differ."""
+    typed: bool
+    """False for CSV, whose cells are text: numeric strings are then read as numbers."""
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+
+def _json_rows(path: Path) -> Iterator[Row]:
+    with path.open("rb") as fh:
+        start = fh.read(4096).lstrip()
+    if path.suffix == ".json" and start.startswith(b"["):  # a JSON array of rows; otherwise JSON lines
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not a valid JSON array ({exc})") from None
+        for i, obj in enumerate(data, start=1):
+            yield Row(i, f"{path}: row {i}", obj)
+        return
+    for i, (lineno, obj) in enumerate(iter_jsonl(path), start=1):
+        yield Row(i, f"{path}: row {i} (line {lineno})", obj)
+
+
+def _dataset_rows(ds, label: str) -> Iterator[Row]:
+    for i, obj in enumerate(ds, start=1):
+        yield Row(i, f"{label}: row {i}", obj)
+
+
+def _pick_split(ds, label: str, split: str):
+    import datasets
+
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        if split not in ds:
+            raise InputError(f"{label}: no split {split!r}; splits are {', '.join(ds)} (choose one with --split)")
+        return ds[split]
+    return ds
+
+
+def open_source(cfg: ImportConfig) -> Source:
+    """The rows of ``cfg.source``, each with how an error names it."""
+    if not cfg.source:
+        raise ConfigError("source: not given; name a .jsonl/.json/.parquet/.csv file, a dataset folder or a hub id")
+    path = Path(cfg.source)
+    if path.is_file():
+        if path.suffix in JSON_SUFFIXES:
+            return Source(str(path), _json_rows(path), None, typed=True)
+        kind = TABLE_SUFFIXES.get(path.suffix)
+        if kind is None:
+            raise InputError(f"{path}: unsupported file type {path.suffix!r}; expected .jsonl, .json, .parquet or "
+                             ".csv, a Hugging Face dataset folder or a hub id")
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+        except Exception as exc:  # datasets raises many types for malformed files
+            raise InputError(f"{path}: could not read as {kind}: {exc}") from None
+        return Source(str(path), _dataset_rows(ds, str(path)), list(ds.column_names), typed=kind != "csv")
+    if path.suffix in JSON_SUFFIXES + tuple(TABLE_SUFFIXES) and not path.exists():
+        raise InputError(f"{path}: file not found")
+    import datasets
+
+    label = f"{cfg.source} [{cfg.split}]"
+    try:
+        if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+            ds = _pick_split(datasets.load_from_disk(str(path)), label, cfg.split)
+        else:
+            ds = datasets.load_dataset(cfg.source, cfg.subset or None, split=cfg.split)
+    except InputError:
+        raise
+    except Exception as exc:
+        where = "folder" if path.is_dir() else "path or hub dataset"
+        raise InputError(f"{cfg.source}: could not load this {where} with datasets: {exc}") from None
+    return Source(label, _dataset_rows(ds, label), list(ds.column_names), typed=True)
+
+
+# ----------------------------------------------------------------------------------------------- normalising
+
+def _parsed(value: Any, where: str, name: str) -> Any:
+    """A list column stored as JSON text (CSV, some Parquet files) parsed; anything else as it is."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: field {name!r} is text that is not valid JSON ({exc.msg} at column "
+                             f"{exc.colno}); expected a list of messages") from None
+    return value
+
+
+def _content(message: dict[str, Any], where: str, field_name: str) -> str:
+    content = message.get("content") if "content" in message else message.get("value")
+    if isinstance(content, str):
+        return content
+    if content is None:
+        if message.get("tool_calls") or message.get("function_call"):
+            return ""  # an OpenAI assistant turn that only calls tools
+        raise InputError(f"{where}: field {field_name!r} is missing or null; expected the message's text")
+    if isinstance(content, list):  # OpenAI content parts
+        texts = []
+        for j, part in enumerate(content):
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise InputError(f"{where}: field '{field_name}[{j}]' is a {kind!r} part; only text parts are "
+                                 "imported")
+        return "".join(texts)
+    raise InputError(f"{where}: field {field_name!r} is {type(content).__name__} {str(content)[:60]!r}; expected "
+                     "text")
+
+
+def _message(m: Any, i: int, column: str, fmt: str, where: str) -> dict[str, Any]:
+    name = f"{column}[{i}]"
+    if not isinstance(m, dict):
+        raise InputError(f"{where}: field {name!r} is {type(m).__name__}; expected an object with "
+                         f"{'from and value' if fmt == 'sharegpt' else 'role and content'}")
+    if fmt == "sharegpt" or (fmt != "messages" and m.get("role") is None and m.get("from") is not None):
+        role_key, content_key = "from", "value"
+    else:
+        role_key, content_key = "role", "content"
+    raw = m.get(role_key)
+    if raw is None:
+        raise InputError(f"{where}: field '{name}.{role_key}' is missing")
+    role = ROLE_NAMES.get(str(raw).strip().lower()) if isinstance(raw, str) else None
+    if role is None:
+        raise InputError(f"{where}: field '{name}.{role_key}' is {raw!r}; expected one of "
+                         f"{', '.join(ROLE_NAMES)}")
+    out: dict[str, Any] = {"role": role, "content": _content({"content": m.get(content_key),
+                                                               "tool_calls": m.get("tool_calls"),
+                                                               "function_call": m.get("function_call")},
+                                                              where, f"{name}.{content_key}")}
+    # Arrow tables give every message every key any message has (null where absent): keep only real values.
+    out.update({k: m[k] for k in KEPT_MESSAGE_KEYS if m.get(k) is not None})
+    return out
+
+
+def detect_format(cfg: ImportConfig, columns: list[str], label: str) -> tuple[str, str]:
+    """(format, messages column) from the config and the first row's (or the table's) columns."""
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format: {cfg.format!r}; expected one of {', '.join(FORMATS)}")
+    if cfg.messages_column:
+        fmt = cfg.format if cfg.format != "auto" else ("sharegpt" if cfg.messages_column == "conversations"
+                                                      else "messages")
+        if fmt == "prompt-completion":
+            raise ConfigError("messages_column: prompt-completion data have two columns, prompt and completion")
+        return fmt, cfg.messages_column
+    if cfg.format == "prompt-completion" or (cfg.format == "auto" and "messages" not in columns and
+                                             "conversations" not in columns and
+                                             {"prompt", "completion"} <= set(columns)):
+        return "prompt-completion", "prompt"
+    if cfg.format == "sharegpt":
+        return "sharegpt", "conversations"
+    if cfg.format == "messages":
+        return "messages", "messages"
+    if "messages" in columns:
+        return "messages", "messages"
+    if "conversations" in columns:
+        return "auto", "conversations"  # ShareGPT usually; role/content entries are read as such
+    raise InputError(f"{label}: no column messages, conversations or prompt + completion; columns are "
+                     f"{sorted(columns)} (name the conversation's column with --messages_column)")
+
+
+def conversation(row: Row, fmt: str, column: str) -> list[dict[str, Any]]:
+    """The row's messages, normalised and checked: non-empty, known roles, an assistant turn after a user turn."""
+    columns = ["prompt", "completion"] if fmt == "prompt-completion" else [column]
+    messages: list[dict[str, Any]] = []
+    for col in columns:
+        if row.data.get(col) is None:
+            raise InputError(f"{row.where}: field {col!r} is missing; expected a list of messages")
+        value = _parsed(row.data[col], row.where, col)
+        if not isinstance(value, list):
+            raise InputError(f"{row.where}: field {col!r} is {type(value).__name__}; expected a list of messages")
+        messages += [_message(m, i, col, fmt, row.where) for i, m in enumerate(value)]
+    if not messages:
+        raise InputError(f"{row.where}: field {column!r} is an empty conversation")
+    roles = [m["role"] for m in messages]
+    if "assistant" not in roles:
+        raise InputError(f"{row.where}: field {column!r} has no assistant message (roles: {', '.join(roles)}); "
+                         "there is no action to learn from")
+    if "user" not in roles[: roles.index("assistant")]:
+        raise InputError(f"{row.where}: field {column!r} has no user message before the first assistant message "
+                         f"(roles: {', '.join(roles)}); the prompt x is the system and user turns before it")
+    return messages
+
+
+def _number(value: Any, where: str, name: str, typed: bool) -> float:
+    if isinstance(value, str) and not typed:
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if value is None:
+        raise InputError(f"{where}: field {name!r} is empty; expected a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}: field {name!r} is {value!r}; expected a number")
+    if not math.isfinite(value):
+        raise InputError(f"{where}: field {name!r} is {value}; expected a finite number")
+    return float(value)
+
+
+def reward_spec(cfg: ImportConfig) -> tuple[list[str], dict[str, float] | None]:
+    """The reward columns and, for several components, their weights (None: one column is the reward)."""
+    if not cfg.reward_columns and not cfg.reward_weights:
+        if not cfg.reward_column:
+            raise ConfigError("reward_column: empty; name the column that holds the reward (or reward_columns)")
+        return [cfg.reward_column], None
+    if cfg.reward_column not in ("", ImportConfig.reward_column):
+        raise ConfigError(f"reward_column: {cfg.reward_column!r} and reward_columns / reward_weights are both set; "
+                          "give the one reward column, or the component columns and their weights")
+    columns = list(cfg.reward_columns or cfg.reward_weights)
+    if len(set(columns)) != len(columns):
+        raise ConfigError(f"reward_columns: {columns} names a column twice")
+    weights = dict(cfg.reward_weights) or {c: 1.0 / len(columns) for c in columns}
+    unknown = [k for k in weights if k not in columns]
+    if unknown:
+        raise ConfigError(f"reward_weights.{unknown[0]}: not one of reward_columns {columns}")
+    unweighted = [c for c in columns if c not in weights]
+    if unweighted:
+        raise ConfigError(f"reward_weights: no weight for column {unweighted[0]!r}; give every reward column one")
+    for name, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ConfigError(f"reward_weights.{name}: {w!r}; weights must be numbers >= 0")
+    if abs(sum(weights.values()) - 1.0) > 1e-6:
+        raise ConfigError(f"reward_weights: they sum to {sum(weights.values()):.4g}; they must sum to 1 (as "
+                          "reward.weights of the score stage)")
+    return columns, {c: float(weights[c]) for c in columns}
+
+
+def context_group(messages: list[dict[str, Any]]) -> str:
+    """The default context x: a hash of the system messages before the first user message and that message."""
+    first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+    system = [m["content"] for m in messages[:first_user] if m["role"] == "system"]
+    key = json.dumps({"system": system, "user": messages[first_user]["content"]}, ensure_ascii=False,
+                     sort_keys=True)
+    return "x-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def _jsonable(value: Any) -> Any:
+    """A cell as JSON: dates as ISO text, decimals as numbers, anything else unknown as text."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (datetime.date, datetime.datetime, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return _jsonable(value.item())
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------------- the stage
+
+def read_conversations(cfg: ImportConfig) -> list[Trajectory]:
+    """Every row of the source as a scored trajectory; the first bad row raises, naming file, row and field."""
+    source = open_source(cfg)
+    reward_columns, weights = reward_spec(cfg)
+    if source.columns is not None:
+        for col in reward_columns + [c for c in (cfg.group_column, cfg.id_column) if c]:
+            if col not in source.columns:
+                raise InputError(f"{source.label}: no column {col!r}; columns are {source.columns}")
+    fmt = column = None
+    drafts: list[tuple[Row, list[dict[str, Any]], str, dict[str, float], float]] = []
+    for row in source.rows:
+        if not isinstance(row.data, dict):
+            raise InputError(f"{row.where}: expected an object (one conversation), got {type(row.data).__name__}")
+        if fmt is None:
+            fmt, column = detect_format(cfg, source.columns or list(row.data), source.label)
+        messages = conversation(row, fmt, column)
+        components = {}
+        for col in reward_columns:
+            if col not in row.data:
+                raise InputError(f"{row.where}: field {col!r} is missing; expected the reward (a number)")
+            components[col] = _number(row.data[col], row.where, col, source.typed)
+        reward = components[reward_columns[0]] if weights is None else \
+            float(sum(w * components[c] for c, w in weights.items()))
+        if cfg.group_column:
+            value = row.data.get(cfg.group_column)
+            if value is None or not str(value).strip():
+                raise InputError(f"{row.where}: field {cfg.group_column!r} is {value!r}; expected the group (the "
+                                 "context x) of this conversation")
+            group = str(value).strip()
+        else:
+            group = context_group(messages)
+        drafts.append((row, messages, group, components, reward))
+    if not drafts:
+        raise InputError(f"{source.label}: no rows to import")
+    used = {column, *reward_columns, cfg.group_column, cfg.id_column} | (
+        {"prompt", "completion"} if fmt == "prompt-completion" else set())
+    trajectories, seen, samples = [], {}, Counter()
+    for row, messages, group, components, reward in drafts:
+        k = samples[group]
+        samples[group] += 1
+        if cfg.id_column:
+            value = row.data.get(cfg.id_column)
+            if value is None or not str(value).strip():
+                raise InputError(f"{row.where}: field {cfg.id_column!r} is {value!r}; expected a trajectory id")
+            tid = str(value).strip()
+        else:
+            tid = f"{group}#{k}"
+        if tid in seen:
+            raise InputError(f"{row.where}: field {cfg.id_column or 'id'!r}: trajectory id {tid!r} is also that of "
+                             f"row {seen[tid]}; ids must be unique")
+        seen[tid] = row.number
+        meta = {str(k2): _jsonable(v) for k2, v in row.data.items() if k2 not in used}
+        meta["imported_from"] = {"source": source.label, "row": row.number}
+        trajectories.append(Trajectory(
+            id=tid, task_id=group, group_id=group, messages=messages, sample=k,
+            policy={"model": cfg.policy_model} if cfg.policy_model else {}, env={"name": "import"},
+            rewards=components, reward=reward, meta=meta))
+    return trajectories
+
+
+def group_sizes(trajectories: list[Trajectory]) -> dict[str, int]:
+    sizes: dict[str, int] = defaultdict(int)
+    for t in trajectories:
+        sizes[t.group_id] += 1
+    return sizes
+
+
+def import_log(cfg: ImportConfig) -> Path:
+    """Write the source's conversations as the run's scored log; return its path."""
+    trajectories = read_conversations(cfg)
+    out = Path(cfg.run_dir) / cfg.output
+    text = "".join(dumps(t) + "\n" for t in trajectories)
+    if out.exists() and not cfg.overwrite:
+        if out.read_text(encoding="utf-8") == text:
+            print(f"import: {out} already holds these {len(trajectories)} trajectories; nothing to do")
+            return out
+        raise ConfigError(f"{out} exists (another log); pass --overwrite true to replace it, or another --output")
+    atomic_write_text(out, text)
+    sizes = group_sizes(trajectories)
+    single = sum(n == 1 for n in sizes.values())
+    rewards = [float(t.reward) for t in trajectories]  # type: ignore[arg-type]
+    print(f"import: {len(trajectories)} trajectories in {len(sizes)} groups, mean reward "
+          f"{sum(rewards) / len(rewards):.3f} -> {out}")
+    print(f"import: {single} of {len(sizes)} groups have only one member (Swift's standardisation gives those "
+          "weight 0, and the preference pairings skip them)"
+          + ("; no group has two members: pass --group_column if the log records its contexts"
+             if single == len(sizes) else ""))
+    return out
