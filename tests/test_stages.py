@@ -285,3 +285,18 @@ def test_check_resume_protects_only_logs_with_records(tmp_path):
     assert out.read_text() == '{"id": "a"}\n'
     check_resume(out, record, {"model": "other"}, on_change="restart")
     assert not out.exists()
+
+
+def test_check_resume_ignores_options_the_record_predates(tmp_path):
+    """A config section that gained an option since the log was started (its record lacks the key) resumes; a changed
+    value of an option both know still refuses."""
+    from turnrl.errors import ConfigError
+    from turnrl.rollout import check_resume
+
+    out, record = tmp_path / "log.jsonl", tmp_path / "log.jsonl.config.json"
+    out.write_text('{"id": "a"}\n')
+    check_resume(out, record, {"dataset": {"name": "sciq", "n_train": 8}}, on_change="refuse")
+    check_resume(out, record, {"dataset": {"name": "sciq", "n_train": 8, "path": ""}}, on_change="refuse")
+    with pytest.raises(ConfigError, match=r"\['dataset'\]"):
+        check_resume(out, record, {"dataset": {"name": "sciq", "n_train": 9, "path": ""}}, on_change="refuse")
+    assert out.read_text() == '{"id": "a"}\n'

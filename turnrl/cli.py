@@ -26,6 +26,7 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
     from turnrl.stages.importer import ImportConfig, import_log
     from turnrl.workflows.iterate import IterateConfig, iterate
     from turnrl.workflows.pipeline import RunConfig, run
+    from turnrl.stages.rejudge import RejudgeConfig, rejudge
     from turnrl.stages.score import ScoreConfig, score
     from turnrl.serve import ServeConfig, serve
     from turnrl.stages.simulate import SimulateConfig, simulate
@@ -43,6 +44,8 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
         "import": (ImportConfig, import_log, "Import logged conversations with rewards (JSONL, Parquet, CSV, a "
                                              "Hugging Face dataset) as the run's scored log."),
         "score": (ScoreConfig, score, "Compute reward components and the scalar reward of each trajectory."),
+        "rejudge": (RejudgeConfig, rejudge, "Score judged conversations with a second judge, beside the first "
+                                            "judge's scores, and report how the two judges agree."),
         "train": (TrainConfig, train_cmd, "Train a policy on the scored log with one algorithm."),
         "export": (ExportConfig, export, "Write a scored log as TRL SFT / DPO / KTO data or OpenAI fine-tuning "
                                          "JSONL (randomized rounding of the rewards)."),

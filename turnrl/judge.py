@@ -27,8 +27,10 @@ new ones. Answers that did not parse are not reused: a rerun asks them again (an
 written by an older version, counts as a miss and is replaced once an answer parses).
 
 **Second judge.** ``second`` scores the same conversations with another model (000 Table 19: Claude 4 Opus next to
-GPT-4o), as ``judge_second_*`` components; :func:`agreement` gives Pearson and Spearman correlations, the mean
-absolute difference and n per metric.
+GPT-4o), as ``judge_second_*`` components; :func:`agreement` gives Pearson and Spearman correlations, Kendall's
+tau-b, quadratic-weighted kappa, the mean absolute difference and n per metric. Conversations already judged are
+rescored by a second judge afterwards, beside the first's scores, with ``turnrl rejudge``
+(:mod:`turnrl.stages.rejudge`).
 """
 
 from __future__ import annotations
@@ -327,10 +329,13 @@ def summary(trajectories: list[Trajectory]) -> dict[str, Any]:
 
 
 def agreement(trajectories: list[Trajectory]) -> dict[str, dict[str, float]]:
-    """Per metric, over conversations both judges scored: Pearson and Spearman correlation of the two judges'
-    0-10 scores, their mean absolute difference, and n. A correlation is NaN when either judge's scores are all
-    equal."""
+    """Per metric, over conversations both judges scored: Pearson and Spearman correlation, Kendall's tau-b and
+    quadratic-weighted kappa of the two judges' 0-10 scores (:func:`turnrl.stats.rater_agreement`), their mean
+    absolute difference, and n. A correlation is NaN when either judge's scores are all equal. (``turnrl
+    compare`` adds bootstrap intervals: :mod:`turnrl.stages.rejudge`.)"""
     from scipy import stats
+
+    from turnrl.stats import rater_agreement
 
     out = {}
     for m in METRICS:
@@ -338,9 +343,12 @@ def agreement(trajectories: list[Trajectory]) -> dict[str, dict[str, float]]:
                  if f"{PRIMARY}_{m}" in t.rewards and f"{SECOND}_{m}" in t.rewards]
         a, b = [p[0] for p in pairs], [p[1] for p in pairs]
         varied = len(pairs) >= 2 and len(set(a)) > 1 and len(set(b)) > 1
+        rated = rater_agreement(a, b, n_boot=0)
         out[m] = {
             "pearson": float(stats.pearsonr(a, b).statistic) if varied else math.nan,
             "spearman": float(stats.spearmanr(a, b).statistic) if varied else math.nan,
+            "kendall": rated.kendall.value if varied else math.nan,
+            "kappa": rated.kappa.value,
             "mean_abs_diff": float(sum(abs(x - y) for x, y in pairs) / len(pairs)) if pairs else math.nan,
             "n": len(pairs),
         }
@@ -356,8 +364,9 @@ def summary_markdown(info: dict[str, Any]) -> str:
                          f"{s['failures']} parse failures (no score), {s['retried']} needed a retry, "
                          f"{s['overall_fallback']} Overall from the mean of the five")
     if "agreement" in info:
-        lines += ["", "| metric | Pearson | Spearman | mean abs. diff. (0-10) | n |", "|---|---|---|---|---|"]
+        lines += ["", "| metric | Pearson | Spearman | Kendall tau-b | quadratic kappa | mean abs. diff. (0-10) | n |",
+                  "|---|---|---|---|---|---|---|"]
         for m, a in info["agreement"].items():
-            lines.append(f"| {LABELS[m]} | {a['pearson']:.3f} | {a['spearman']:.3f} | {a['mean_abs_diff']:.2f} | "
-                         f"{a['n']} |")
+            lines.append(f"| {LABELS[m]} | {a['pearson']:.3f} | {a['spearman']:.3f} | {a.get('kendall', math.nan):.3f} "
+                         f"| {a.get('kappa', math.nan):.3f} | {a['mean_abs_diff']:.2f} | {a['n']} |")
     return "\n".join(lines) + "\n"

@@ -3,11 +3,12 @@
     tasks/{train,val,test}.jsonl, tasks/split.json      the split (``tasks.prepare_split``)
     rollouts/trajectories.jsonl                          ``simulate``: the logged conversations
     branches/trajectories.jsonl, branches/scored.jsonl  StepDPO's branch rollouts, and scored
-    scored/trajectories.jsonl                            ``score``: the log with its rewards
+    scored/trajectories.jsonl                            ``score`` (or ``import``): the log with its rewards
     filtered/trajectories.jsonl                          ``iterate`` in the tool environment: 003's filters
     train/<algo>/                                        ``train``: checkpoint/, diagnostics.json, train_log.jsonl
     eval/<name>/, eval-val/<name>/, eval-train/<name>/   ``evaluate`` on the test, val and train splits
     results.json, results.md, report.html, plots/        ``compare``
+    export/<format>.jsonl                                ``export``: SFT, DPO, KTO or OpenAI fine-tuning files
 """
 
 from __future__ import annotations
@@ -20,6 +21,19 @@ BRANCHES = "branches/trajectories.jsonl"
 SCORED_BRANCHES = "branches/scored.jsonl"
 SCORED = "scored/trajectories.jsonl"
 FILTERED = "filtered/trajectories.jsonl"
+SECOND_JUDGE = "second_judge.jsonl"
+CONVERSATIONS = "conversations.jsonl"
+"""An evaluation's test conversations, in ``eval/<name>/``."""
+
+
+def second_judge_file(log: str | Path) -> Path:
+    """Where ``turnrl rejudge`` keeps a second judge's scores of a log's conversations: ``second_judge.jsonl``
+    beside ``trajectories.jsonl`` or ``conversations.jsonl``, ``<stem>.second_judge.jsonl`` beside any other log.
+    Its settings are recorded in the same name with ``.json``."""
+    log = Path(log)
+    if log.name in ("trajectories.jsonl", CONVERSATIONS):
+        return log.with_name(SECOND_JUDGE)
+    return log.with_name(f"{log.stem}.{SECOND_JUDGE}")
 
 
 def task_file(run_dir: str | Path, split: str) -> Path:

@@ -144,6 +144,15 @@ def episode_to_trajectory(job: Job, episode: Episode, env_settings: dict, policy
     )
 
 
+def _same_setting(old: Any, new: Any) -> bool:
+    """Whether a recorded setting equals the current one. Only the options both know are compared: an option added
+    to a config section after the record was written (or since removed) does not count as a change, as options
+    default to the behaviour that came before them."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return all(_same_setting(v, new[k]) for k, v in old.items() if k in new)
+    return old == new
+
+
 def check_resume(out: Path, record: Path, fingerprint: dict[str, Any],
                  on_change: Literal["refuse", "restart"]) -> None:
     """Record the settings a log is written with. A log that holds records and was started with other settings
@@ -151,7 +160,7 @@ def check_resume(out: Path, record: Path, fingerprint: dict[str, Any],
     is not a run to protect."""
     if record.exists() and out.exists() and out.stat().st_size > 0:
         old = read_json(record)
-        changed = sorted(k for k in fingerprint if old.get(k) != fingerprint[k])
+        changed = sorted(k for k in fingerprint if not _same_setting(old.get(k), fingerprint[k]))
         if changed and on_change == "refuse":
             raise ConfigError(f"{out} was started with other settings {changed}; resuming would mix two runs. "
                               "Use the same settings, another --output, or delete the file to start over.")

@@ -5,6 +5,8 @@
   n the number of questions (runs of one question are averaged first, so they are not counted as independent).
 - A difference between two methods on the same questions: the paired difference of per-question values, with a
   percentile bootstrap interval over questions (fixed seed) and the counts of questions won and lost.
+- Two raters (judges) of the same items: Spearman's rho, Kendall's tau-b and quadratic-weighted kappa, each with a
+  percentile bootstrap interval over items (:func:`rater_agreement`).
 """
 
 from __future__ import annotations
@@ -95,3 +97,131 @@ def paired_difference(a: list[float], b: list[float], n_boot: int = 10_000, seed
     se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
     return PairedDiff(float(d.mean()), float(low), float(high), se, n, int((d > 0).sum()), int((d < 0).sum()),
                       int((d == 0).sum()))
+
+
+# ------------------------------------------------------------------------------------- agreement of two raters
+
+
+@dataclass
+class Interval:
+    """A statistic and its percentile bootstrap interval (NaN bounds without a bootstrap)."""
+
+    value: float
+    low: float
+    high: float
+
+    def fmt(self, digits: int = 3) -> str:
+        if math.isnan(self.value):
+            return "n/a"
+        if math.isnan(self.low):
+            return f"{self.value:.{digits}f}"
+        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RaterAgreement:
+    """How two raters (two judges) agree on the same items (conversations) scored on one scale."""
+
+    spearman: Interval
+    kendall: Interval
+    """Kendall's tau-b (ties in either rater corrected for)."""
+    kappa: Interval
+    """Cohen's kappa with quadratic weights on the scale's own values."""
+    mean_abs_diff: float
+    mean_diff: float
+    """Mean of (second - first): how much more generous the second rater is."""
+    n: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+AGREEMENT_BLOCK = 256
+"""Bootstrap resamples drawn at a time (the stream of draws, hence the intervals, does not depend on memory)."""
+
+
+def _agreement_stats(counts: np.ndarray, va: np.ndarray, vb: np.ndarray) -> dict[str, np.ndarray]:
+    """Spearman, Kendall tau-b and quadratic-weighted kappa of each contingency table in ``counts`` (B, Ka, Kb):
+    counts[:, i, j] = items the first rater scored va[i] and the second vb[j] (va, vb ascending). NaN where a
+    statistic is undefined (a rater with a single value; kappa when no disagreement is expected)."""
+    n = counts.sum(axis=(1, 2))
+    ra, rb = counts.sum(axis=2), counts.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # Spearman: Pearson's r of the mid-ranks (ties share the mean of their ranks), weighted by the counts.
+        mid_a = np.cumsum(ra, axis=1) - (ra - 1) / 2 - (n[:, None] + 1) / 2
+        mid_b = np.cumsum(rb, axis=1) - (rb - 1) / 2 - (n[:, None] + 1) / 2
+        cov = np.einsum("bij,bi,bj->b", counts, mid_a, mid_b)
+        var_a, var_b = (ra * mid_a ** 2).sum(axis=1), (rb * mid_b ** 2).sum(axis=1)
+        spearman = cov / np.sqrt(var_a * var_b)
+        # Kendall tau-b: concordant pairs lie below-right of a cell, discordant ones below-left.
+        tail = np.flip(np.cumsum(np.cumsum(np.flip(counts, (1, 2)), axis=1), axis=2), (1, 2))  # i' >= i, j' >= j
+        tail = np.pad(tail, ((0, 0), (0, 1), (0, 1)))
+        below = np.pad(np.flip(np.cumsum(np.flip(ra, 1), axis=1), 1), ((0, 0), (0, 1)))  # rows i' >= i
+        concordant = (counts * tail[:, 1:, 1:]).sum(axis=(1, 2))
+        discordant = (counts * (below[:, 1:, None] - tail[:, 1:, :-1])).sum(axis=(1, 2))
+        pairs = n * (n - 1) / 2
+        ties_a, ties_b = (ra * (ra - 1) / 2).sum(axis=1), (rb * (rb - 1) / 2).sum(axis=1)
+        kendall = (concordant - discordant) / np.sqrt((pairs - ties_a) * (pairs - ties_b))
+        # Quadratic-weighted kappa: 1 - observed / expected mean squared difference (expected: independent raters
+        # with the same marginals).
+        sq = (va[:, None] - vb[None, :]) ** 2
+        observed = (counts * sq).sum(axis=(1, 2)) / n
+        expected = np.einsum("bi,bj,ij->b", ra, rb, sq) / n ** 2
+        kappa = np.where(expected > 0, 1 - observed / expected, np.nan)
+    return {"spearman": spearman, "kendall": kendall, "kappa": kappa}
+
+
+def rater_agreement(a: list[float], b: list[float], n_boot: int = 10_000, seed: int = 0,
+                    level: float = 0.95) -> RaterAgreement:
+    """Agreement of two raters' scores of the same items: Spearman's rho, Kendall's tau-b and Cohen's kappa with
+    quadratic weights, each with a percentile bootstrap interval over items (``n_boot`` resamples, fixed seed;
+    none with ``n_boot`` = 0), and the mean absolute and signed differences.
+
+    Kappa's weights are the squared differences of the scores themselves, so that on a 0-10 scale a 7.5 lies
+    between 7 and 8: kappa = 1 - mean((a - b)^2) / mean over all (i, j) of (a_i - b_j)^2. For integer scores
+    this is Cohen's quadratic-weighted kappa over the categories min..max (sklearn's
+    ``cohen_kappa_score(a, b, labels=range(lo, hi + 1), weights="quadratic")``). A statistic is NaN where it is
+    undefined (a rater who gave every item the same score; fewer than 2 items), and resamples where it is
+    undefined are left out of its interval."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"paired scores need the same items: {x.shape} vs {y.shape}")
+    n = len(x)
+    nan = Interval(math.nan, math.nan, math.nan)
+    if n == 0:
+        return RaterAgreement(nan, nan, nan, math.nan, math.nan, 0)
+    va, ca = np.unique(x, return_inverse=True)
+    vb, cb = np.unique(y, return_inverse=True)
+    size = len(va) * len(vb)
+    cell = ca * len(vb) + cb
+
+    def tables(index: np.ndarray) -> np.ndarray:
+        rows = index.shape[0]
+        flat = (np.arange(rows)[:, None] * size + cell[index]).ravel()
+        return np.bincount(flat, minlength=rows * size).reshape(rows, len(va), len(vb)).astype(float)
+
+    point = {k: float(v[0]) for k, v in _agreement_stats(tables(np.arange(n)[None, :]), va, vb).items()}
+    boots: dict[str, list[np.ndarray]] = {k: [] for k in point}
+    if n_boot > 0 and n >= 2:
+        rng = np.random.default_rng(seed)
+        per_step = max(1, min(AGREEMENT_BLOCK, 4_000_000 // size))  # bounds memory for many distinct scores
+        for start in range(0, n_boot, AGREEMENT_BLOCK):
+            index = rng.integers(0, n, size=(min(AGREEMENT_BLOCK, n_boot - start), n))
+            for s in range(0, index.shape[0], per_step):
+                for k, v in _agreement_stats(tables(index[s: s + per_step]), va, vb).items():
+                    boots[k].append(v)
+    alpha = (1 - level) / 2
+
+    def interval(key: str) -> Interval:
+        values = np.concatenate(boots[key]) if boots[key] else np.array([])
+        values = values[~np.isnan(values)]
+        if math.isnan(point[key]) or not len(values):
+            return Interval(point[key], math.nan, math.nan)
+        low, high = np.quantile(values, [alpha, 1 - alpha])
+        return Interval(point[key], float(low), float(high))
+
+    return RaterAgreement(interval("spearman"), interval("kendall"), interval("kappa"),
+                          float(np.abs(x - y).mean()), float((y - x).mean()), n)

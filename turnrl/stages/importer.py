@@ -9,7 +9,9 @@ hub id, loaded with ``datasets``) in the shapes logs come in:
   in ``meta.tools`` and written back by ``turnrl export``);
 - ShareGPT: ``conversations`` of ``{from, value}``, with ``human`` / ``gpt`` / ``system`` read as user /
   assistant / system (``observation`` and ``function`` as ``tool``);
-- TRL prompt-completion: ``prompt`` and ``completion`` lists of messages, joined into one conversation.
+- TRL prompt-completion: ``prompt`` and ``completion`` lists of messages, joined into one conversation;
+- MathDial (``--format mathdial``): its rows of teacher-student tutoring dialogues, the teacher as the assistant,
+  with the reward read from the teacher's rating of the outcome (:func:`mathdial_row`).
 
 Each row becomes one :class:`~turnrl.records.Trajectory` with its scalar ``reward`` from one column
 (``reward_column``) or a weighted sum of several (``reward_columns`` with ``reward_weights``: non-negative,
@@ -32,8 +34,9 @@ import decimal
 import hashlib
 import json
 import math
+import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -49,7 +52,7 @@ ROLE_NAMES = {
 }
 """The roles (and ShareGPT ``from`` values) read, and the turnrl role each becomes."""
 
-FORMATS = ("auto", "messages", "sharegpt", "prompt-completion")
+FORMATS = ("auto", "messages", "sharegpt", "prompt-completion", "mathdial")
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet"}
 JSON_SUFFIXES = (".jsonl", ".json")
 KEPT_MESSAGE_KEYS = ("name", "tool_calls", "tool_call_id", "function_call", "weight")
@@ -64,9 +67,11 @@ class ImportConfig:
     source: str = ""
     """The data: a .jsonl/.json/.parquet/.csv file, a Hugging Face dataset folder (save_to_disk, or a folder of data
     files) or a hub id. A path is relative to the current directory, not to the run directory."""
-    format: Literal["auto", "messages", "sharegpt", "prompt-completion"] = "auto"
+    format: Literal["auto", "messages", "sharegpt", "prompt-completion", "mathdial"] = "auto"
     """auto (by the columns: messages, conversations, or prompt + completion), messages (TRL / OpenAI
-    {role, content}), sharegpt ({from, value}) or prompt-completion (TRL's two lists of messages)."""
+    {role, content}), sharegpt ({from, value}), prompt-completion (TRL's two lists of messages) or mathdial
+    (MathDial's rows: the teacher is the assistant, the reward is the self-correctness rating, the group the qid;
+    docs/import-export.md)."""
     messages_column: str = ""
     """The column holding the conversation (default: messages, or conversations for ShareGPT)."""
     split: str = "train"
@@ -88,6 +93,8 @@ class ImportConfig:
     policy_model: str = ""
     """The model that wrote the conversations, recorded as the trajectories' policy: `turnrl train` starts from it
     unless --model says otherwise (leave empty when it is not a model turnrl can load, e.g. a hosted API)."""
+    skip_unrated: bool = False
+    """mathdial: leave out rows whose self-correctness rating is empty (counted) instead of stopping at them."""
     output: str = SCORED
     """The log to write, in the run directory."""
     overwrite: bool = False
@@ -366,21 +373,135 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+# -------------------------------------------------------------------------------------------------- MathDial
+
+MATHDIAL_SEPARATOR = "|EOM|"
+MATHDIAL_OUTCOMES = {"Yes": 1.0, "Yes, but I had to reveal the answer": 0.5, "No": 0.0}
+"""The teacher's answer to "did the student get to the correct solution?" (MathDial's ``self-correctness``) ->
+reward: solved, solved only once the teacher told the answer, not solved."""
+MATHDIAL_REWARD = "self_correctness"
+"""The reward component a MathDial import writes."""
+MATHDIAL_FIELDS = ("qid", "question", "student_incorrect_solution", "conversation", "self-correctness")
+MATHDIAL_SYSTEM = (
+    "You are a math teacher tutoring a student one to one. The student tried to solve the problem below and made a "
+    "mistake. Help the student find and fix the mistake: ask questions that make them think, and do not just tell "
+    "them the answer.\n\nProblem: {question}")
+MATHDIAL_OPENING = "Here is my solution:\n{solution}"
+_MOVE = re.compile(r"^\(([A-Za-z_ -]+)\)\s*")
+
+
+def mathdial_turns(row: Row) -> list[tuple[str, str, str]]:
+    """(speaker, move, text) of each turn of a MathDial ``conversation``, the labels stripped."""
+    text = row.data["conversation"]
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{row.where}: field 'conversation' is {text!r}; expected the dialogue as text, its turns "
+                         f"separated by {MATHDIAL_SEPARATOR}")
+    profile = row.data.get("student_profile")
+    name = profile.split()[0] if isinstance(profile, str) and profile.split() else None
+    turns = []
+    for j, raw in enumerate(text.split(MATHDIAL_SEPARATOR)):
+        label, sep, body = raw.partition(":")
+        label = label.strip()
+        if not sep or label not in ("Teacher", "Student", name):
+            raise InputError(f"{row.where}: field 'conversation' turn {j + 1} starts {raw.strip()[:40]!r}; expected "
+                             "'Teacher:', 'Student:' or the student's name from student_profile, then a colon")
+        move = ""
+        if label == "Teacher" and (m := _MOVE.match(body.strip())):
+            move, body = m.group(1), body.strip()[m.end():]
+        turns.append(("teacher" if label == "Teacher" else "student", move, body.strip()))
+    return turns
+
+
+def mathdial_row(row: Row, skip_unrated: bool = False) -> Row | None:
+    """One MathDial row as a row of the ``messages`` format, or None for an unrated row that is skipped.
+
+    - system: tutoring instructions with the problem (``question``); the student's incorrect solution is the first
+      user message (MathDial's first recorded turn is the teacher's, and the prompt x is the system and user
+      messages before the first assistant message);
+    - then each ``Teacher:`` turn of ``conversation`` (split at ``|EOM|``) is an assistant message, each
+      ``Student:`` (or student's name) turn a user message, their labels stripped; the teacher's move label
+      (``(focus)``, ``(probing)``, ``(telling)``, ``(generic)``) goes to ``meta.teacher_moves``, one list per
+      assistant message. Turns with no text after their labels are left out (their move too), and consecutive
+      turns of one speaker are joined into one message with a blank line between them;
+    - ``self_correctness``, the reward: :data:`MATHDIAL_OUTCOMES` of ``self-correctness``.
+
+    The other fields but ``conversation`` stay in the row, so they end up in ``meta``.
+    """
+    for name in MATHDIAL_FIELDS:
+        if name not in row.data:
+            raise InputError(f"{row.where}: field {name!r} is missing; expected a MathDial row ({', '.join(MATHDIAL_FIELDS)})")
+    rating = row.data["self-correctness"]
+    if rating is None or (isinstance(rating, str) and not rating.strip()):
+        if skip_unrated:
+            return None
+        raise InputError(f"{row.where}: field 'self-correctness' is empty, so the conversation has no reward (pass "
+                         "--skip_unrated true to leave such rows out)")
+    if not isinstance(rating, str) or rating.strip() not in MATHDIAL_OUTCOMES:
+        raise InputError(f"{row.where}: field 'self-correctness' is {rating!r}; expected one of "
+                         f"{', '.join(repr(k) for k in MATHDIAL_OUTCOMES)}")
+    for name in ("question", "student_incorrect_solution"):
+        if not isinstance(row.data[name], str) or not row.data[name].strip():
+            raise InputError(f"{row.where}: field {name!r} is {row.data[name]!r}; expected text")
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": MATHDIAL_SYSTEM.format(question=row.data["question"].strip())},
+        {"role": "user", "content": MATHDIAL_OPENING.format(solution=row.data["student_incorrect_solution"].strip())}]
+    moves: list[list[str]] = []
+    for speaker, move, text in mathdial_turns(row):
+        if not text:
+            continue
+        role = "assistant" if speaker == "teacher" else "user"
+        if messages[-1]["role"] == role:
+            messages[-1]["content"] += "\n\n" + text
+        else:
+            messages.append({"role": role, "content": text})
+            if role == "assistant":
+                moves.append([])
+        if role == "assistant" and move:
+            moves[-1].append(move)
+    if not moves:
+        raise InputError(f"{row.where}: field 'conversation' has no teacher turn with text; there is no action to "
+                         "learn from")
+    data = {k: v for k, v in row.data.items() if k != "conversation"}
+    data.update({"messages": messages, MATHDIAL_REWARD: MATHDIAL_OUTCOMES[rating.strip()], "teacher_moves": moves})
+    return Row(row.number, row.where, data)
+
+
+def mathdial_config(cfg: ImportConfig) -> ImportConfig:
+    """The defaults of a MathDial import: the reward is the self-correctness rating and the group the qid (its
+    conversations about one problem and one incorrect solution share their context x), unless set otherwise."""
+    if cfg.reward_column not in ("", ImportConfig.reward_column) or cfg.reward_columns or cfg.reward_weights:
+        return replace(cfg, group_column=cfg.group_column or "qid")
+    return replace(cfg, reward_column=MATHDIAL_REWARD, group_column=cfg.group_column or "qid")
+
+
 # ------------------------------------------------------------------------------------------------- the stage
 
 def read_conversations(cfg: ImportConfig) -> list[Trajectory]:
     """Every row of the source as a scored trajectory; the first bad row raises, naming file, row and field."""
     source = open_source(cfg)
+    mathdial = cfg.format == "mathdial"
+    if mathdial:
+        cfg = mathdial_config(cfg)
     reward_columns, weights = reward_spec(cfg)
     if source.columns is not None:
-        for col in reward_columns + [c for c in (cfg.group_column, cfg.id_column) if c]:
-            if col not in source.columns:
+        produced = {"messages", MATHDIAL_REWARD, "teacher_moves"} if mathdial else set()
+        for col in [*MATHDIAL_FIELDS] * mathdial + reward_columns + [c for c in (cfg.group_column, cfg.id_column)
+                                                                     if c]:
+            if col not in source.columns and col not in produced:
                 raise InputError(f"{source.label}: no column {col!r}; columns are {source.columns}")
     fmt = column = None
+    skipped = 0
     drafts: list[tuple[Row, list[dict[str, Any]], str, dict[str, float], float]] = []
     for row in source.rows:
         if not isinstance(row.data, dict):
             raise InputError(f"{row.where}: expected an object (one conversation), got {type(row.data).__name__}")
+        if mathdial:
+            converted = mathdial_row(row, cfg.skip_unrated)
+            if converted is None:
+                skipped += 1
+                continue
+            row = converted
+            fmt, column = "messages", "messages"
         if fmt is None:
             fmt, column = detect_format(cfg, source.columns or list(row.data), source.label)
         messages = conversation(row, fmt, column)
@@ -400,6 +521,8 @@ def read_conversations(cfg: ImportConfig) -> list[Trajectory]:
         else:
             group = context_group(messages)
         drafts.append((row, messages, group, components, reward))
+    if skipped:
+        print(f"import: left out {skipped} MathDial rows without a self-correctness rating (--skip_unrated)")
     if not drafts:
         raise InputError(f"{source.label}: no rows to import")
     used = {column, *reward_columns, cfg.group_column, cfg.id_column} | (

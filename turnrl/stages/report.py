@@ -12,7 +12,8 @@ Plots, written to ``plots/`` in the run directory (matplotlib's Agg renderer, no
 ``report.html`` opens without a network: CSS and JavaScript inline, plots as data URIs, the test conversations
 embedded as JSON (each distinct text stored once, so the prompts that every method shares cost nothing). Its
 conversation browser shows, for a chosen test question, Base's conversation beside each method's, with the rewards
-and any judge justifications.
+and any judge justifications (a second judge's too). Where a second judge scored conversations, a section shows
+the two judges' agreement per rubric item (:mod:`turnrl.stages.rejudge`).
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from typing import Any
 import numpy as np
 
 from turnrl import stats
-from turnrl.stages.compare import AT_K, Comparison, CompareConfig, build_comparison, default_order, describe_runs, \
-    diagnostics_table, display_name, evaluated_methods, load_method, paired_tables, results_table, \
-    settings_mismatch, write_comparison
+from turnrl.stages.compare import AT_K, Comparison, CompareConfig, agreement_tables, build_comparison, \
+    default_order, describe_runs, diagnostics_table, display_name, evaluated_methods, load_method, paired_tables, \
+    results_table, settings_mismatch, write_comparison
+from turnrl.stages.rejudge import conversation_key, read_records
+from turnrl.judge import METRICS as JUDGE_METRICS, SECOND
+from turnrl.layout import second_judge_file
 from turnrl.errors import InputError
 from turnrl.records import Task, Trajectory, atomic_write_text, iter_jsonl, read_json, read_tasks, \
     read_trajectories
@@ -230,6 +234,8 @@ def read_run(comparison: Comparison) -> RunFiles:
     logged = [obj for _, obj in iter_jsonl(run_dir / LOGGED)] if (run_dir / LOGGED).exists() else []
     conversations = {m: read_trajectories(run_dir / "eval" / m / "conversations.jsonl") for m in comparison.methods
                      if (run_dir / "eval" / m / "conversations.jsonl").exists()}
+    for m, trajectories in conversations.items():
+        with_second_judge(trajectories, run_dir / "eval" / m / "conversations.jsonl")
     tasks: dict[str, Task] = {}
     for split in ("test", "train"):
         if (run_dir / "tasks" / f"{split}.jsonl").exists():
@@ -243,6 +249,25 @@ def read_run(comparison: Comparison) -> RunFiles:
             diagnostics[folder.name] = read_json(folder / "diagnostics.json")
     return RunFiles(logged, conversations, tasks, logs, diagnostics, optional_json("run_config.json"),
                     optional_json("timings.json"))
+
+
+def with_second_judge(trajectories: list[Trajectory], log: Path) -> None:
+    """Show ``turnrl rejudge``'s second judge with the conversations it judged (in memory only: its scores as
+    ``judge_second_*`` components, its answer in ``meta["judge_second"]``)."""
+    path = second_judge_file(log)
+    if not path.exists():
+        return
+    records = {str(r["id"]): r for r in read_records(path)}
+    for traj in trajectories:
+        rec = records.get(traj.id)
+        if rec is None or rec.get("conversation") != conversation_key(traj.task_id, traj.messages):
+            continue
+        for m in JUDGE_METRICS:
+            traj.rewards.pop(f"{SECOND}_{m}", None)
+        scores = rec.get("scores") if rec.get("ok") and isinstance(rec.get("scores"), dict) else {}
+        traj.rewards.update({f"{SECOND}_{m}": float(v) / 10 for m, v in scores.items()
+                             if m in JUDGE_METRICS and isinstance(v, (int, float))})
+        traj.meta[SECOND] = {k: v for k, v in rec.items() if k not in ("id", "task_id", "conversation")}
 
 
 def _rewards(records: list[Any]) -> list[float]:
@@ -439,6 +464,7 @@ def write_report(comparison: Comparison, baseline: str = "base") -> Path:
         mismatch=settings_mismatch(comparison),
         paired=paired_tables(comparison, baseline),
         diagnostics=diagnostics_table(comparison),
+        agreement=agreement_tables(comparison),
         best_baseline=display_name(comparison.best_baseline) if comparison.best_baseline else None,
         figures=plots,
         weights=weight_rows(files.diagnostics),

@@ -272,9 +272,35 @@ def epoch_steps(items: list[Any], batch_size: int, epochs: float, seed: int) -> 
     return steps
 
 
-def process_share(items: list[Any], accelerator) -> list[Any]:
-    """This process's part of a step's items under data parallelism (all of them on one process)."""
-    return items[accelerator.process_index:: accelerator.num_processes]
+def process_share(items: list[Any], accelerator, rank: int | None = None) -> list[Any]:
+    """This process's part (or process ``rank``'s) of a step's items under data parallelism (all of them on one
+    process)."""
+    rank = accelerator.process_index if rank is None else rank
+    return items[rank:: accelerator.num_processes]
+
+
+def collective_passes(accelerator) -> bool:
+    """Whether every forward and backward pass through the model is a collective operation across processes:
+    under FSDP each layer's weights are gathered for its forward and its backward pass, under DeepSpeed ZeRO the
+    backward passes reduce gradients. Every process must then run as many passes as every other in each step.
+    Under DDP only the one synchronised backward pass per step is."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.num_processes > 1 and accelerator.distributed_type in (DistributedType.FSDP,
+                                                                              DistributedType.DEEPSPEED)
+
+
+def passes_in_step(accelerator, count: Callable[[int], int]) -> int:
+    """How many micro-batch passes this process runs in a step, ``count(rank)`` being the number of micro-batches
+    in process ``rank``'s share: its own; under data parallelism at least one (an empty share still joins the
+    step's gradient synchronisation); where passes are collective (:func:`collective_passes`), as many as the
+    process with the most. Passes beyond a process's own micro-batches are :func:`idle_pass` es."""
+    own = count(accelerator.process_index)
+    if accelerator.num_processes == 1:
+        return own
+    if collective_passes(accelerator):
+        return max(1, max(count(rank) for rank in range(accelerator.num_processes)))
+    return max(own, 1)
 
 
 @contextlib.contextmanager
@@ -295,21 +321,50 @@ def gradient_sync(accelerator, model, last: bool):
         yield
 
 
-def finish_step_without_data(accelerator, model) -> None:
-    """A process whose share of the step is empty still joins the step's gradient synchronisation.
+def dummy_batch(accelerator) -> dict[str, Any]:
+    """A two-token sequence with one target, in the trainers' wrappers' arguments (input_ids, attention_mask,
+    label_mask)."""
+    import torch
 
-    DDP reduces gradients only in the backward pass of a forward pass through it, so the process runs the model
-    (any of the trainers' wrappers: input_ids, attention_mask, label_mask) on a two-token dummy sequence and
+    ids = torch.zeros((1, 2), dtype=torch.long, device=accelerator.device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "label_mask": torch.tensor([[0, 1]], device=accelerator.device)}
+
+
+def idle_forward(accelerator, model) -> None:
+    """A forward pass without gradients on :func:`dummy_batch`: what a process with no data left runs where another
+    runs a no-grad pass through the (sharded) model, such as a reference pass."""
+    import torch
+
+    with torch.no_grad(), accelerator.autocast():
+        model(**dummy_batch(accelerator))
+
+
+def idle_pass(accelerator, model, last: bool = True, forwards: int = 0) -> None:
+    """A micro-batch pass without data: a process whose share of the step has no micro-batch left still joins the
+    step's collectives (:func:`passes_in_step`).
+
+    DDP reduces gradients only in the backward pass of a forward pass through it; FSDP gathers weights in every
+    pass. The process runs ``forwards`` no-grad passes (:func:`idle_forward`: what a real micro-batch runs before its
+    training pass, e.g. a reference pass through the policy), then the model on the dummy sequence and
     backpropagates zero.
     """
     import torch
 
-    ids = torch.zeros((1, 2), dtype=torch.long, device=accelerator.device)
-    with gradient_sync(accelerator, model, last=True):
+    for _ in range(forwards):
+        idle_forward(accelerator, model)
+    with gradient_sync(accelerator, model, last=last):
         with accelerator.autocast():
-            outputs = model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                            label_mask=torch.tensor([[0, 1]], device=accelerator.device))
+            outputs = model(**dummy_batch(accelerator))
         accelerator.backward(sum(t.float().sum() for t in outputs if torch.is_floating_point(t)) * 0.0)
+
+
+def engine_asked() -> str | None:
+    """The sharding engine an ``accelerate launch`` config asked for (its environment variables), if any."""
+    for var, engine in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")):
+        if os.environ.get(var, "false").lower() == "true":
+            return engine
+    return None
 
 
 class TrainLoop:
@@ -328,7 +383,7 @@ class TrainLoop:
                  steps: list[list[Any]], wrap: Callable[[Any], Any]):
         import torch
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType
         from transformers import get_scheduler
 
         optim.check()
@@ -340,26 +395,47 @@ class TrainLoop:
 
         # cpu=True on a machine without a GPU is what lets torchrun / accelerate launch run data-parallel on CPUs.
         # A causal LM's buffers are constants (rotary frequencies): not broadcasting them keeps every forward pass
-        # free of collectives, so processes may run different numbers of forward passes in a step (an empty share,
-        # more micro-batches, a reference pass) without their collectives falling out of step.
+        # free of collectives under DDP, so processes may run different numbers of forward passes in a step (an
+        # empty share, more micro-batches, a reference pass) without their collectives falling out of step. Under
+        # FSDP and DeepSpeed every pass is collective: the trainers pad each process's passes (passes_in_step).
         bf16 = resolved_precision(optim.precision) == "bf16"
         self.state_dir = out_dir / "state"
         meta = self.state_dir / "trainer_state.json"
         self.resuming_from = json.loads(meta.read_text())["step"] if meta.exists() else 0
         trackers, settings = self._trackers(out_dir)
+        # split_batches: each optimizer step's batch is split between the processes here, so the learning-rate
+        # schedule advances once per step (accelerate otherwise steps it once per process: warm-up and decay would
+        # run num_processes times too fast).
         self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no",
                                        cpu=default_device() == "cpu",
                                        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+                                       dataloader_config=DataLoaderConfiguration(split_batches=True),
                                        log_with=trackers or None)
-        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        self._check_engine()
+        plugin = self.accelerator.state.deepspeed_plugin if \
+            self.accelerator.distributed_type == DistributedType.DEEPSPEED else None
+        offload = False
         if plugin is not None:
+            ds = plugin.deepspeed_config
             # Steps are cut into micro-batches here, not by DeepSpeed: one micro-batch per backward, no scaling.
-            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
-            plugin.deepspeed_config["gradient_accumulation_steps"] = 1
+            ds["train_micro_batch_size_per_gpu"] = 1
+            ds["gradient_accumulation_steps"] = 1
+            # DeepSpeed clips inside its step; clip_grad_norm_ below then only reads the norm.
+            ds["gradient_clipping"] = max(0.0, optim.max_grad_norm)
+            offload = str(ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")) in \
+                ("cpu", "nvme")
         self.lm = lm
         model = wrap(lm)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=optim.learning_rate, weight_decay=optim.weight_decay)
+        if offload:
+            # ZeRO-Offload runs the update on the CPU and refuses torch's AdamW there: DeepSpeed's CPU Adam in AdamW
+            # mode is the same update (compiled on first use).
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer = DeepSpeedCPUAdam(params, lr=optim.learning_rate, weight_decay=optim.weight_decay,
+                                         adamw_mode=True)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=optim.learning_rate, weight_decay=optim.weight_decay)
         warmup = math.ceil(optim.warmup_ratio * len(steps))
         scheduler = get_scheduler(optim.schedule if optim.schedule != "constant" else "constant_with_warmup",
                                   optimizer, num_warmup_steps=warmup, num_training_steps=max(1, len(steps)))
@@ -374,6 +450,18 @@ class TrainLoop:
             if self.accelerator.is_main_process:
                 out_dir.mkdir(parents=True, exist_ok=True)
             self.accelerator.init_trackers(PROJECT, config=hparams(settings))
+
+    def _check_engine(self) -> None:
+        """Say so when the launch config asked for FSDP or DeepSpeed and accelerate runs plain data parallelism:
+        it enables both only on GPUs (and similar devices), not on CPU processes."""
+        from accelerate.utils import DistributedType
+
+        asked = engine_asked()
+        if asked and self.accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            self.accelerator.print(
+                f"train: the accelerate config asks for {asked}, but accelerate runs "
+                f"{self.accelerator.distributed_type.value} on {self.accelerator.device.type} (it enables FSDP and "
+                "DeepSpeed on GPUs only); training goes on with plain data parallelism (docs/scaling.md)")
 
     def _trackers(self, out_dir: Path) -> tuple[list[Any], dict[str, Any]]:
         """The trackers the run's settings record asks for (not started), and the record."""
@@ -431,7 +519,6 @@ class TrainLoop:
 
     def run(self, step_loss: Callable[[list[Any], Any, Any], dict[str, float]],
             steps_per_epoch: int) -> list[dict[str, float]]:
-        import torch
 
         from turnrl.train.tracking import scalars
 
@@ -444,18 +531,20 @@ class TrainLoop:
                 start = time.perf_counter()
                 metrics = step_loss(self.steps[index], self.accelerator, self.model)
                 grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.optim.max_grad_norm) \
-                    if self.optim.max_grad_norm > 0 else torch.tensor(float("nan"))
-                if not math.isfinite(metrics["loss"]) or (self.optim.max_grad_norm > 0 and
-                                                          not math.isfinite(float(grad_norm))):
+                    if self.optim.max_grad_norm > 0 else None
+                # DeepSpeed clips (and steps) inside its engine and reports the norm, or None when it has none
+                measured = grad_norm is not None
+                grad_norm = float(grad_norm) if measured else float("nan")
+                if not math.isfinite(metrics["loss"]) or (measured and not math.isfinite(grad_norm)):
                     raise TrainingDiverged(
-                        f"train: step {index + 1}: loss {metrics['loss']}, gradient norm {float(grad_norm)}; stopped "
+                        f"train: step {index + 1}: loss {metrics['loss']}, gradient norm {grad_norm}; stopped "
                         f"before the update (the last saved state in {self.state_dir} is intact). Check the rewards "
                         "and weights, or lower optim.learning_rate")
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 metrics.update({"step": index + 1, "epoch": (index + 1) / steps_per_epoch,
-                                "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+                                "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0],
                                 "seconds": time.perf_counter() - start})
                 history.append(metrics)
                 if main:

@@ -30,10 +30,10 @@ from turnrl.algorithms.registry import get_algorithm
 from turnrl.errors import ConfigError, InputError
 from turnrl.models import load_model, resolve, stop_token_ids
 from turnrl.layout import train_dir
-from turnrl.train.common import (OptimConfig, TrainConfig, TrainLoop, epoch_steps, finish_step_without_data,
-                                 finish_training, checkpoint_or_start, gradient_sync, load_for_training,
-                                 micro_batches, pad_batch, process_share, read_log, set_seed, write_training_files)
-from turnrl.train.logprobs import _base_lm
+from turnrl.train.common import (OptimConfig, TrainConfig, TrainLoop, epoch_steps, finish_training,
+                                 checkpoint_or_start, gradient_sync, idle_pass, load_for_training, micro_batches,
+                                 pad_batch, passes_in_step, process_share, read_log, set_seed, write_training_files)
+from turnrl.train.logprobs import _base_lm, no_split_modules
 from turnrl.train.preference import freeze
 from turnrl.train.weighted import tokenize_examples, train_weighted
 
@@ -71,6 +71,7 @@ class DistillLM(nn.Module):
         self.__dict__["teacher"] = teacher
         self.temperature = temperature
         self.chunk_tokens = chunk_tokens
+        self._no_split_modules = no_split_modules(lm)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 label_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -104,20 +105,26 @@ def distill_step_loss(alpha: float, temperature: float, normalization: str, micr
     def step_loss(step, accelerator, model) -> dict[str, float]:
         z = len(step) if normalization == "sum" else max(1, sum(it.tokens for it in step))
         # Under data parallelism: this process's share, loss scaled as in the weighted trainer.
-        micros = micro_batches(process_share(step, accelerator), lambda it: len(it.seq.input_ids),
-                               micro_batch_tokens)
+        def plan(rank=None):
+            return micro_batches(process_share(step, accelerator, rank), lambda it: len(it.seq.input_ids),
+                                 micro_batch_tokens)
+
+        micros = plan()
+        passes = passes_in_step(accelerator, lambda rank: len(plan(rank)))
         totals = torch.zeros(4, device=accelerator.device)  # loss, summed NLL, summed KL, tokens
-        for k, micro in enumerate(micros):
+        for k in range(passes):
+            if k >= len(micros):
+                idle_pass(accelerator, model, last=k == passes - 1)
+                continue
+            micro = micros[k]
             batch = pad_batch([it.seq for it in micro], pad_id, accelerator.device)
-            with gradient_sync(accelerator, model, last=k == len(micros) - 1):
+            with gradient_sync(accelerator, model, last=k == passes - 1):
                 with accelerator.autocast():
                     nll, kl, _ = model(**batch)
                 loss = (alpha * nll + (1 - alpha) * temperature ** 2 * kl).sum() / z
                 accelerator.backward(loss * accelerator.num_processes)
             totals += torch.stack([loss.detach(), nll.detach().sum(), kl.detach().sum(),
                                    torch.tensor(float(nll.numel()))])
-        if not micros and accelerator.num_processes > 1:
-            finish_step_without_data(accelerator, model)
         loss, nll_sum, kl_sum, tokens = accelerator.reduce(totals, reduction="sum").tolist()
         return {"loss": loss, "nll_per_token": nll_sum / max(1, tokens), "kl_per_token": kl_sum / max(1, tokens),
                 "trajectories": len(step), "tokens": int(tokens)}

@@ -27,6 +27,13 @@ def _head_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
     return -F.cross_entropy(logits, targets, reduction="none")
 
 
+def no_split_modules(lm: nn.Module) -> list[str] | None:
+    """The model's decoder-layer classes (transformers' ``_no_split_modules``), passed on by the trainers' wrappers:
+    FSDP's transformer auto-wrap policy reads them from the module it wraps, and without them it shards the whole
+    model as one unit (gathered whole for every pass) instead of layer by layer."""
+    return getattr(_base_lm(lm), "_no_split_modules", None)
+
+
 class MaskedLogprobLM(nn.Module):
     """forward(input_ids, attention_mask, label_mask) -> (log p of each masked token, its row index).
 
@@ -37,6 +44,7 @@ class MaskedLogprobLM(nn.Module):
         super().__init__()
         self.lm = lm
         self.chunk_tokens = chunk_tokens
+        self._no_split_modules = no_split_modules(lm)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 label_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

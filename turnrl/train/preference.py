@@ -24,6 +24,7 @@ copy otherwise. The reference always runs in eval mode (no dropout), which is wh
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import hashlib
@@ -43,10 +44,10 @@ from turnrl.errors import ConfigError
 from turnrl.layout import BRANCHES
 from turnrl.models import load_model, resolve, stop_token_ids
 from turnrl.records import read_json, read_trajectories, write_json
-from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainConfig, TrainLoop, epoch_steps,
-                                 finish_step_without_data, finish_training, checkpoint_or_start, gradient_sync,
-                                 load_for_training, micro_batches, pad_batch, process_share, read_log, set_seed,
-                                 write_training_files)
+from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainConfig, TrainLoop, checkpoint_or_start,
+                                 collective_passes, epoch_steps, finish_training, gradient_sync, idle_forward,
+                                 idle_pass, load_for_training, micro_batches, pad_batch, passes_in_step, process_share,
+                                 read_log, set_seed, write_training_files)
 from turnrl.train.logprobs import MaskedLogprobLM, sequence_logprobs
 
 
@@ -211,21 +212,30 @@ def step_sequences(step: list[Any], max_tokens: int) -> list[list[TokenizedSeque
 
 @torch.no_grad()
 def precompute_reference(module, steps: list[list[Any]], pad_id: int, accelerator, max_tokens: int,
-                         desc: str | None = None) -> dict[str, float]:
+                         desc: str | None = None, collective: bool = False) -> dict[str, float]:
     """log pi_ref(y | x) of every sequence of the run under ``module`` (a :class:`MaskedLogprobLM`), in eval mode.
 
     Each sequence is computed in the very micro-batch (same rows, same padding) the training step will run it in
     first, so that under bf16 autocast the reference matches the starting policy bit for bit rather than up to
     shape-dependent rounding; later epochs reuse the values. Under data parallelism each process computes its
-    own share and every process gets all the values."""
+    own share and every process gets all the values. ``collective``: ``module`` is the sharded policy (FSDP,
+    DeepSpeed), whose every pass every process must join: each runs as many passes as the process with the most
+    and computes every pass of its share."""
     from accelerate.utils import gather_object
 
     was_training = module.training
     module.eval()
     values: dict[str, float] = {}
     for step in tqdm(steps, desc=desc, unit="step", disable=desc is None or not accelerator.is_main_process):
-        for seqs in step_sequences(process_share(step, accelerator), max_tokens):
-            if all(s.key in values for s in seqs):
+        own = step_sequences(process_share(step, accelerator), max_tokens)
+        passes = max(len(step_sequences(process_share(step, accelerator, rank), max_tokens))
+                     for rank in range(accelerator.num_processes)) if collective else len(own)
+        for k in range(passes):
+            if k >= len(own):
+                idle_forward(accelerator, module)
+                continue
+            seqs = own[k]
+            if all(s.key in values for s in seqs) and not collective:
                 continue
             batch = pad_batch(seqs, pad_id, accelerator.device)
             with accelerator.autocast():
@@ -238,12 +248,45 @@ def precompute_reference(module, steps: list[list[Any]], pad_id: int, accelerato
     return values
 
 
+@contextlib.contextmanager
+def adapters_off(lm):
+    """The policy's LoRA adapters switched off for a pass (the base model: the reference of a fresh adapter).
+
+    Not PEFT's ``disable_adapter()``: that also clears and then sets the adapter weights' ``requires_grad``, and
+    under FSDP2 a pass after such a flip finds the adapters frozen ("element 0 of tensors does not require grad").
+    Only the layers' switch is flipped here; under ``no_grad`` the pass is the same.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    kinds: tuple[type, ...] = (BaseTunerLayer,)
+    try:
+        from peft.utils.other import AuxiliaryTrainingWrapper  # modules_to_save, trainable tokens
+
+        kinds += (AuxiliaryTrainingWrapper,)
+    except ImportError:
+        pass
+    layers = [m for m in lm.modules() if isinstance(m, kinds)]
+    before = [m._disable_adapters for m in layers]
+    for m in layers:
+        m._disable_adapters = True
+    try:
+        yield
+    finally:
+        for m, was in zip(layers, before):
+            m._disable_adapters = was
+
+
 class Reference:
     """log pi_ref of a micro-batch: looked up from the precomputed values, or computed now by a frozen model or by
     the policy with its LoRA adapter disabled (``module=None``)."""
 
     def __init__(self, values: dict[str, float] | None = None, module=None):
         self.values, self.module = values, module
+
+    @property
+    def through_policy(self) -> bool:
+        """Whether a reference pass is a pass through the (possibly sharded) policy."""
+        return self.values is None and self.module is None
 
     @torch.no_grad()
     def __call__(self, seqs: list[TokenizedSequence], batch: dict[str, Any], accelerator, model) -> torch.Tensor:
@@ -256,7 +299,7 @@ class Reference:
             policy = accelerator.unwrap_model(model)
             was_training = policy.training
             policy.eval()
-            with policy.lm.disable_adapter(), accelerator.autocast():
+            with adapters_off(policy.lm), accelerator.autocast():
                 logprobs, rows = model(**batch)
             policy.train(was_training)
         return sequence_logprobs(logprobs.float(), rows, len(seqs))
@@ -272,14 +315,22 @@ def dpo_step_loss(beta: float, micro_batch_tokens: int, pad_id: int, reference: 
     """One optimizer step of DPO over a list of :class:`PairItem` (see the module docstring)."""
 
     def step_loss(step: list[PairItem], accelerator, model) -> dict[str, float]:
-        micros = pair_batches(process_share(step, accelerator), micro_batch_tokens)
+        def plan(rank=None):
+            return pair_batches(process_share(step, accelerator, rank), micro_batch_tokens)
+
+        micros = plan()
+        passes = passes_in_step(accelerator, lambda rank: len(plan(rank)))
         # loss, beta r(chosen), beta r(rejected), chosen ahead, log pi(chosen), log pi(rejected), tokens
         totals = torch.zeros(7, device=accelerator.device)
-        for k, micro in enumerate(micros):
+        for k in range(passes):
+            if k >= len(micros):
+                idle_pass(accelerator, model, last=k == passes - 1, forwards=int(reference.through_policy))
+                continue
+            micro = micros[k]
             seqs = pair_sequences(micro)
             batch = pad_batch(seqs, pad_id, accelerator.device)
             ref = reference(seqs, batch, accelerator, model)
-            with gradient_sync(accelerator, model, last=k == len(micros) - 1):
+            with gradient_sync(accelerator, model, last=k == passes - 1):
                 with accelerator.autocast():
                     logprobs, rows = model(**batch)
                 logps = sequence_logprobs(logprobs.float(), rows, len(seqs))
@@ -290,8 +341,6 @@ def dpo_step_loss(beta: float, micro_batch_tokens: int, pad_id: int, reference: 
             totals += torch.stack([losses.detach().sum(), chosen.sum(), rejected.sum(),
                                    (chosen > rejected).float().sum(), logps[:n].detach().sum(),
                                    logps[n:].detach().sum(), torch.tensor(float(logprobs.numel()))])
-        if not micros and accelerator.num_processes > 1:
-            finish_step_without_data(accelerator, model)
         loss, chosen, rejected, ahead, logp_c, logp_r, tokens = accelerator.reduce(totals, reduction="sum").tolist()
         n = len(step)
         return {"loss": loss / n, "rewards/chosen": chosen / n, "rewards/rejected": rejected / n,
@@ -307,7 +356,13 @@ def kto_step_loss(beta: float, lambda_d: float, lambda_u: float, micro_batch_tok
 
     def step_loss(step: list[KTOStepItem], accelerator, model) -> dict[str, float]:
         mismatched, examples = kto_batches(process_share(step, accelerator), micro_batch_tokens)
+        shares = [kto_batches(process_share(step, accelerator, rank), micro_batch_tokens)
+                  for rank in range(accelerator.num_processes)] if collective_passes(accelerator) else []
         kl = torch.zeros(2, device=accelerator.device)  # sum of the mismatched log-ratios, their number
+        # Where passes are collective, a process with fewer mismatched batches than another joins the rest idle.
+        for _ in range(max([len(m) for m, _ in shares], default=0) - len(mismatched)):
+            for _ in range(1 + int(reference.through_policy)):
+                idle_forward(accelerator, model)
         for seqs in mismatched:
             batch = pad_batch(seqs, pad_id, accelerator.device)
             ref = reference(seqs, batch, accelerator, model)
@@ -319,11 +374,16 @@ def kto_step_loss(beta: float, lambda_d: float, lambda_u: float, micro_batch_tok
         z0 = kto_reference_point(kl[0], kl[1])
         # loss, beta r summed over desirable examples, their number, the same for undesirable ones, tokens
         totals = torch.zeros(6, device=accelerator.device)
-        for k, micro in enumerate(examples):
+        passes = passes_in_step(accelerator, lambda rank: len(shares[rank][1] if shares else examples))
+        for k in range(passes):
+            if k >= len(examples):
+                idle_pass(accelerator, model, last=k == passes - 1, forwards=int(reference.through_policy))
+                continue
+            micro = examples[k]
             seqs = [s.item.seq for s in micro]
             batch = pad_batch(seqs, pad_id, accelerator.device)
             ref = reference(seqs, batch, accelerator, model)
-            with gradient_sync(accelerator, model, last=k == len(examples) - 1):
+            with gradient_sync(accelerator, model, last=k == passes - 1):
                 with accelerator.autocast():
                     logprobs, rows = model(**batch)
                 logps = sequence_logprobs(logprobs.float(), rows, len(seqs))
@@ -334,8 +394,6 @@ def kto_step_loss(beta: float, lambda_d: float, lambda_u: float, micro_batch_tok
             totals += torch.stack([losses.detach().sum(), rewards[desirable].sum(), desirable.sum(),
                                    rewards[~desirable].sum(), (~desirable).sum(),
                                    torch.tensor(float(logprobs.numel()))]).float()
-        if not examples and accelerator.num_processes > 1:
-            finish_step_without_data(accelerator, model)
         loss, r_d, n_d, r_u, n_u, tokens = accelerator.reduce(totals, reduction="sum").tolist()
         return {"loss": loss / len(step), "kl": float(z0), "rewards/desirable": r_d / n_d if n_d else float("nan"),
                 "rewards/undesirable": r_u / n_u if n_u else float("nan"), "desirable": int(n_d),
@@ -381,7 +439,8 @@ def _reference_values(loop: TrainLoop, ref_lm, steps: list[list[Any]], out_dir: 
         return values
     module = MaskedLogprobLM(ref_lm).to(loop.accelerator.device) if ref_lm is not None else loop.model
     values = precompute_reference(module, steps, pad_id, loop.accelerator, micro_batch_tokens,
-                                  desc="reference log-probs")
+                                  desc="reference log-probs",
+                                  collective=ref_lm is None and collective_passes(loop.accelerator))
     if loop.accelerator.is_main_process:
         write_json(cache, values)
     return values

@@ -21,8 +21,8 @@ from turnrl.chat import encode_conversation
 from turnrl.errors import ConfigError
 from turnrl.models import stop_token_ids
 from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainConfig, TrainLoop, epoch_steps,
-                                 finish_step_without_data, finish_training, checkpoint_or_start, gradient_sync,
-                                 load_for_training, micro_batches, pad_batch, process_share, read_log, set_seed,
+                                 finish_training, checkpoint_or_start, gradient_sync, idle_pass, load_for_training,
+                                 micro_batches, pad_batch, passes_in_step, process_share, read_log, set_seed,
                                  write_training_files)
 from turnrl.train.logprobs import MaskedLogprobLM
 
@@ -63,26 +63,35 @@ def weighted_step_loss(normalization: str, micro_batch_tokens: int, pad_id: int)
     """The function computing one step's loss and gradients (see the module docstring for the formula).
 
     Under data parallelism each process takes its share of the step's trajectories; Z is the whole step's, and
-    the loss is multiplied by the number of processes because their gradients are averaged.
+    the loss is multiplied by the number of processes because their gradients are averaged. A process with fewer
+    micro-batches than the step's passes needs (``passes_in_step``) runs idle passes.
     """
     import torch
 
     def step_loss(step: list[WeightedItem], accelerator, model) -> dict[str, float]:
         z = len(step) if normalization == "sum" else max(1, sum(it.tokens for it in step))
-        active = process_share([it for it in step if it.weight != 0], accelerator)
-        micros = micro_batches(active, lambda it: len(it.seq.input_ids), micro_batch_tokens)
+        active = [it for it in step if it.weight != 0]
+
+        def plan(rank=None):
+            return micro_batches(process_share(active, accelerator, rank), lambda it: len(it.seq.input_ids),
+                                 micro_batch_tokens)
+
+        micros = plan()
+        passes = passes_in_step(accelerator, lambda rank: len(plan(rank)))
         totals = torch.zeros(3, device=accelerator.device)  # loss, summed NLL, tokens
-        for k, micro in enumerate(micros):
+        for k in range(passes):
+            if k >= len(micros):
+                idle_pass(accelerator, model, last=k == passes - 1)
+                continue
+            micro = micros[k]
             batch = pad_batch([it.seq for it in micro], pad_id, accelerator.device)
-            with gradient_sync(accelerator, model, last=k == len(micros) - 1):
+            with gradient_sync(accelerator, model, last=k == passes - 1):
                 with accelerator.autocast():
                     logprobs, rows = model(**batch)
                 weights = torch.tensor([it.weight for it in micro], device=logprobs.device)[rows]
                 loss = -(weights * logprobs).sum() / z
                 accelerator.backward(loss * accelerator.num_processes)
             totals += torch.stack([loss.detach(), -logprobs.detach().sum(), torch.tensor(float(logprobs.numel()))])
-        if not micros and accelerator.num_processes > 1:
-            finish_step_without_data(accelerator, model)
         loss_total, nll_total, tokens = accelerator.reduce(totals, reduction="sum").tolist()
         return {"loss": loss_total, "nll_per_token": nll_total / tokens if tokens else float("nan"),
                 "trajectories": len(step), "active": sum(it.weight != 0 for it in step), "tokens": int(tokens)}

@@ -1,0 +1,177 @@
+"""Held-out log-likelihood of the assistant turns of logged conversations, by outcome, under several policies.
+
+For each conversation of a scored log (e.g. held-out conversations imported with ``turnrl import``) and each
+policy, the mean log-probability per token of its assistant turns (each turn's tokens and its end-of-turn token, the
+tokens ``turnrl train`` trains; the user turns are context only). Conversations are grouped by their reward. The
+table gives, per policy and group, the mean over conversations ± its standard error, and for every policy after the
+first (the base) the paired change from the base, per group; then how much more the policy raised the likelihood
+of the best group's conversations than of the worst group's, and than of all the others (differences of
+independent means, with their SE).
+A policy trained to prefer the successful conversations should raise theirs more.
+
+    python benchmarks/heldout_likelihood.py --log runs/mathdial/heldout.jsonl \
+        --policy Base=smollm2-135m-instruct --policy Refit=runs/mathdial/train/refit/checkpoint
+
+Prints the table and writes it as JSON with ``--out FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from turnrl.records import Trajectory, read_trajectories
+
+
+def conversation_logprobs(model: str, trajectories: list[Trajectory], batch_tokens: int = 2048,
+                          progress: bool = True) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each conversation's assistant tokens under ``model``."""
+    import torch
+
+    from turnrl.chat import encode_conversation
+    from turnrl.models import load_model, load_tokenizer, stop_token_ids
+    from turnrl.train.common import TokenizedSequence, pad_batch
+    from turnrl.train.logprobs import MaskedLogprobLM
+
+    tokenizer = load_tokenizer(model)
+    lm = load_model(model, dtype="float32")
+    lm.eval()
+    wrapped = MaskedLogprobLM(lm)
+    eot = stop_token_ids(tokenizer, lm)
+    seqs = []
+    for t in trajectories:
+        enc = encode_conversation(tokenizer, t.messages, eot)
+        seqs.append(TokenizedSequence(enc.input_ids, enc.loss_mask(list(range(len(enc.assistant_spans)))), t.id))
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].input_ids))
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
+    batch: list[int] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        padded = pad_batch([seqs[i] for i in batch], tokenizer.pad_token_id, "cpu")
+        with torch.no_grad():
+            logprobs, rows = wrapped(**padded)
+        sums = torch.zeros(len(batch), dtype=torch.float64).index_add(0, rows, logprobs.double())
+        counts = torch.zeros(len(batch), dtype=torch.long).index_add(0, rows, torch.ones_like(rows))
+        for k, i in enumerate(batch):
+            out[i] = (float(sums[k]), int(counts[k]))
+        batch.clear()
+
+    done = 0
+    for i in order:
+        if batch and len(seqs[i].input_ids) * (len(batch) + 1) > batch_tokens:
+            flush()
+        batch.append(i)
+        done += 1
+        if progress and done % 20 == 0:
+            print(f"  {model}: {done}/{len(seqs)} conversations", flush=True)
+    flush()
+    return out
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    if len(a) == 0:
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else float("nan")
+
+
+def measure(trajectories: list[Trajectory], policies: list[tuple[str, str]], batch_tokens: int = 2048
+            ) -> dict[str, Any]:
+    """Per-conversation mean log-probability per assistant token under each policy, and the summaries."""
+    per_conv: dict[str, list[float]] = {}
+    seconds: dict[str, float] = {}
+    for label, model in policies:
+        start = time.time()
+        pairs = conversation_logprobs(model, trajectories, batch_tokens)
+        seconds[label] = round(time.time() - start, 1)
+        per_conv[label] = [s / n if n else float("nan") for s, n in pairs]
+    groups: dict[float, list[int]] = defaultdict(list)
+    for i, t in enumerate(trajectories):
+        groups[float(t.reward)].append(i)
+    rewards = sorted(groups, reverse=True)
+    base = policies[0][0]
+    table: dict[str, Any] = {"n": {str(r): len(groups[r]) for r in rewards}, "policies": {}, "seconds": seconds}
+    for label, _ in policies:
+        row: dict[str, Any] = {}
+        for r in rewards:
+            values = [per_conv[label][i] for i in groups[r]]
+            row[str(r)] = dict(zip(("mean", "se"), mean_se(values)))
+            if label != base:
+                delta = [per_conv[label][i] - per_conv[base][i] for i in groups[r]]
+                row[str(r)].update(dict(zip(("change", "change_se"), mean_se(delta))))
+        if label != base and len(rewards) > 1:
+            best, worst = row[str(rewards[0])], row[str(rewards[-1])]
+            row["best_minus_worst_change"] = {
+                "mean": best["change"] - worst["change"],
+                "se": math.sqrt(best["change_se"] ** 2 + worst["change_se"] ** 2)}
+            rest = mean_se([per_conv[label][i] - per_conv[base][i] for r in rewards[1:] for i in groups[r]])
+            row["best_minus_rest_change"] = {"mean": best["change"] - rest[0],
+                                             "se": math.sqrt(best["change_se"] ** 2 + rest[1] ** 2)}
+        table["policies"][label] = row
+    table["per_conversation"] = {label: [round(v, 5) for v in values] for label, values in per_conv.items()}
+    table["ids"] = [t.id for t in trajectories]
+    table["rewards"] = [float(t.reward) for t in trajectories]
+    return table
+
+
+def markdown(table: dict[str, Any]) -> str:
+    """The table: one row per policy, one column per reward group, then the best-minus-worst change."""
+    rewards = list(table["n"])
+    head = ["Policy"] + [f"reward {r} (n={table['n'][r]})" for r in rewards]
+    several = len(rewards) > 1
+    if several:
+        head.append(f"change, reward {rewards[0]} minus reward {rewards[-1]}")
+        if len(rewards) > 2:
+            head.append(f"change, reward {rewards[0]} minus the rest")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, row in table["policies"].items():
+        cells = [label]
+        for r in rewards:
+            c = row[r]
+            text = f"{c['mean']:.4f} ± {c['se']:.4f}"
+            if "change" in c:
+                text += f" ({c['change']:+.4f} ± {c['change_se']:.4f})"
+            cells.append(text)
+        if several:
+            for key in ("best_minus_worst_change", "best_minus_rest_change")[: 1 + (len(rewards) > 2)]:
+                d = row.get(key)
+                cells.append(f"{d['mean']:+.4f} ± {d['se']:.4f}" if d else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log", required=True, help="a scored log (JSONL of trajectories with rewards)")
+    parser.add_argument("--policy", action="append", required=True,
+                        help="LABEL=MODEL (an alias, folder or checkpoint); the first is the base")
+    parser.add_argument("--out", default="", help="write the table as JSON here")
+    args = parser.parse_args()
+    policies = []
+    for spec in args.policy:
+        label, sep, model = spec.partition("=")
+        if not sep or not label or not model:
+            parser.error(f"--policy {spec!r}: expected LABEL=MODEL")
+        policies.append((label, model))
+    trajectories = read_trajectories(args.log)
+    missing = [t.id for t in trajectories if t.reward is None]
+    if missing:
+        parser.error(f"{args.log}: trajectory {missing[0]} has no reward")
+    table = measure(trajectories, policies)
+    print(markdown(table))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
