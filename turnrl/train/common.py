@@ -519,7 +519,6 @@ class TrainLoop:
 
     def run(self, step_loss: Callable[[list[Any], Any, Any], dict[str, float]],
             steps_per_epoch: int) -> list[dict[str, float]]:
-
         from turnrl.train.tracking import scalars
 
         self.resume()
