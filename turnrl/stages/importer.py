@@ -35,7 +35,7 @@ import hashlib
 import json
 import math
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -552,13 +552,6 @@ def read_conversations(cfg: ImportConfig) -> list[Trajectory]:
     return trajectories
 
 
-def group_sizes(trajectories: list[Trajectory]) -> dict[str, int]:
-    sizes: dict[str, int] = defaultdict(int)
-    for t in trajectories:
-        sizes[t.group_id] += 1
-    return sizes
-
-
 def import_log(cfg: ImportConfig) -> Path:
     """Write the source's conversations as the run's scored log; return its path."""
     trajectories = read_conversations(cfg)
@@ -570,7 +563,7 @@ def import_log(cfg: ImportConfig) -> Path:
             return out
         raise ConfigError(f"{out} exists (another log); pass --overwrite true to replace it, or another --output")
     atomic_write_text(out, text)
-    sizes = group_sizes(trajectories)
+    sizes = Counter(t.group_id for t in trajectories)
     single = sum(n == 1 for n in sizes.values())
     rewards = [float(t.reward) for t in trajectories]  # type: ignore[arg-type]
     print(f"import: {len(trajectories)} trajectories in {len(sizes)} groups, mean reward "
