@@ -115,7 +115,7 @@ def test_table_means_and_standard_errors(comparison):
     cols = header(md)
     assert cols[:4] == ["Method", "Accuracy %", "Thinking %", "R-Overall"]
     assert cols[4:7] == ["Format %", "Acc. when formatted %", "Mean reward"]
-    assert cols[7:10] == ["multi@1 %", "multi@2 %", "tool_calls"] and cols[-1] == "n"
+    assert cols[7:10] == ["multi@1 %", "multi@2 %", "Tool calls"] and cols[-1] == "n"
 
     def pct(values):
         p, se = binomial(values)
@@ -131,7 +131,7 @@ def test_table_means_and_standard_errors(comparison):
     formatted = [a for a, f in zip(ACCURACY["swift"], FORMAT["swift"]) if f]
     assert swift["Acc. when formatted %"] == f"**{pct(formatted)} (n=9)**"
     assert swift["multi@2 %"] == pct(MULTI["swift"][1])  # the only method with the metric: nothing to rank
-    assert swift["tool_calls"] == f"{statistics.fmean([2 + i % 3 for i in range(10)]):.3f} ± " \
+    assert swift["Tool calls"] == f"{statistics.fmean([2 + i % 3 for i in range(10)]):.3f} ± " \
                                   f"{statistics.stdev([2 + i % 3 for i in range(10)]) / math.sqrt(10):.3f}"
     assert swift["n"] == "10"
 

@@ -20,19 +20,29 @@ def captured(monkeypatch, module, argv: list[str], entry: str = "run"):
     return seen[0]
 
 
-def test_demo_yaml_mirrors_the_demo(monkeypatch, capsys):
-    from_demo = captured(monkeypatch, turnrl.workflows.demo, ["demo", "--out", "runs/demo"])
+def test_demo_yamls_mirror_the_demo(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(turnrl.workflows.demo, "run", lambda cfg: seen.append(cfg) or {"table": "", "timings": {}})
+    assert main(["demo", "--out", "runs/demo"]) == 0
     printed = capsys.readouterr().out
     assert "32 train / 80 test questions" in printed and "at most 40 tokens (final 24)" in printed
-    from_yaml = captured(monkeypatch, turnrl.workflows.pipeline, ["run", str(ROOT / "configs" / "demo.yaml")])
-    assert asdict(from_yaml) == asdict(from_demo)
+    assert "(50% opened by a scripted question)" in printed
+    reasoning, ask = seen
+    assert (reasoning.run_dir, ask.run_dir, ask.env.name) == ("runs/demo", "runs/demo/ask", "ask")
+    for yaml, from_demo in (("demo.yaml", reasoning), ("demo-ask.yaml", ask)):
+        from_yaml = captured(monkeypatch, turnrl.workflows.pipeline, ["run", str(ROOT / "configs" / yaml)])
+        assert asdict(from_yaml) == asdict(from_demo), yaml
 
 
-def test_quick_demo_is_the_same_path_at_tiny_sizes(monkeypatch):
-    quick = captured(monkeypatch, turnrl.workflows.demo, ["demo", "--quick", "--out", "/tmp/q"])
-    full = turnrl.workflows.demo.demo_config(turnrl.workflows.demo.DemoConfig())
-    assert (quick.dataset.n_train, quick.dataset.n_test, quick.run_dir) == (4, 6, "/tmp/q")
-    assert quick.algorithms == full.algorithms and quick.dataset.name == full.dataset.name
+def test_quick_demo_is_the_same_path_at_tiny_sizes():
+    from turnrl.workflows.demo import DemoConfig, ask_demo_config, demo_config
+
+    quick = DemoConfig(out="/tmp/q", quick=True)
+    for make in (demo_config, ask_demo_config):
+        tiny, full = make(quick), make(DemoConfig())
+        assert (tiny.dataset.n_train, tiny.dataset.n_test) == (4, 6) and tiny.run_dir.startswith("/tmp/q")
+        assert (tiny.algorithms, tiny.dataset.name, tiny.env.name) == (full.algorithms, full.dataset.name,
+                                                                       full.env.name)
 
 
 def test_preference_config_runs_on_the_sciq_log(monkeypatch):

@@ -186,6 +186,11 @@ def test_the_headline_is_nll_per_token_and_the_objective_is_labelled():
     line = summary_line("sft", summarise_history(history), "ck")
     assert line == "train sft: done, NLL per token 1.021 -> 0.968 (objective 83.07 -> 120.6); checkpoint ck"
     assert list(headline(history[0])) == ["nll/tok", "objective", "gnorm"]
+    # A last step whose trajectories all have weight 0 trains nothing: the summary ends at the step before it.
+    idle = {"loss": 0.0, "nll_per_token": float("nan"), "grad_norm": float("nan"), "seconds": 1.0, "active": 0}
+    line = summary_line("refit", summarise_history([{**history[0], "active": 3}, {**history[1], "active": 2}, idle]),
+                        "ck")
+    assert line == "train refit: done, NLL per token 1.021 -> 0.968 (objective 83.07 -> 120.6); checkpoint ck"
     # Preference losses have no NLL: their loss is the headline.
     assert summary_line("dpo", summarise_history([{"loss": 0.6931, "grad_norm": 1.0, "seconds": 1.0}]), "ck") == \
         "train dpo: done, loss 0.6931 -> 0.6931; checkpoint ck"

@@ -203,7 +203,8 @@ def table_columns(results: dict[str, MethodResult]) -> tuple[list[Column], list[
         rate = all(0.0 <= v <= 1.0 for v in values)
         # Only k-indexed success rates are known to be better when higher; other environment metrics
         # (e.g. how often a tool is called) are reported without a ranking.
-        columns.append(Column(key, key + (" %" if rate else ""), 100 if rate else 1, 1 if rate else 3,
+        label = key if AT_K.match(key) else key.replace("_", " ").capitalize()  # turns_used -> Turns used
+        columns.append(Column(key, label + (" %" if rate else ""), 100 if rate else 1, 1 if rate else 3,
                               ranked=bool(AT_K.match(key)) and rate))
     diagnostics = [Column(k, h, 100, 1, ranked=False) for k, h in DIAGNOSTICS.items() if k in present]
     return columns, diagnostics

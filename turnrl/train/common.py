@@ -621,9 +621,13 @@ def summarise_history(history: Iterable[dict[str, float]]) -> dict[str, float]:
     rows = list(history)
     if not rows:
         return {}
-    nll = {"first_nll_per_token": rows[0]["nll_per_token"], "last_nll_per_token": rows[-1]["nll_per_token"]} \
-        if "nll_per_token" in rows[0] else {}
-    return {"steps": len(rows), "first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"], **nll,
+    # First and last of the steps that trained something: a weighted step whose trajectories all have weight 0
+    # makes no update, and its loss (0) and NLL per token (no tokens) say nothing about the policy.
+    trained = [r for r in rows if r.get("active", 1)] or rows
+    first, last = trained[0], trained[-1]
+    nll = {"first_nll_per_token": first["nll_per_token"], "last_nll_per_token": last["nll_per_token"]} \
+        if "nll_per_token" in first else {}
+    return {"steps": len(rows), "first_loss": first["loss"], "last_loss": last["loss"], **nll,
             "max_grad_norm": max(r["grad_norm"] for r in rows if not math.isnan(r["grad_norm"])) if any(
                 not math.isnan(r["grad_norm"]) for r in rows) else float("nan"),
             "seconds": sum(r["seconds"] for r in rows)}
