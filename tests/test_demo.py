@@ -40,7 +40,7 @@ def test_quick_demo_is_the_same_path_at_tiny_sizes():
     quick = DemoConfig(out="/tmp/q", quick=True)
     for make in (demo_config, ask_demo_config):
         tiny, full = make(quick), make(DemoConfig())
-        assert (tiny.dataset.n_train, tiny.dataset.n_test) == (4, 6) and tiny.run_dir.startswith("/tmp/q")
+        assert (tiny.dataset.n_train, tiny.dataset.n_test) == (8, 6) and tiny.run_dir.startswith("/tmp/q")
         assert (tiny.algorithms, tiny.dataset.name, tiny.env.name) == (full.algorithms, full.dataset.name,
                                                                        full.env.name)
 

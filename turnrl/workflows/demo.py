@@ -42,9 +42,9 @@ def demo_config(cfg: DemoConfig) -> RunConfig:
     run_cfg.rollout.temperatures = [0.2, 0.4, 0.6]
     run_cfg.reward.weights = {"accuracy": 0.7, "turn_accuracy": 0.3}
     run_cfg.optim.learning_rate, run_cfg.optim.batch_size, run_cfg.optim.epochs = 1e-4, 8, 1.0
-    if cfg.quick:
-        run_cfg.dataset.n_train, run_cfg.dataset.n_test = 4, 6
-        run_cfg.env.max_new_tokens, run_cfg.env.final_max_new_tokens = 12, 8
+    if cfg.quick:  # 8 questions: with 4 the log can hold no success at all, and there is nothing to train on
+        run_cfg.dataset.n_train, run_cfg.dataset.n_test = 8, 6
+        run_cfg.env.max_new_tokens, run_cfg.env.final_max_new_tokens = 24, 16
     return run_cfg
 
 
@@ -61,8 +61,8 @@ def ask_demo_config(cfg: DemoConfig) -> RunConfig:
     run_cfg.algorithms = ["star-gate", "refit", "swift"]
     run_cfg.optim.learning_rate, run_cfg.optim.batch_size, run_cfg.optim.epochs = 1e-4, 8, 2.0
     if cfg.quick:
-        run_cfg.dataset.n_train, run_cfg.dataset.n_test = 4, 6
-        run_cfg.env.max_new_tokens, run_cfg.env.final_max_new_tokens = 12, 8
+        run_cfg.dataset.n_train, run_cfg.dataset.n_test = 8, 6
+        run_cfg.env.max_new_tokens, run_cfg.env.final_max_new_tokens = 24, 16
         run_cfg.optim.epochs = 1.0
     return run_cfg
 
