@@ -30,40 +30,39 @@ class DemoConfig:
     """Tiny sizes (a smoke check of the same code path, under 3 minutes)."""
 
 
+def sized(cfg: DemoConfig, run_dir: str) -> RunConfig:
+    """What both parts share: SciQ, 32 training and 80 test questions, turns of at most 40 tokens (final 24);
+    ``--quick``: 8 and 6 questions (with 4, a log can hold no success at all, and there is nothing to train on),
+    turns of 24 (16)."""
+    run_cfg = RunConfig(run_dir=run_dir)
+    run_cfg.dataset.name = "sciq"
+    run_cfg.dataset.n_train, run_cfg.dataset.n_test = (8, 6) if cfg.quick else (32, 80)
+    run_cfg.env.max_new_tokens, run_cfg.env.final_max_new_tokens = (24, 16) if cfg.quick else (40, 24)
+    return run_cfg
+
+
 def demo_config(cfg: DemoConfig) -> RunConfig:
     """000's protocol at the sizes a 2-core CPU runs in about a quarter of an hour (measured: docs/results.md)."""
-    run_cfg = RunConfig(run_dir=cfg.out)
-    run_cfg.dataset.name = "sciq"
-    run_cfg.dataset.n_train, run_cfg.dataset.n_test = 32, 80
+    run_cfg = sized(cfg, cfg.out)
     run_cfg.env.turns = 3
-    run_cfg.env.max_new_tokens, run_cfg.env.final_max_new_tokens = 40, 24  # tokens per turn (final turn)
     # The settings the validation split chose on SciQ (docs/results.md section 10): the coolest temperatures give
     # the most correct conversations, every reward term depends on the final turn, lr 1e-4 for one epoch.
     run_cfg.rollout.temperatures = [0.2, 0.4, 0.6]
     run_cfg.reward.weights = {"accuracy": 0.7, "turn_accuracy": 0.3}
     run_cfg.optim.learning_rate, run_cfg.optim.batch_size, run_cfg.optim.epochs = 1e-4, 8, 1.0
-    if cfg.quick:  # 8 questions: with 4 the log can hold no success at all, and there is nothing to train on
-        run_cfg.dataset.n_train, run_cfg.dataset.n_test = 8, 6
-        run_cfg.env.max_new_tokens, run_cfg.env.final_max_new_tokens = 24, 16
     return run_cfg
 
 
 def ask_demo_config(cfg: DemoConfig) -> RunConfig:
     """The clarifying-question task (docs/results.md section 9) at the demo's size, with the settings its
-    validation split chose there: lr 1e-4, two epochs."""
-    run_cfg = RunConfig(run_dir=str(Path(cfg.out) / "ask"))
-    run_cfg.dataset.name = "sciq"
-    run_cfg.dataset.n_train, run_cfg.dataset.n_test = 32, 80
+    validation split chose there: lr 1e-4, two epochs (one with ``--quick``)."""
+    run_cfg = sized(cfg, str(Path(cfg.out) / "ask"))
     run_cfg.env.name = "ask"
-    run_cfg.env.max_new_tokens, run_cfg.env.final_max_new_tokens = 40, 24
     run_cfg.rollout.samples, run_cfg.rollout.temperatures, run_cfg.rollout.explore = 4, [0.7, 0.8, 0.9, 1.0], 0.5
     run_cfg.reward.weights = {"accuracy": 1.0}
     run_cfg.algorithms = ["star-gate", "refit", "swift"]
-    run_cfg.optim.learning_rate, run_cfg.optim.batch_size, run_cfg.optim.epochs = 1e-4, 8, 2.0
-    if cfg.quick:
-        run_cfg.dataset.n_train, run_cfg.dataset.n_test = 8, 6
-        run_cfg.env.max_new_tokens, run_cfg.env.final_max_new_tokens = 24, 16
-        run_cfg.optim.epochs = 1.0
+    run_cfg.optim.learning_rate, run_cfg.optim.batch_size = 1e-4, 8
+    run_cfg.optim.epochs = 1.0 if cfg.quick else 2.0
     return run_cfg
 
 
@@ -79,17 +78,15 @@ def describe(cfg: RunConfig) -> str:
             f"{o.epochs:g} epoch(s), {o.precision}\nrun directory: {cfg.run_dir}")
 
 
-def demo(cfg: DemoConfig) -> dict:
+def demo(cfg: DemoConfig) -> list[dict]:
     parts = [("Part 1: 000's reasoning protocol on SciQ", demo_config(cfg)),
              ("Part 2: the clarifying-question task (ask environment)", ask_demo_config(cfg))]
-    results = {}
+    results = []
     for title, run_cfg in parts:
         print(f"demo, {title.lower()}: {describe(run_cfg)}", flush=True)
-        results[run_cfg.env.name] = run(run_cfg)
-    for title, run_cfg in parts:
+        results.append(run(run_cfg))
+    for (title, run_cfg), result in zip(parts, results):
         print(f"\n# {title}\n")
-        print(results[run_cfg.env.name]["table"])
+        print(result["table"])
         print(f"\nrun directory: {run_cfg.run_dir}")
     return results
-
-
