@@ -43,7 +43,6 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
-import httpx
 from tqdm.auto import tqdm
 
 from turnrl.errors import ConfigError, TurnrlError
@@ -69,6 +68,7 @@ class OpenAIGenerator:
     name = "openai"
 
     def __init__(self, cfg: BackendConfig, sleep: Callable[[float], None] = time.sleep):
+        import openai
         from openai import OpenAI
 
         if cfg.concurrency < 1:
@@ -85,7 +85,8 @@ class OpenAIGenerator:
         self.revision = ""
         self._sleep = sleep
         self._clock = time.monotonic
-        timeout = httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, CONNECT_TIMEOUT_S))
+        # openai's own Timeout: the HTTP library under the client changed (httpx, later httpx2) between releases.
+        timeout = openai.Timeout(cfg.timeout, connect=min(cfg.timeout, CONNECT_TIMEOUT_S))
         self._clients = [OpenAI(api_key=key, base_url=url, timeout=timeout, max_retries=0)
                          for url in (cfg.base_url or [None])]
         self._turn = itertools.count()
