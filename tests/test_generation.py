@@ -43,6 +43,43 @@ def test_fresh_batch_matches_generate(tiny_model, tokenizer):
         assert r.finish == ("stop" if expected[-1] in gen.stop_ids else "length")
 
 
+def test_shared_system_prompt_is_encoded_once_and_matches_generate(tiny_model, tokenizer):
+    gen = make(tiny_model, tokenizer)
+    system = "You are a careful assistant. Read the question, think it through, then answer in one short line."
+    questions = ["What is 2+2?", "Name a planet.", "Why is the sky blue, in one long sentence?"]
+    messages = [[{"role": "system", "content": system}, {"role": "user", "content": q}] for q in questions]
+    prompts = [ids_of(tokenizer, render(tokenizer, m, add_generation_prompt=True)) for m in messages]
+    shared = next(k for k in range(min(map(len, prompts))) if len({p[k] for p in prompts}) > 1)
+    assert shared >= 16  # the system prompt and the template's opening
+    calls = []
+    original = gen.model.forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(tuple(kwargs["input_ids"].shape))
+        return original(*args, **kwargs)
+
+    gen.model.forward = counting_forward
+    results = gen.generate([GenRequest(m, Sampling(max_new_tokens=10)) for m in messages])
+    gen.model.forward = original
+    assert calls[0] == (1, shared)  # the shared start, once
+    assert calls[1] == (3, max(map(len, prompts)) - shared)  # each prompt's own rest, on top of it
+    for prompt, r in zip(prompts, results):
+        expected = reference_greedy(tiny_model, prompt, 10, gen.stop_ids)
+        assert r.tokens == len(expected)
+        assert r.text == tokenizer.decode([t for t in expected if t not in gen.stop_ids], skip_special_tokens=True)
+
+
+def test_shared_prefix_leaves_every_prompt_a_token_to_read_logits_from():
+    from turnrl.generation.hf import MIN_SHARED_PREFIX, shared_prefix
+
+    base = list(range(40))
+    assert shared_prefix([base, base + [7, 8]]) == 39  # the shorter prompt keeps its last token
+    assert shared_prefix([base + [1], base + [2]]) == 40
+    assert shared_prefix([base[:MIN_SHARED_PREFIX] + [1], base[:MIN_SHARED_PREFIX] + [2]]) == MIN_SHARED_PREFIX
+    assert shared_prefix([base[:MIN_SHARED_PREFIX - 1] + [1], base[:MIN_SHARED_PREFIX - 1] + [2]]) == 0
+    assert shared_prefix([[5] + base, base]) == 0
+
+
 def test_second_turn_reuses_the_cache_and_matches_generate(tiny_model, tokenizer):
     gen = make(tiny_model, tokenizer)
     first = [conv("What is 2+2?"), conv("Name a planet, then a star, then a comet.")]

@@ -6,8 +6,10 @@ Three things make multi-turn rollouts fast here, without changing what is sample
   the next turn's prompt extends the previous prompt plus the reply the model gave, only the new tokens (the
   teacher's message and the template's glue) are run through the model; the earlier turns are not re-encoded.
   The model therefore conditions on the exact tokens it sampled, as a chat server with prefix caching would.
-- **Identical prompts are encoded once.** The m trajectories of a task share their first prompt; it is run
-  through the model once and its cache copied to the m rows.
+- **Identical prompts are encoded once**, and so is the start that distinct prompts share. The m trajectories of
+  a task share their first prompt; it is run through the model once and its cache copied to the m rows. The
+  prompts of different tasks share their system prompt and the template's opening: those tokens are run once
+  for the whole batch, their cache copied to every row.
 - **The cache grows in place** (preallocated, doubled when full) instead of being concatenated at every step.
 
 Every row samples with its own ``torch.Generator`` seeded per request (temperature, top-k, top-p; greedy where the
@@ -81,6 +83,20 @@ def new_cache(config) -> Cache:
                                                      or []):
         return DynamicCache(config=config)
     return Cache(layer_class_to_replicate=GrowingLayer)
+
+
+MIN_SHARED_PREFIX = 16
+"""Tokens that distinct prompts must share at their start to be encoded once for all (a system prompt)."""
+
+
+def shared_prefix(segments: list[list[int]]) -> int:
+    """How many leading tokens every segment shares and can be encoded once for all: 0 below
+    ``MIN_SHARED_PREFIX``, and always one token short of the shortest segment (its logits are needed)."""
+    n = min(len(s) for s in segments) - 1
+    first = segments[0]
+    for s in segments[1:]:
+        n = next((k for k in range(n) if s[k] != first[k]), n)
+    return n if n >= MIN_SHARED_PREFIX else 0
 
 
 PREFIX_WIDTHS = (64, 1024)  # how many top-ranked tokens are searched for a row's kept set before sorting it all
@@ -255,13 +271,20 @@ class HFGenerator:
         return groups
 
     def _start(self, group: list[int], requests, prompts, results, on_step=None) -> None:
-        """Encode the distinct prompts of a new batch once, copy their cache to every row, then decode."""
+        """Encode the distinct prompts of a new batch once (their shared token prefix, such as the system prompt,
+        once for all of them), copy their cache to every row, then decode."""
         unique = list(dict.fromkeys(prompts[i] for i in group))
         segments = [self._ids(p) for p in unique]
-        batch = _Batch(cache=new_cache(self.model.config), mask=torch.zeros(len(unique), 0, dtype=torch.long,
-                                                                           device=self.device),
-                       n_valid=torch.zeros(len(unique), dtype=torch.long, device=self.device),
-                       sessions=[None] * len(unique))
+        shared = shared_prefix(segments) if len(segments) > 1 else 0
+        first_rows = 1 if shared else len(unique)
+        batch = _Batch(cache=new_cache(self.model.config),
+                       mask=torch.zeros(first_rows, 0, dtype=torch.long, device=self.device),
+                       n_valid=torch.zeros(first_rows, dtype=torch.long, device=self.device),
+                       sessions=[None] * first_rows)
+        if shared:
+            self._feed(batch, [segments[0][:shared]])
+            self._select(batch, torch.zeros(len(unique), dtype=torch.long, device=self.device))
+            segments = [s[shared:] for s in segments]
         logits = self._feed(batch, segments)
         rows = torch.tensor([unique.index(prompts[i]) for i in group], device=self.device)
         self._select(batch, rows)
