@@ -13,5 +13,10 @@ class ConfigError(TurnrlError):
     """A configuration value is unknown or out of range; the message names the key."""
 
 
+class NothingToLearn(ConfigError):
+    """The log gives an algorithm nothing to train on (every weight 0, no pair, nothing selected). A run of several
+    algorithms skips that one and goes on; ``turnrl train`` stops with the message."""
+
+
 class TrainingDiverged(TurnrlError):
     """The loss or the gradient became NaN or infinite; training stops before the weights are written."""

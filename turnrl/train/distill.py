@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from turnrl.algorithms.registry import get_algorithm
-from turnrl.errors import ConfigError, InputError
+from turnrl.errors import ConfigError, InputError, NothingToLearn
 from turnrl.models import load_model, resolve, stop_token_ids
 from turnrl.layout import train_dir
 from turnrl.train.common import (OptimConfig, TrainConfig, TrainLoop, epoch_steps, finish_training,
@@ -152,7 +152,7 @@ def train_distill(cfg: TrainConfig, teacher_optim: OptimConfig | None = None) ->
     trajectories, model_name = read_log(cfg)
     examples, diagnostics = get_algorithm(algo.name, family="distillation").build(trajectories, algo)
     if not examples:
-        raise ConfigError(f"{algo.name}: STaR-GATE selected no trajectory ({diagnostics}); nothing to distil")
+        raise NothingToLearn(f"{algo.name}: STaR-GATE selected no trajectory ({diagnostics}); nothing to distil")
     set_seed(optim.seed)
     lm, tokenizer, _ = load_for_training(model_name, optim)
     teacher_lm = freeze(load_model(resolve(teacher), dtype="float32"))

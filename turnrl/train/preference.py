@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from turnrl.algorithms.preference import Completion, KTOExample, PreferencePair, build_preference_data, prompt_length
 from turnrl.algorithms.registry import get_algorithm
 from turnrl.chat import encode_conversation
-from turnrl.errors import ConfigError
+from turnrl.errors import ConfigError, NothingToLearn
 from turnrl.layout import BRANCHES
 from turnrl.models import load_model, resolve, stop_token_ids
 from turnrl.records import read_json, read_trajectories, write_json
@@ -471,7 +471,7 @@ def train_preference(cfg: TrainConfig) -> Path:
     branches = _load_branches(cfg) if algorithm.needs_branches else None
     data, diagnostics = build_preference_data(trajectories, algo, branches)
     if not data:
-        raise ConfigError(f"{algo.name}: no pairs could be built from {Path(cfg.run_dir) / cfg.input} "
+        raise NothingToLearn(f"{algo.name}: no pairs could be built from {Path(cfg.run_dir) / cfg.input} "
                           f"({diagnostics}); every group is tied (or all correct / all incorrect)")
     set_seed(optim.seed)
     lm, tokenizer, resolved = load_for_training(model_name, optim)

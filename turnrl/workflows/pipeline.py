@@ -17,7 +17,7 @@ from typing import Any
 from turnrl.algorithms.registry import get_algorithm
 from turnrl.algorithms.weighted import AlgoConfig
 from turnrl.envs import EnvConfig
-from turnrl.errors import ConfigError
+from turnrl.errors import ConfigError, NothingToLearn
 from turnrl.stages.evaluate import EvalOptions, EvaluateConfig, evaluate
 from turnrl.generation import BackendConfig
 from turnrl.models import DEFAULT_MODEL
@@ -189,20 +189,29 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     log_stages(cfg, timings)
     if cfg.evaluate_base:
         timed("evaluate base", evaluate_policy, cfg, "base", cfg.model)
+    skipped: dict[str, str] = {}
     for name in cfg.algorithms:
         algo, optim = algorithm_settings(cfg, name)
-        checkpoint = timed(f"train {name}", train_one, cfg.run_dir, cfg.model, algo, optim, cfg)
+        try:
+            checkpoint = timed(f"train {name}", train_one, cfg.run_dir, cfg.model, algo, optim, cfg)
+        except NothingToLearn as exc:  # a small log can leave one algorithm nothing: the others still run
+            skipped[name] = str(exc)
+            print(f"run: skipping {name}, not trained or evaluated: {exc}")
+            continue
         timed(f"evaluate {name}", evaluate_policy, cfg, name, str(checkpoint))
+    write_json(run_dir / "skipped.json", skipped)
     for name in cfg.refresh.algorithms:
         checkpoint = timed(f"train {name}-refresh", train_with_refresh, cfg, name)
         timed(f"evaluate {name}-refresh", evaluate_policy, cfg, f"{name}-refresh", str(checkpoint))
     from turnrl.stages.compare import CompareConfig
     from turnrl.stages.report import compare_run
 
-    methods = (["base"] if cfg.evaluate_base else []) + list(cfg.algorithms) + \
+    methods = (["base"] if cfg.evaluate_base else []) + [n for n in cfg.algorithms if n not in skipped] + \
         [f"{name}-refresh" for name in cfg.refresh.algorithms]
     write_json(run_dir / "timings.json", timings)  # before the report, which shows them
     comparison, report = timed("compare", compare_run, CompareConfig(run_dir=cfg.run_dir, methods=methods))
     write_json(run_dir / "timings.json", timings)
     print(f"report: {report}")
-    return {"table": comparison.markdown, "timings": timings, "report": report}
+    for name, reason in skipped.items():
+        print(f"run: {name} is not in the table: {reason}")
+    return {"table": comparison.markdown, "timings": timings, "report": report, "skipped": skipped}
