@@ -145,17 +145,13 @@ def fixed_batch_losses(args) -> tuple[float, float]:
 
 
 def matmul_peak(dtype_name: str = "bfloat16", size: int = 2048, repeats: int = 10) -> float:
-    """The machine's measured matmul throughput (GFLOP/s) in the training dtype: the MFU denominator."""
+    """The machine's measured matmul throughput (GFLOP/s) on the CPU in the training dtype: the MFU denominator
+    (``gpu_check.matmul_peak``, the best of three timings)."""
     import torch
 
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
+    from gpu_check import matmul_peak as measured_peak
+
+    return measured_peak("cpu", getattr(torch, dtype_name), size, repeats) / 1e9
 
 
 def model_flops_per_token(seq_len: float) -> tuple[float, float]:
