@@ -189,25 +189,27 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     log_stages(cfg, timings)
     if cfg.evaluate_base:
         timed("evaluate base", evaluate_policy, cfg, "base", cfg.model)
-    skipped: dict[str, str] = {}
-    for name in cfg.algorithms:
-        algo, optim = algorithm_settings(cfg, name)
+    skipped: dict[str, str] = {}  # method -> why: a small log can leave one algorithm nothing, the others still run
+
+    def train_and_evaluate(method: str, train_fn, *args) -> None:
         try:
-            checkpoint = timed(f"train {name}", train_one, cfg.run_dir, cfg.model, algo, optim, cfg)
-        except NothingToLearn as exc:  # a small log can leave one algorithm nothing: the others still run
-            skipped[name] = str(exc)
-            print(f"run: skipping {name}, not trained or evaluated: {exc}")
-            continue
-        timed(f"evaluate {name}", evaluate_policy, cfg, name, str(checkpoint))
-    write_json(run_dir / "skipped.json", skipped)
+            checkpoint = timed(f"train {method}", train_fn, *args)
+        except NothingToLearn as exc:
+            skipped[method] = str(exc)
+            print(f"run: skipping {method}, not trained or evaluated: {exc}")
+            return
+        timed(f"evaluate {method}", evaluate_policy, cfg, method, str(checkpoint))
+
+    for name in cfg.algorithms:
+        train_and_evaluate(name, train_one, cfg.run_dir, cfg.model, *algorithm_settings(cfg, name), cfg)
     for name in cfg.refresh.algorithms:
-        checkpoint = timed(f"train {name}-refresh", train_with_refresh, cfg, name)
-        timed(f"evaluate {name}-refresh", evaluate_policy, cfg, f"{name}-refresh", str(checkpoint))
+        train_and_evaluate(f"{name}-refresh", train_with_refresh, cfg, name)
+    write_json(run_dir / "skipped.json", skipped)
     from turnrl.stages.compare import CompareConfig
     from turnrl.stages.report import compare_run
 
-    methods = (["base"] if cfg.evaluate_base else []) + [n for n in cfg.algorithms if n not in skipped] + \
-        [f"{name}-refresh" for name in cfg.refresh.algorithms]
+    methods = [m for m in (["base"] if cfg.evaluate_base else []) + list(cfg.algorithms)
+               + [f"{name}-refresh" for name in cfg.refresh.algorithms] if m not in skipped]
     write_json(run_dir / "timings.json", timings)  # before the report, which shows them
     comparison, report = timed("compare", compare_run, CompareConfig(run_dir=cfg.run_dir, methods=methods))
     write_json(run_dir / "timings.json", timings)
