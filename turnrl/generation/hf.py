@@ -48,8 +48,9 @@ class GrowingLayer(DynamicLayer):
         if need <= capacity:
             return
         new_capacity = max(need, 2 * capacity, 256)
-        k = like_k.new_zeros(*like_k.shape[:-2], new_capacity, like_k.shape[-1])
-        v = like_v.new_zeros(*like_v.shape[:-2], new_capacity, like_v.shape[-1])
+        # Uninitialised: only the first `length` columns are ever read, and every one of them is written first.
+        k = like_k.new_empty(*like_k.shape[:-2], new_capacity, like_k.shape[-1])
+        v = like_v.new_empty(*like_v.shape[:-2], new_capacity, like_v.shape[-1])
         if self.length:
             k[..., : self.length, :] = self._k[..., : self.length, :]
             v[..., : self.length, :] = self._v[..., : self.length, :]
