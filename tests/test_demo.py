@@ -13,24 +13,23 @@ from turnrl.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def captured(monkeypatch, module, argv: list[str], entry: str = "run"):
+def captured(monkeypatch, module, argv: list[str], entry: str = "run") -> list:
+    """The configs the command passes to ``module.entry``, which is not run."""
     seen = []
     monkeypatch.setattr(module, entry, lambda cfg: seen.append(cfg) or {"table": "", "timings": {}})
     assert main(argv) == 0
-    return seen[0]
+    return seen
 
 
 def test_demo_yamls_mirror_the_demo(monkeypatch, capsys):
-    seen = []
-    monkeypatch.setattr(turnrl.workflows.demo, "run", lambda cfg: seen.append(cfg) or {"table": "", "timings": {}})
-    assert main(["demo", "--out", "runs/demo"]) == 0
+    seen = captured(monkeypatch, turnrl.workflows.demo, ["demo", "--out", "runs/demo"])
     printed = capsys.readouterr().out
     assert "32 train / 80 test questions" in printed and "at most 40 tokens (final 24)" in printed
     assert "(50% opened by a scripted question)" in printed
     reasoning, ask = seen
     assert (reasoning.run_dir, ask.run_dir, ask.env.name) == ("runs/demo", "runs/demo/ask", "ask")
     for yaml, from_demo in (("demo.yaml", reasoning), ("demo-ask.yaml", ask)):
-        from_yaml = captured(monkeypatch, turnrl.workflows.pipeline, ["run", str(ROOT / "configs" / yaml)])
+        (from_yaml,) = captured(monkeypatch, turnrl.workflows.pipeline, ["run", str(ROOT / "configs" / yaml)])
         assert asdict(from_yaml) == asdict(from_demo), yaml
 
 
@@ -47,8 +46,9 @@ def test_quick_demo_is_the_same_path_at_tiny_sizes():
 
 def test_preference_config_runs_on_the_sciq_log(monkeypatch):
     """configs/preference.yaml reuses a configs/sciq.yaml run: the logged data must be described identically."""
-    sciq = captured(monkeypatch, turnrl.workflows.sweep, ["sweep", str(ROOT / "configs" / "sciq.yaml")], entry="sweep")
-    pref = captured(monkeypatch, turnrl.workflows.pipeline, ["run", str(ROOT / "configs" / "preference.yaml")])
+    (sciq,) = captured(monkeypatch, turnrl.workflows.sweep, ["sweep", str(ROOT / "configs" / "sciq.yaml")],
+                       entry="sweep")
+    (pref,) = captured(monkeypatch, turnrl.workflows.pipeline, ["run", str(ROOT / "configs" / "preference.yaml")])
     for section in ("model", "dataset", "env", "rollout", "reward"):
         assert asdict(pref)[section] == asdict(sciq)[section], section
     assert set(sciq.algorithms) <= set(pref.algorithms)
