@@ -69,7 +69,6 @@ class OpenAIGenerator:
 
     def __init__(self, cfg: BackendConfig, sleep: Callable[[float], None] = time.sleep):
         import openai
-        from openai import OpenAI
 
         if cfg.concurrency < 1:
             raise ConfigError(f"concurrency: {cfg.concurrency}; expected at least 1 request in flight")
@@ -87,7 +86,7 @@ class OpenAIGenerator:
         self._clock = time.monotonic
         # openai's own Timeout: the HTTP library under the client changed (httpx, later httpx2) between releases.
         timeout = openai.Timeout(cfg.timeout, connect=min(cfg.timeout, CONNECT_TIMEOUT_S))
-        self._clients = [OpenAI(api_key=key, base_url=url, timeout=timeout, max_retries=0)
+        self._clients = [openai.OpenAI(api_key=key, base_url=url, timeout=timeout, max_retries=0)
                          for url in (cfg.base_url or [None])]
         self._turn = itertools.count()
         self._lock = threading.Lock()

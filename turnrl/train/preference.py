@@ -472,7 +472,7 @@ def train_preference(cfg: TrainConfig) -> Path:
     data, diagnostics = build_preference_data(trajectories, algo, branches)
     if not data:
         raise NothingToLearn(f"{algo.name}: no pairs could be built from {Path(cfg.run_dir) / cfg.input} "
-                          f"({diagnostics}); every group is tied (or all correct / all incorrect)")
+                             f"({diagnostics}); every group is tied (or all correct / all incorrect)")
     set_seed(optim.seed)
     lm, tokenizer, resolved = load_for_training(model_name, optim)
     eot = stop_token_ids(tokenizer, lm)

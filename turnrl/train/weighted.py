@@ -109,7 +109,8 @@ def train_weighted(cfg: TrainConfig) -> Path:
     items, dropped = tokenize_examples(examples, tokenizer, stop_token_ids(tokenizer, lm), cfg.optim)
     diagnostics["dropped"] = dropped
     if not any(it.weight != 0 for it in items):
-        raise NothingToLearn(f"{cfg.algo.name}: every trajectory has weight 0 (e.g. all rewards equal); nothing to learn")
+        raise NothingToLearn(f"{cfg.algo.name}: every trajectory has weight 0 (e.g. all rewards equal); "
+                             "nothing to learn")
     steps = epoch_steps(items, cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.seed)
     loop = TrainLoop(lm, tokenizer, cfg.optim, cfg.out_dir, model_name, steps, wrap=MaskedLogprobLM)
     write_training_files(loop, {"diagnostics.json": diagnostics})
