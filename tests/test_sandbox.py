@@ -3,6 +3,7 @@ serving the next call."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -36,8 +37,8 @@ def box():
 
 @pytest.fixture(scope="module")
 def forking_box():
-    """A sandbox whose code may start processes (``subprocesses=True``: memory is then capped per process)."""
-    sandbox = Sandbox(SandboxConfig(timeout=2.0, cpu_seconds=5, memory_mb=256, max_processes=16, disk_mb=16,
+    """A sandbox whose code may start processes (``subprocesses=True``: each of the 16 gets 256 MiB)."""
+    sandbox = Sandbox(SandboxConfig(timeout=2.0, cpu_seconds=5, memory_mb=16 * 256, max_processes=16, disk_mb=16,
                                     max_output_chars=500, subprocesses=True, preload=[]))
     yield sandbox
     sandbox.close()
@@ -598,3 +599,113 @@ def test_memory_outside_the_address_space_and_keyrings_are_refused(box, forking_
             pytest.skip("no seccomp filter on this machine")
         assert result.status == "ok", result
         assert result.output == "memfd 1\nshmget -1 1\nmsgget -1 1\n", result.output
+
+
+# Counts, in the execution's own memory, the occurrences of two byte strings given in hex (so that this program's
+# text holds neither): every readable mapping, read through /proc/self/mem (made readable by setting the process
+# dumpable again, which any process may do).
+SCAN_MEMORY = """
+import ctypes
+ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+needles = [bytes.fromhex(h) for h in {hexes!r}]
+counts = [0] * len(needles)
+with open('/proc/self/maps') as fh:
+    maps = fh.read().splitlines()
+with open('/proc/self/mem', 'rb', buffering=0) as mem:
+    for line in maps:
+        parts = line.split()
+        low, high = (int(x, 16) for x in parts[0].split('-'))
+        if not parts[1].startswith('r') or parts[-1] in ('[vvar]', '[vvar_vclock]', '[vsyscall]'):
+            continue
+        for start in range(low, high, 1 << 22):
+            try:
+                mem.seek(start)
+                chunk = mem.read(min(high, start + (1 << 22) + 64) - start)  # overlapping: no string is cut
+            except OSError:
+                continue
+            for i, needle in enumerate(needles):
+                counts[i] += chunk.count(needle)
+print(*counts)
+"""
+
+
+@pytest.mark.parametrize("subprocesses", [False, True])
+def test_an_execution_holds_nothing_of_an_earlier_ones_code(subprocesses):
+    """A secret in one execution's code (big programs: freed buffers of that size are not reused at once) is not in
+    the next execution's memory: its count there equals that of a control string that was never sent (each is
+    found once, as the needle the scan builds)."""
+    config = SandboxConfig(timeout=20, memory_mb=16 * 256 if subprocesses else 1024, max_processes=16,
+                           subprocesses=subprocesses, preload=[])
+    with Sandbox(config) as sandbox:
+        for padding in (20_000, 150_000):
+            secret, control = (f"{kind}-{uuid.uuid4().hex}" for kind in ("planted", "control"))
+            planted = sandbox.run(f"secret = {secret!r}\n# {'p' * padding}\nprint(len(secret))")
+            assert planted.status == "ok", planted
+            scan = sandbox.run(SCAN_MEMORY.format(hexes=[secret.encode().hex(), control.encode().hex()]))
+            assert scan.status == "ok", scan
+            found_secret, found_control = map(int, scan.output.split())
+            assert found_control >= 1  # the scan finds what is there (its own needle)
+            assert found_secret == found_control, (padding, scan.output)
+
+
+def test_memory_limit_bounds_the_processes_together():
+    """With ``subprocesses``, a parent and three children each take all the memory they can get: their peak
+    resident sizes (the kernel's accounting, from wait4 and getrusage) add up to at most ``memory_mb``, and each
+    process's allocations stop with MemoryError at its share."""
+    code = ("import json, os, resource\n"
+            "def grab():\n    chunks = []\n    try:\n        while True:\n"
+            "            chunks.append(b'x' * (8 * 1024 ** 2))  # written, so resident\n"
+            "    except MemoryError:\n        return len(chunks)\n"
+            "pids = []\nfor _ in range(3):\n    pid = os.fork()\n    if pid == 0:\n"
+            "        os._exit(min(grab(), 255))\n    pids.append(pid)\n"
+            "got = [grab()]\npeaks = []\n"
+            "for pid in pids:\n    _, status, usage = os.wait4(pid, 0)\n"
+            "    got.append(os.waitstatus_to_exitcode(status))\n    peaks.append(usage.ru_maxrss)\n"
+            "peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+            "print(json.dumps({'chunks': got, 'peak_kib': peaks}))")
+    with Sandbox(SandboxConfig(timeout=30, memory_mb=1024, max_processes=4, subprocesses=True,
+                               preload=[])) as sandbox:
+        result = sandbox.run(code)
+        assert result.status == "ok", result
+        report = json.loads(result.output)
+        assert len(report["peak_kib"]) == 4 and all(n > 0 for n in report["chunks"]), report
+        assert sum(report["peak_kib"]) / 1024 <= 1024, report  # before the fix: about 3,900 MiB
+        small = Sandbox(SandboxConfig(timeout=5, memory_mb=1024, max_processes=16, subprocesses=True, preload=[]))
+        with small:  # 64 MiB a process is less than the interpreter itself: said at once, naming the settings
+            refused = small.run("print(1)")
+        assert refused.status == "sandbox_error" and "max_processes" in refused.error, refused
+
+
+# Writes 64 KiB blocks without end to the execution's worker status pipe: the pipes it holds other than its output.
+FLOOD_STATUS = ("import os\n"
+                "output = os.readlink('/proc/self/fd/1')\n"
+                "fds = []\n"
+                "for n in os.listdir('/proc/self/fd'):\n"
+                "    try:\n        link = os.readlink(f'/proc/self/fd/{n}')\n    except OSError:\n        continue\n"
+                "    if int(n) > 2 and link.startswith('pipe:') and link != output:\n        fds.append(int(n))\n"
+                "print(len(fds), flush=True)\n"
+                "block = b'x' * 65536\n"
+                "while True:\n"
+                "    for fd in fds:\n"
+                "        try:\n            os.write(fd, block)\n        except OSError:\n            pass\n")
+
+
+@pytest.mark.parametrize("target", ["status", "output"])
+def test_a_flood_costs_the_host_little_cpu(target):
+    """A flood on the status pipe (or the output) for the whole wall clock: the host's own CPU time over the
+    call stays far below it (before the fix the host read the flood to the end: about 2 s of CPU in a 3 s call),
+    and the call fails as it should."""
+    flood_output = "import os\nblock = b'x' * 65536\nwhile True:\n    os.write(1, block)"
+    code = FLOOD_STATUS if target == "status" else flood_output
+    with Sandbox(SandboxConfig(timeout=3, preload=[])) as sandbox:
+        assert_still_serving(sandbox)  # the launcher is up: its start is not counted
+        cpu, wall = time.process_time(), time.monotonic()
+        result = sandbox.run(code)
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        assert wall >= 3.0 and result.status == "timeout", result
+        assert cpu < 0.5, (cpu, wall)
+        if target == "status":
+            assert result.output == "1\n"  # it found the worker's status pipe, and wrote nothing else
+        else:
+            assert result.truncated and result.output.endswith(f"[output truncated: over {32 * 1024 ** 2} bytes]")
+        assert_still_serving(sandbox)

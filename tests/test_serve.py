@@ -150,6 +150,29 @@ def test_request_errors(client):
         client.chat.completions.create(model=SERVED, messages=MESSAGES, max_tokens=10_000_000)
 
 
+@pytest.mark.parametrize("field, value", [("temperature", "NaN"), ("top_p", "NaN"), ("temperature", "Infinity"),
+                                          ("top_p", "-Infinity")])
+def test_a_sampling_value_that_is_not_a_finite_number_is_named_as_such(field, value):
+    """NaN and infinity (Python's JSON parser accepts them) are refused as not finite, not as out of range; the
+    request never reaches the model."""
+    from fastapi.testclient import TestClient
+
+    from turnrl.serve import ServeConfig, create_app
+
+    class NoModel:
+        tokenizer = None
+
+        def generate(self, requests, desc=None):
+            raise AssertionError("an invalid request reached the model")
+
+    body = '{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "%s": %s}' % (SERVED, field, value)
+    with TestClient(create_app(NoModel(), SERVED, ServeConfig())) as http:
+        response = http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == f"{field}: Input should be a finite number"
+    assert response.json()["error"]["param"] == field
+
+
 def test_batcher_groups_concurrent_requests():
     from turnrl.generation import GenResult
     from turnrl.serve import Batcher

@@ -238,6 +238,64 @@ def test_bad_records_are_named_by_file_and_line(tmp_path, line, expected):
     assert str(exc.value).startswith(f"{path}:2: {expected}")
 
 
+@pytest.mark.parametrize("file, change, expected", [
+    ("rollouts", {"id": [1, 2]}, "field 'id' is [1, 2]; expected a string"),
+    ("rollouts", {"task_id": {"t": 1}}, "field 'task_id' is {'t': 1}; expected a string"),
+    ("rollouts", {"sample": "1"}, "field 'sample' is '1'; expected an integer"),
+    ("rollouts", {"temperature": "hot"}, "field 'temperature' is 'hot'; expected a finite number"),
+    ("rollouts", {"timing": {"seconds": [1]}}, "field 'timing.seconds' is [1]; expected a finite number"),
+    ("rollouts", {"turns": {}}, "field 'turns' is {}; expected a list"),
+    ("rollouts", {"meta": ["x"]}, "field 'meta' is ['x']; expected an object"),
+    ("tasks", {"id": ["t"]}, "field 'id' is ['t']; expected a string"),
+    ("tasks", {"choices": ["yes", 2]}, "field 'choices[1]' is 2; expected a string"),
+])
+def test_a_field_of_the_wrong_type_is_one_line_through_score(tmp_path, capsys, file, change, expected):
+    """`turnrl score` on a record with a field of the wrong type: one line naming the file, the line, the field
+    and what was expected; exit status 2; the scored file is left as it was."""
+    tasks = tmp_path / "tasks" / "train.jsonl"
+    rollouts = tmp_path / "rollouts" / "trajectories.jsonl"
+    for path in (tasks, rollouts):
+        path.parent.mkdir(parents=True)
+    task = {"id": "t", "source": "test", "question": "Yes or no?", "answer": "A", "choices": ["yes", "no"]}
+    traj = {"id": "t#0", "task_id": "t", "group_id": "t",
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "A"}]}
+    bad = {**task, "id": "u", **change} if file == "tasks" else {**traj, "id": "t#1", **change}  # on line 2
+    tasks.write_text(json.dumps(task) + "\n" + (json.dumps(bad) + "\n" if file == "tasks" else ""))
+    rollouts.write_text(json.dumps(traj) + "\n" + (json.dumps(bad) + "\n" if file == "rollouts" else ""))
+    scored = tmp_path / "scored" / "trajectories.jsonl"
+    scored.parent.mkdir(parents=True)
+    scored.write_text("previous results\n")
+    assert main(["score", "--run_dir", str(tmp_path), "--reward.weights", "{accuracy: 1.0}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"turnrl score: error: {tasks if file == 'tasks' else rollouts}:2: {expected}\n"
+    assert scored.read_text() == "previous results\n"
+
+
+@pytest.mark.parametrize("cls_name", ["Trajectory", "Task"])
+def test_every_field_of_a_record_is_type_checked(tmp_path, cls_name):
+    """Each field of the dataclass, in turn given a value of another JSON type than its annotation allows: the
+    error names the file, line and that field (so a field added later is checked too)."""
+    import dataclasses
+    import typing
+
+    from turnrl import records
+    from turnrl.errors import InputError
+
+    cls = getattr(records, cls_name)
+    good = GOOD if cls is records.Trajectory else {"id": "t", "source": "s", "question": "q", "answer": "A"}
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        container = typing.get_origin(hint) or hint
+        wrong = {list: {"x": 1}, dict: ["x"]}.get(container, [["x"]])  # no scalar field takes a list
+        path = tmp_path / f"{f.name}.jsonl"
+        path.write_text(json.dumps({**good, f.name: wrong}) + "\n")
+        with pytest.raises(InputError) as exc:
+            records.read_records(path, cls)
+        message = str(exc.value)
+        assert message.startswith(f"{path}:1: ") and f"field '{f.name}" in message, message
+        assert "\n" not in message
+
+
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
     config = tmp_path / "broken.yaml"
     config.write_text("run_dir: x\n  bad: [\n")

@@ -36,8 +36,8 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
     def train_cmd(cfg: TrainConfig) -> Any:
         from turnrl.train import train
 
-        return train(cfg.run_dir, cfg.model, cfg.algo, cfg.optim, overwrite=cfg.overwrite, input=cfg.input,
-                     output=cfg.output)
+        # Every field, by name: a field train() does not take fails here instead of being dropped.
+        return train(**{f.name: getattr(cfg, f.name) for f in fields(cfg)})
 
     return {
         "simulate": (SimulateConfig, simulate, "Roll out the logging policy: m trajectories per task, as JSONL."),

@@ -24,16 +24,22 @@ The code is treated as hostile. Each execution gets:
   size, open files, no core dumps; a wall-clock timeout enforced by the execution's own init process and again by
   the host;
 - a minimal environment (no variable of the calling process is inherited) and no inherited file descriptors;
-- output capped (the rest is drained and dropped); on failure, the error's last line ("ZeroDivisionError:
-  division by zero"), as 003's executor returns it.
+- output capped (the rest is drained and dropped, up to ``_MAX_DRAIN`` bytes: past that the host stops reading,
+  and the code's writes block until the wall clock ends it); on failure, the error's last line
+  ("ZeroDivisionError: division by zero"), as 003's executor returns it;
+- nothing of an earlier execution: the launcher never reads a request's cells (they come in an anonymous file
+  that only the forked execution reads), so no execution inherits another's code in the launcher's memory.
 
 **Memory is capped per execution**, not per process: the code is one process (the filter refuses new ones), its
 threads share one address space, so ``memory_mb`` (RLIMIT_AS) bounds the whole execution -- three children of
 504 MiB under a 1,024 MiB cap cannot be started. Beyond the address space an execution holds at most its two
 size-capped tmpfs directories (``disk_mb`` each) and small kernel buffers (pipes, sockets). Without the filter
 (a kernel without seccomp, another architecture) RLIMIT_NPROC is set to 1 where the uid is the execution's own,
-which refuses threads as well. ``subprocesses=True`` lets the code fork; memory is then capped per process only
-(up to ``max_processes`` x ``memory_mb``). cgroups are not used: this machine's memory controller is on a cgroup
+which refuses threads as well. ``subprocesses=True`` lets the code fork, up to ``max_processes`` processes and
+threads at once (RLIMIT_NPROC), and gives each process ``memory_mb / max_processes`` of address space, so that
+together they stay within ``memory_mb`` (where the uid is the execution's own; a share must exceed the
+interpreter's own address space, about 110-150 MiB, so ``max_processes`` 4 needs ``memory_mb`` of about 1,024).
+cgroups, which could bound a tree of processes as a whole, are not used: this machine's memory controller is on a cgroup
 v1 hierarchy managed by its process manager, and under cgroup v2 a process may give its children a memory limit
 only inside a subtree delegated to it whose own processes have been moved to leaves -- something the caller would
 have to set up -- so the sandbox cannot rely on it; and a limit that differed between machines would make fork
@@ -44,7 +50,8 @@ report and its worker's report. Only the init holds the report pipe (the worker 
 code; the init is not dumpable, so its ``/proc/<pid>/fd`` does not reach it either), and the host waits for that pipe to
 close -- the init is gone, and in a PID namespace every process of the execution with it -- not for a report
 line; past the deadline it has the launcher kill the execution and waits for the pipe again. The worker's pipe
-can be written by the code. The host keeps at most ``_MAX_STATUS`` bytes of each pipe, and takes from them only
+can be written by the code. The host keeps at most ``_MAX_STATUS`` bytes of each pipe (past that it closes the pipe:
+a flood costs the host one read per 64 KiB up to the cap, nothing more), and takes from them only
 one-line JSON records of the expected kind with typed fields (:func:`_parse_status`); a line that is too long,
 not JSON (a line of 200,000 ``[``), of the wrong kind or type, a second record or an unterminated one makes that
 execution a ``sandbox_error`` ("SandboxError: invalid status report ..."), nothing more. ``Sandbox.run`` and
@@ -94,8 +101,10 @@ TIMEOUT_TEXT = "Timeout Error"
 EMPTY_OUTPUT_TEXT = "Result is not defined"
 """003's executor answers an execution that printed nothing with this text."""
 
-_MAX_REQUEST = 200_000  # bytes of one request (the cells); a datagram on the launcher's socket
+_MAX_REQUEST = 200_000  # bytes of one request (the cells and the config)
 _MAX_STATUS = 65_536  # bytes the host keeps of one status pipe (a genuine report is well under 4 KiB)
+_MAX_DRAIN = 32 * 1024 * 1024  # bytes of output the host reads (and counts) of one execution, at most
+_MIN_ROOM_MB = 16  # MiB of address space a process must have beyond the interpreter's own, or nothing runs
 _MAX_RECORD = 16_384  # bytes of one status record (one line)
 
 
@@ -108,14 +117,15 @@ class SandboxConfig:
     cpu_seconds: int = 10
     """CPU seconds per process (RLIMIT_CPU)."""
     memory_mb: int = 1024
-    """Address space, MiB (RLIMIT_AS). The code is one process (see ``subprocesses``), so this caps the execution
-    as a whole: its threads share the one address space."""
+    """Address space of the whole execution, MiB (RLIMIT_AS). The code is one process (see ``subprocesses``), its
+    threads share the one address space; with ``subprocesses``, each process gets ``memory_mb / max_processes``."""
     max_processes: int = 16
     """Threads (and, with ``subprocesses``, processes) the code may have at once (RLIMIT_NPROC of its own uid)."""
     subprocesses: bool = False
     """Let the code start processes (``os.fork``, ``subprocess``, ``multiprocessing``). Off: the execution is one
-    process and ``memory_mb`` bounds all of it. On: ``memory_mb`` bounds each process, so an execution may use up
-    to ``max_processes`` x ``memory_mb``."""
+    process and ``memory_mb`` bounds all of it. On: up to ``max_processes`` processes, each with ``memory_mb /
+    max_processes`` of address space, so that ``memory_mb`` still bounds the whole (a share must exceed the
+    interpreter's own 110-150 MiB: lower ``max_processes`` or raise ``memory_mb``)."""
     disk_mb: int = 64
     """Size of the writable working directory and of /tmp, and the largest file the code may write, MiB."""
     max_output_chars: int = 2000
@@ -187,6 +197,8 @@ class Sandbox:
         self.config = config or SandboxConfig()
         if self.config.isolation not in ("auto", "namespaces", "userns", "none"):
             raise ValueError(f"isolation must be auto, namespaces, userns or none, got {self.config.isolation!r}")
+        if self.config.max_processes < 1 or self.config.memory_mb < 1:
+            raise ValueError("max_processes and memory_mb must be at least 1")
         self._lock = threading.Lock()
         self._launcher: _Launcher | None = None
         self._counter = 0
@@ -321,8 +333,8 @@ class _Launcher:
             raise _LauncherGone() from exc
 
     def execute(self, rid: int, data: bytes, config: SandboxConfig) -> ExecResult:
-        """Send one execution with three pipes -- its output, its init's report, its worker's report -- and
-        read them until the init is gone.
+        """Send one execution with three pipes -- its output, its init's report, its worker's report -- and the
+        request in a file (:func:`_request_file`), and read the pipes until the init is gone.
 
         Only the init holds the report pipe (the worker closes it before running the code), so the code cannot
         write there, and its end-of-file says that the execution's processes are gone: the host waits for that,
@@ -330,24 +342,30 @@ class _Launcher:
         the host keeps at most ``_MAX_STATUS`` bytes of either and reads nothing in it but well-formed records
         (:func:`_parse_status`)."""
         start = time.monotonic()
+        request = _request_file(data)
         pipes = [os.pipe() for _ in range(3)]
         (out_r, out_w), (st_r, st_w), (wk_r, wk_w) = pipes
         try:
-            self._send(json.dumps({"op": "run", "id": rid}).encode() + b"\n" + data, [out_w, st_w, wk_w])
+            self._send(json.dumps({"op": "run", "id": rid}).encode(), [out_w, st_w, wk_w, request])
         except _LauncherGone:
             for r, w in pipes:
                 os.close(r)
                 os.close(w)
             raise
+        finally:
+            os.close(request)
         for fd in (out_w, st_w, wk_w):
             os.close(fd)
         # The execution's own init enforces the timeout; the host waits longer, for start-up on a busy machine.
         deadline = start + config.timeout + 10.0
         caps = {out_r: config.max_output_chars * 4,  # bytes: enough for max_output_chars characters of UTF-8
                 st_r: _MAX_STATUS, wk_r: _MAX_STATUS}
+        # A flood costs the host no more than this much reading per call: past it, a pipe is no longer read.
+        drains = {out_r: _MAX_DRAIN, st_r: _MAX_STATUS, wk_r: _MAX_STATUS}
         kept = {fd: bytearray() for fd in caps}
         totals = dict.fromkeys(caps, 0)
         open_fds = set(caps)
+        closed: set[int] = set()
         poller = select.poll()  # not select(): a busy host may hold descriptors past FD_SETSIZE
         for fd in caps:
             poller.register(fd, select.POLLIN)
@@ -380,20 +398,52 @@ class _Launcher:
                     room = caps[fd] - len(kept[fd])
                     if room > 0:
                         kept[fd] += chunk[:room]
+                    if totals[fd] > drains[fd]:  # a flood: stop reading this pipe
+                        open_fds.discard(fd)
+                        poller.unregister(fd)
+                        if fd != out_r:
+                            # A status pipe past its cap is a void report already: closing it makes the code's
+                            # writes fail at once. The output stays open: its writes block until the clock ends it.
+                            os.close(fd)
+                            closed.add(fd)
         finally:
-            for fd in caps:
+            for fd in set(caps) - closed:
                 os.close(fd)
         init = _parse_status(bytes(kept[st_r]), totals[st_r] > len(kept[st_r]), "init")
         worker = _parse_status(bytes(kept[wk_r]), totals[wk_r] > len(kept[wk_r]), "worker")
         if init[0] is None and not self.alive():
             raise _LauncherGone()  # the execution died with the launcher: run it again on a new one
-        return _make_result(kept[out_r], totals[out_r], init, worker, killed, config, time.monotonic() - start)
+        return _make_result(kept[out_r], totals[out_r], init, worker, killed, config, time.monotonic() - start,
+                            drained=totals[out_r] <= _MAX_DRAIN)
 
     def _kill(self, rid: int) -> None:
         try:
             self._send(json.dumps({"op": "kill", "id": rid}).encode() + b"\n", [])
         except _LauncherGone:
             pass
+
+
+def _request_file(data: bytes) -> int:
+    """A descriptor of an anonymous file holding ``data`` (the request), at offset 0.
+
+    The launcher passes it on unread: only the forked execution reads it, so the launcher never holds a
+    request's cells in its own memory, which every later execution inherits (freed memory keeps its bytes)."""
+    try:
+        fd = os.memfd_create("turnrl-sandbox-request", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # no memfd: an unlinked temporary file
+        import tempfile
+
+        with tempfile.TemporaryFile() as fh:
+            fd = os.dup(fh.fileno())
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _stop_launcher(proc: subprocess.Popen, sock: socket.socket) -> None:
@@ -480,15 +530,17 @@ def _parse_status(data: bytes, overflowed: bool, kind: str) -> tuple[dict | None
 
 def _make_result(head: bytearray, total: int, init_report: tuple[dict | None, list[str]],
                  worker_report: tuple[dict | None, list[str]], killed: bool, config: SandboxConfig,
-                 wall: float) -> ExecResult:
-    """The result from the output and the two parsed status pipes (records already validated by type)."""
+                 wall: float, drained: bool = True) -> ExecResult:
+    """The result from the output and the two parsed status pipes (records already validated by type).
+    ``drained``: the host read all the output (False: it stopped at ``_MAX_DRAIN`` bytes)."""
     init, init_faults = init_report
     worker, worker_faults = worker_report
     init, worker = init or {}, worker or {}
     text = head.decode("utf-8", "replace")
     truncated = total > len(head) or len(text) > config.max_output_chars
     if truncated:
-        text = text[: config.max_output_chars] + f"\n[output truncated: {total} bytes in all]"
+        text = text[: config.max_output_chars] + (f"\n[output truncated: {total} bytes in all]" if drained
+                                                  else f"\n[output truncated: over {_MAX_DRAIN} bytes]")
     result = ExecResult(output=text, status="ok", truncated=truncated, wall_seconds=round(wall, 4),
                         cpu_seconds=float(init.get("cpu_seconds", 0.0)),
                         max_rss_mb=float(init.get("max_rss_mb", 0.0)),
@@ -701,16 +753,15 @@ def _launcher_main(sock_fd: int, preload: list[str]) -> None:
         while True:
             _reap(children)
             try:
-                msg, fds, _, _ = socket.recv_fds(sock, _MAX_REQUEST + 4096, 4)
+                msg, fds, _, _ = socket.recv_fds(sock, 4096, 4)  # a header; a run's cells come in a file
             except socket.timeout:
                 continue
             except OSError:
                 break
             if not msg:
                 break
-            header, _, body = msg.partition(b"\n")
-            req = json.loads(header)
-            if req["op"] == "run" and len(fds) != 3:  # output, the init's report, the worker's report
+            req = json.loads(msg)
+            if req["op"] == "run" and len(fds) != 4:  # output, the init's report, the worker's report, the request
                 for fd in fds:
                     os.close(fd)
                 continue
@@ -727,7 +778,7 @@ def _launcher_main(sock_fd: int, preload: list[str]) -> None:
                 code = 1
                 try:
                     sock.close()
-                    _execution(json.loads(body), fds[0], fds[1], fds[2], mount_point, features)
+                    _execution(_read_request(fds[3]), fds[0], fds[1], fds[2], mount_point, features)
                     code = 0
                 finally:
                     os._exit(code)
@@ -745,6 +796,18 @@ def _launcher_main(sock_fd: int, preload: list[str]) -> None:
             os.rmdir(mount_point)
         except OSError:
             pass
+
+
+def _read_request(fd: int) -> dict:
+    """The request in the file the host sent (read in the execution's own process, after the fork)."""
+    data = b""
+    while len(data) <= _MAX_REQUEST:
+        chunk = os.pread(fd, _MAX_REQUEST + 1 - len(data), len(data))
+        if not chunk:
+            break
+        data += chunk
+    os.close(fd)
+    return json.loads(data)
 
 
 def _make_mount_point() -> str:
@@ -1036,6 +1099,11 @@ def _worker(cells, cfg, root, workdir, out_fd, status_fd, uid, nproc_base, libc,
 
     if root is None:
         os.setpgid(0, 0)  # without a PID namespace, the init kills this process group at the end
+    try:
+        with open("/proc/self/statm") as fh:  # before the chroot: /proc may be missing there
+            size = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")  # the address space this process has
+    except OSError:
+        size = 0
     if features["keyring"]:
         _join_session_keyring(libc)  # before the uid changes: no key of the caller's session stays reachable
     devnull = os.open("/dev/null", os.O_RDWR)
@@ -1053,7 +1121,14 @@ def _worker(cells, cfg, root, workdir, out_fd, status_fd, uid, nproc_base, libc,
     # One process: the filter refuses new processes and lets threads be; without a filter, RLIMIT_NPROC of 1
     # (the worker itself) refuses both.
     tasks = 1 if single and not features["seccomp"] else int(cfg["max_processes"])
-    limits = [(resource.RLIMIT_AS, int(cfg["memory_mb"]) * mib),
+    # memory_mb bounds the execution as a whole. RLIMIT_AS is per process, so where the code may start processes
+    # (at most max_processes at once, by RLIMIT_NPROC) each gets an equal share: together they stay within it.
+    memory = int(cfg["memory_mb"]) * mib // (1 if single else int(cfg["max_processes"]))
+    if memory < size + _MIN_ROOM_MB * mib:
+        raise MemoryError(f"memory_mb {cfg['memory_mb']} leaves {memory // mib} MiB of address space per process"
+                          f"{'' if single else ' (memory_mb / max_processes)'}; the interpreter alone takes "
+                          f"{size // mib} MiB: raise memory_mb" + ("" if single else " or lower max_processes"))
+    limits = [(resource.RLIMIT_AS, memory),
               (resource.RLIMIT_CPU, (int(cfg["cpu_seconds"]), int(cfg["cpu_seconds"]) + 1)),
               (resource.RLIMIT_NPROC, nproc_base + tasks),
               (resource.RLIMIT_FSIZE, int(cfg["disk_mb"]) * mib),

@@ -179,7 +179,8 @@ def create_app(generator: Any, served_name: str, cfg: ServeConfig) -> Any:
         include_usage: bool = False
 
     class ChatRequest(BaseModel):
-        model_config = ConfigDict(extra="allow")
+        # NaN and infinity (which JSON parsers accept) are refused as what they are, not as out of range.
+        model_config = ConfigDict(extra="allow", allow_inf_nan=False)
         model: str
         messages: list[Message] = Field(min_length=1)
         temperature: float = Field(1.0, ge=0.0, le=2.0)

@@ -100,6 +100,11 @@ class TrainConfig:
     files in <output>/tensorboard; see turnrl/train/tracking.py). Not a training setting: a resumed run may change
     it."""
 
+    def __post_init__(self) -> None:
+        from turnrl.train.tracking import tracker_names
+
+        tracker_names(self.report_to)  # an unknown tracker is a config error, before anything is loaded
+
     @property
     def out_dir(self) -> Path:
         return Path(self.run_dir) / self.output if self.output else train_dir(self.run_dir, self.algo.name)

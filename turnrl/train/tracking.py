@@ -17,7 +17,8 @@ weights, ESS, pairs, dropped examples) once, under ``diagnostics/`` at step 0; `
 metrics at each iteration.
 
 A tracker that is asked for must be installed: a missing one is a :class:`ConfigError` naming the package to
-install, before anything runs.
+install, before anything runs; an unknown name is one already when the config is made (``turnrl train
+--report_to x`` prints one line naming the known trackers and exits with status 2).
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ PROJECT = "turnrl"
 TENSORBOARD_DIR = "tensorboard"
 
 
-def parse_report_to(value: str | Sequence[str] | None) -> list[str]:
+def tracker_names(value: str | Sequence[str] | None) -> list[str]:
     """``"none"`` -> []; ``"tensorboard"`` -> ["tensorboard"]; ``"tensorboard,wandb"`` (or a list) -> both.
-    Unknown names and trackers whose package is missing are refused."""
+    Unknown names are refused (a config's own check: nothing is imported)."""
     if value is None:
         return []
     parts = list(value) if isinstance(value, (list, tuple)) else str(value).split(",")
-    names = list(dict.fromkeys(p.strip().lower() for p in parts if str(p).strip()))
+    names = list(dict.fromkeys(str(p).strip().lower() for p in parts if str(p).strip()))
     if names in ([], ["none"]):
         return []
     if "none" in names:
@@ -52,6 +53,14 @@ def parse_report_to(value: str | Sequence[str] | None) -> list[str]:
     if unknown:
         raise ConfigError(f"report_to: {', '.join(unknown)}; expected none, {', '.join(TRACKERS)} "
                           "(or several, comma-separated)")
+    return names
+
+
+def parse_report_to(value: str | Sequence[str] | None) -> list[str]:
+    """:func:`tracker_names`, and the trackers whose package is missing are refused too."""
+    names = tracker_names(value)
+    if not names:
+        return []
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
     for name in names:
