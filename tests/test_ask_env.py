@@ -69,7 +69,7 @@ def test_explored_conversations_open_with_a_scripted_question_and_the_policy_ans
     from turnrl.rollout import build_jobs, run_episodes
     from turnrl.stages.simulate import _exploratory_jobs
 
-    env = make_env(EnvConfig(name="ask", max_new_tokens=16))
+    env = make_env(EnvConfig(name="ask", max_new_tokens=16, shuffle_options=False))
     copies = [replace(PLANTS, id=f"mc/1-{i}") for i in range(100)]
     jobs = build_jobs(copies, env.settings(), samples=2, temperatures=[0.7], top_p=1.0, top_k=0, seed=0)
     explored_jobs, to_trajectory = _exploratory_jobs(env, jobs, share=0.5, seed=0)

@@ -72,7 +72,7 @@ def _teacher():
 
 
 def _env(mode="thinking"):
-    return make_env(EnvConfig(name="clarify", mode=mode, max_new_tokens=80, final_max_new_tokens=90,
+    return make_env(EnvConfig(name="clarify", mode=mode, shuffle_options=False, max_new_tokens=80, final_max_new_tokens=90,
                               teacher_max_new_tokens=70))
 
 

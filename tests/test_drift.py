@@ -251,7 +251,7 @@ def test_run_with_rollout_refresh(tmp_path, tiny_model_dir):
                  "--env.max_new_tokens", "4", "--rollout.samples", "2", "--rollout.temperatures", "[1.0]",
                  "--reward.weights", "{accuracy: 1.0}", "--algorithms", "[]", "--refresh.algorithms", "[drift]",
                  "--evaluate_base", "false", "--optim.batch_size", "2", "--optim.precision", "fp32",
-                 "--generation.dtype", "float32"]) == 0
+                 "--generation.dtype", "float32", "--split", "test"]) == 0
     stage0 = run / "refresh" / "drift" / "round0" / "train" / "checkpoint"
     stage1 = run / "refresh" / "drift" / "round1" / "train" / "checkpoint"
     logged = [json.loads(line) for line in (run / "refresh" / "drift" / "round1" / "rollouts.jsonl").open()]

@@ -163,7 +163,8 @@ def test_evaluate_reports_multi_at_k_with_standard_errors(tmp_path):
                "Question number 1": ["The answer is A.", "The answer is B."],
                "Question number 2": ["The answer is A."] * 3,
                "Question number 3": ["The answer is D.", "The answer is C.", "The answer is B."]}
-    cfg = EvaluateConfig(run_dir=str(tmp_path / "run"), name="scripted", env=EnvConfig(name="feedback", turns=3),
+    cfg = EvaluateConfig(run_dir=str(tmp_path / "run"), name="scripted", split="test",
+                         env=EnvConfig(name="feedback", turns=3, shuffle_options=False),
                          dataset=DatasetConfig(name=str(data), n_train=0, n_test=4),
                          reward=RewardConfig(weights={"accuracy": 1.0}))
     result = evaluate(cfg, generator=ScriptedPolicy(scripts))

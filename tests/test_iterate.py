@@ -31,7 +31,7 @@ def write_tasks(path):
 
 def config(tmp_path, model: str, **over) -> IterateConfig:
     cfg = IterateConfig(
-        run_dir=str(tmp_path / "run"), model=model,
+        run_dir=str(tmp_path / "run"), model=model, split="test",
         dataset=DatasetConfig(name=str(write_tasks(tmp_path / "tasks.jsonl")), n_train=6, n_test=2),
         env=EnvConfig(name="reasoning", turns=2, max_new_tokens=6),
         generation=BackendConfig(dtype="float32", batch_size=16),

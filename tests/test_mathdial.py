@@ -120,7 +120,7 @@ def test_the_split_records_the_path(tmp_path):
 
     path = write_jsonl(tmp_path / "md.jsonl", [ROW, dict(ROW, qid=43)])
     run = tmp_path / "run"
-    prepare_split(DatasetConfig(name="mathdial", path=str(path), n_train=1, n_test=1), run)
+    prepare_split(DatasetConfig(name="mathdial", path=str(path), n_train=0, n_test=0), run)
     assert json.loads((run / "tasks" / "split.json").read_text())["path"] == str(path)
     with pytest.raises(ConfigError, match="path"):
         prepare_split(DatasetConfig(name="mathdial", path=str(tmp_path / "other.jsonl"), n_train=1, n_test=1), run)

@@ -31,7 +31,7 @@ def test_run_skips_an_algorithm_with_nothing_to_learn(tmp_path, tiny_model_dir, 
                     rollout=RolloutOptions(samples=2, temperatures=[1.0]),
                     reward=RewardConfig(weights={"accuracy": 1.0}),
                     algorithms=["refit", "sft"], optim=OptimConfig(batch_size=2, precision="fp32"),
-                    evaluate_base=False)
+                    evaluate_base=False, split="test")
     result = run(cfg)
     scored = read_trajectories(tmp_path / "run/scored/trajectories.jsonl")
     assert {t.reward for t in scored} == {0.0}  # so Refit's weights are all 0
@@ -39,7 +39,53 @@ def test_run_skips_an_algorithm_with_nothing_to_learn(tmp_path, tiny_model_dir, 
     assert json.loads((tmp_path / "run/skipped.json").read_text()) == result["skipped"]
     assert "skipping refit" in capsys.readouterr().out
     table = json.loads((tmp_path / "run/results.json").read_text())["methods"]
-    assert list(table) == ["sft"]  # trained on every logged conversation, and evaluated
+    assert sorted(table) == ["always-a", "sft"]  # trained on every logged conversation, and evaluated
     # Alone, the same training stops with the message (and a non-zero exit from the CLI).
     with pytest.raises(NothingToLearn, match="weight 0"):
         train(cfg.run_dir, cfg.model, AlgoConfig(name="refit"), cfg.optim)
+
+
+@pytest.mark.slow
+def test_the_same_run_twice_is_byte_identical_and_seeds_make_one_table(tmp_path, tiny_model_dir):
+    """Two seeds, run twice into two folders: every conversation, per-question outcome and checkpoint revision is
+    the same; the table's per-seed values are the per-question means of each seed's outcomes."""
+    from turnrl.models import resolve
+
+    rows = [{"id": f"q{i}", "question": f"Pick option {i}.", "choices": ["qqq1", "qqq2", "qqq3", "qqq4"],
+             "answer": "ABCD"[i % 4]} for i in range(6)]
+    (tmp_path / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def config(out: str) -> RunConfig:
+        return RunConfig(run_dir=str(tmp_path / out), model=str(tiny_model_dir),
+                         dataset=DatasetConfig(name=str(tmp_path / "tasks.jsonl"), n_train=3, n_test=3),
+                         env=EnvConfig(turns=1, max_new_tokens=4), generation=BackendConfig(dtype="float32"),
+                         rollout=RolloutOptions(samples=2, temperatures=[1.0]),
+                         reward=RewardConfig(weights={"accuracy": 1.0}), algorithms=["sft"],
+                         optim=OptimConfig(batch_size=2, precision="fp32"), split="test", seeds=[0, 1])
+
+    first = run(config("a"))
+    run(config("b"))
+    assert first["methods"] == ["base", "sft", "always-a"]
+    for seed in (0, 1):
+        for method in ("base", "sft", "always-a"):
+            folders = [tmp_path / f"{out}/seed{seed}/eval/{method}" for out in "ab"]
+            assert (folders[0] / "per_question.jsonl").read_bytes() == (folders[1] / "per_question.jsonl").read_bytes()
+            conversations = [read_trajectories(f / "conversations.jsonl") for f in folders]
+            for t in conversations[0] + conversations[1]:
+                t.timing, t.policy["model"] = {}, ""  # wall-clock seconds and the folder differ, nothing else may
+            assert conversations[0] == conversations[1]
+        revisions = [resolve(str(tmp_path / f"{out}/seed{seed}/train/sft/checkpoint")).revision for out in "ab"]
+        assert revisions[0] == revisions[1]
+    seeds = json.loads((tmp_path / "a/seeds.json").read_text())
+    for method in ("base", "sft", "always-a"):
+        per_seed = []
+        for seed in (0, 1):
+            outcomes = [json.loads(line)["accuracy"]
+                        for line in (tmp_path / f"a/seed{seed}/eval/{method}/per_question.jsonl").open()]
+            per_seed.append(sum(outcomes) / len(outcomes))
+        assert seeds["methods"][method]["estimate"]["per_seed"] == pytest.approx(per_seed)
+    csv_lines = (tmp_path / "a/results.csv").read_text().splitlines()
+    assert csv_lines[0] == "method,seed,accuracy,n_questions" and len(csv_lines) == 1 + 3 * 2
+    # The seeds draw different logs: the logged conversations' option orders differ.
+    logs = [read_trajectories(tmp_path / f"a/seed{s}/scored/trajectories.jsonl") for s in (0, 1)]
+    assert [t.option_orders for t in logs[0]] != [t.option_orders for t in logs[1]]

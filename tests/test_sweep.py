@@ -4,30 +4,61 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from turnrl.cli import main
+from turnrl.errors import ConfigError
 from turnrl.records import Task
 from turnrl.workflows.sweep import choose
-from turnrl.tasks import DatasetConfig, _stable_int, split_tasks
+from turnrl.tasks import POOLS_SALT, TEST_SHARE, VAL_SHARE, DatasetConfig, _stable_int, load_tasks, split_tasks
 
 
 def tasks(n: int) -> list[Task]:
     return [Task(id=f"t{i}", source="x", question=f"q{i}", answer="A", choices=["a", "b"]) for i in range(n)]
 
 
-def test_validation_split_is_carved_from_the_training_pool():
+def test_pools_are_disjoint_fixed_by_a_salted_hash_and_splits_extend():
+    items = tasks(2000)
+    cfg = DatasetConfig(name="sciq", n_train=300, n_val=100, n_test=200)  # a built-in dataset's pools
+    train, val, test = split_tasks(items, cfg)
+    share = {t.id: _stable_int(f"{POOLS_SALT}/{t.id}") / 2 ** 64 for t in items}  # the documented pools
+    earlier = {t.id for t in sorted(items, key=lambda t: _stable_int(f"0/{t.id}"))[:300]}
+    assert all(share[t.id] < TEST_SHARE and t.id not in earlier for t in test)
+    assert all(TEST_SHARE <= share[t.id] < TEST_SHARE + VAL_SHARE for t in val)
+    assert all(share[t.id] >= TEST_SHARE + VAL_SHARE or t.id in earlier for t in train)
+    in_pool = sorted((t for t in items if share[t.id] < TEST_SHARE and t.id not in earlier),
+                     key=lambda t: _stable_int(f"0/{t.id}"))
+    assert [t.id for t in test] == [t.id for t in in_pool[:200]]  # the first n of the pool in (seed, id) order
+    # A larger split extends a smaller one; another seed draws other items from the same pools.
+    _, _, more = split_tasks(items, replace(cfg, n_train=0, n_val=0, n_test=300))
+    assert [t.id for t in more[:200]] == [t.id for t in test]
+    _, _, other = split_tasks(items, replace(cfg, n_train=0, n_val=0, seed=1))
+    assert {t.id for t in other} != {t.id for t in test} and all(share[t.id] < TEST_SHARE for t in other)
+    with pytest.raises(ConfigError, match="n_test: 2000, but the test pool"):
+        split_tasks(items, replace(cfg, n_test=2000))
+
+
+def test_a_users_own_file_is_one_hashed_order_cut_into_test_validation_and_train():
     items = tasks(40)
-    train, val, test = split_tasks(items, DatasetConfig(n_train=20, n_val=8, n_test=10))
+    train, val, test = split_tasks(items, DatasetConfig(name="mine.jsonl", n_train=20, n_val=8, n_test=10))
     by_hash = sorted(items, key=lambda t: _stable_int(f"0/{t.id}"))  # the documented order, computed here
     assert [t.id for t in test] == [t.id for t in by_hash[:10]]
     assert [t.id for t in val] == [t.id for t in by_hash[10:18]]
     assert [t.id for t in train] == [t.id for t in by_hash[18:38]]
-    # Without a validation split the train and test splits are what they always were.
-    old_train, no_val, old_test = split_tasks(items, DatasetConfig(n_train=20, n_test=10))
-    assert no_val == [] and [t.id for t in old_train] == [t.id for t in by_hash[10:30]] and old_test == test
+
+
+def test_the_test_pool_holds_no_item_earlier_development_evaluated_on():
+    """The built-in SciQ: none of the first 300 items of the earlier order (the hash of "0/<id>") is in the test
+    pool, and the pools are disjoint."""
+    sciq = [t for t in load_tasks(DatasetConfig(name="sciq"))]
+    earlier = {t.id for t in sorted(sciq, key=lambda t: _stable_int(f"0/{t.id}"))[:300]}
+    train, val, test = split_tasks(sciq, DatasetConfig(name="sciq", n_train=500, n_val=100, n_test=250))
+    ids = [{t.id for t in split} for split in (train, val, test)]
+    assert not ids[2] & earlier and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert len(ids[2]) == 250
 
 
 def test_choose_takes_the_best_validation_accuracy_and_breaks_ties_towards_less_training():
@@ -57,7 +88,7 @@ def swept(tmp_path_factory, tiny_model_dir) -> Path:
             "--dataset.name", "arc-easy", "--dataset.n_train", "4", "--dataset.n_val", "3", "--dataset.n_test", "3",
             "--env.max_new_tokens", "4", "--rollout.samples", "1", "--rollout.temperatures", "[0.0]",
             "--algorithms", "[sft]", "--optim.batch_size", "2", "--optim.precision", "fp32",
-            "--sweep.learning_rates", "[1e-3, 1e-2]", "--sweep.epochs", "[1, 2]"]
+            "--sweep.learning_rates", "[1e-3, 1e-2]", "--sweep.epochs", "[1, 2]", "--split", "test"]
     assert main(args) == 0
     return run_dir
 

@@ -45,7 +45,7 @@ from typing import Any, Callable, Optional
 
 from turnrl.errors import ConfigError
 from turnrl.generation import BackendConfig, GenRequest, GenResult, Sampling, derive_seed, make_generator
-from turnrl.records import Task, Trajectory, atomic_write_text
+from turnrl.records import Task, Trajectory, atomic_write_text, shown_task
 
 METRICS = ("accuracy", "reasoning", "comprehensiveness", "pedagogical", "confidence", "overall")
 """Component suffixes, in 000's order: ``judge_<metric>`` = the score / 10."""
@@ -272,7 +272,7 @@ class Judge:
               desc: str | None = None) -> list[dict[str, Any]]:
         """One record per trajectory: ``ok``, ``scores`` (0-10), ``overall_fallback``, ``attempts``, the judge's
         ``text`` and, for answers that could not be parsed, ``failed`` (their raw texts) and ``error``."""
-        prompts = [judge_messages(tasks[t.task_id], t) for t in trajectories]
+        prompts = [judge_messages(shown_task(tasks[t.task_id], t), t) for t in trajectories]
         records: list[dict[str, Any]] = [{"model": self.backend.model, "ok": False, "attempts": 0, "failed": []}
                                          for _ in trajectories]
         todo = list(range(len(trajectories)))

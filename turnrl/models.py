@@ -57,17 +57,31 @@ class ResolvedModel:
 
     @property
     def revision(self) -> str:
-        """A short fingerprint of the weights, recorded with every trajectory the model generates."""
-        parts = []
+        """A short hash of the weights (the bytes of every weights file, base and adapter), recorded with every
+        trajectory the model generates: the same weights give the same revision wherever and whenever they were
+        written. A hub id without a local folder is named by itself."""
+        digest = hashlib.sha256()
         for root in (self.path, self.adapter):
             if root and Path(root).is_dir():
                 for f in sorted(Path(root).iterdir()):
-                    if f.suffix in (".safetensors", ".bin", ".json"):
-                        st = f.stat()
-                        parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+                    if f.suffix in (".safetensors", ".bin"):
+                        digest.update(f.name.encode() + b"\0" + _file_hash(f).encode())
             elif root:
-                parts.append(root)
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+                digest.update(root.encode())
+        return digest.hexdigest()[:12]
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _file_hash(path: Path) -> str:
+    """sha256 of a file's bytes, computed once per process for a file of the same size and time."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        with path.open("rb") as fh:
+            _FILE_HASHES[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _FILE_HASHES[key]
 
 
 def _gguf_from_alias(name: str) -> Path:

@@ -12,6 +12,8 @@ import json
 import math
 import os
 import tempfile
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -39,6 +41,24 @@ class Task:
     @property
     def letters(self) -> list[str]:
         return [chr(ord("A") + i) for i in range(len(self.choices))]
+
+    def shown_in(self, order: list[int]) -> "Task":
+        """The task with its options shown in ``order``: option i of the result is option ``order[i]`` of this
+        task, and the gold letter moves with its option. Option order is drawn per conversation (see
+        :func:`turnrl.tasks.option_order`) so that no letter is worth more than another."""
+        if not self.choices:
+            return self
+        if sorted(order) != list(range(len(self.choices))):
+            raise ValueError(f"task {self.id}: {order} is not an order of its {len(self.choices)} options")
+        gold = self.letters.index(self.answer)
+        return dataclasses.replace(self, choices=[self.choices[j] for j in order],
+                                   answer=self.letters[order.index(gold)])
+
+    def original_letter(self, letter: str | None, order: list[int]) -> str | None:
+        """The letter (in this task's own order) of the option shown as ``letter`` under ``order``."""
+        if letter is None or not order:
+            return letter
+        return self.letters[order[self.letters.index(letter)]]
 
 
 @dataclass
@@ -73,6 +93,9 @@ class Trajectory:
     reward: float | None = None
     timing: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    option_orders: list[list[int]] = field(default_factory=list)
+    """Multiple choice: the order the options were shown in when each assistant turn was written (one entry per
+    assistant turn; see :meth:`Task.shown_in`). Empty: the task's own order (imported logs, open answers)."""
 
     def assistant_indices(self) -> list[int]:
         return [i for i, m in enumerate(self.messages) if m["role"] == "assistant"]
@@ -80,6 +103,17 @@ class Trajectory:
     def final_assistant(self) -> str:
         idx = self.assistant_indices()
         return self.messages[idx[-1]]["content"] if idx else ""
+
+    def order_at(self, turn: int = -1) -> list[int]:
+        """The option order of assistant turn ``turn`` (the final one by default); [] for the task's own."""
+        return self.option_orders[turn] if self.option_orders else []
+
+
+def shown_task(task: Task, traj: Trajectory, turn: int = -1) -> Task:
+    """The task as ``traj`` showed it when its assistant turn ``turn`` was written (the final one by default):
+    every reading of a conversation's answers goes through this, so letters are read in the order the policy saw."""
+    order = traj.order_at(turn)
+    return task.shown_in(order) if order and task.choices else task
 
 
 def to_dict(record: Any) -> dict[str, Any]:
@@ -102,17 +136,95 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     if cls is Trajectory:
         _check_messages(kwargs["messages"], where)
         _check_rewards(kwargs, where)
-        kwargs["turns"] = [_turn_info(t, f"{where}: turns[{i}]") for i, t in enumerate(kwargs.get("turns", []))]
         if not isinstance(kwargs["group_id"], str) or not kwargs["group_id"].strip():
             raise InputError(f"{where}: field 'group_id' is {kwargs['group_id']!r}; expected the non-empty id of the "
                              "context x its trajectories share (an empty one would pool every question into one "
                              "group for Swift and the preference pairs)")
     if cls is Task:
         for key in ("id", "question", "answer"):
-            kwargs[key] = str(kwargs[key])
-        if not isinstance(kwargs.get("choices", []), list):
-            raise InputError(f"{where}: field 'choices' must be a list of strings")
+            if isinstance(kwargs[key], (int, float)) and not isinstance(kwargs[key], bool):
+                kwargs[key] = str(kwargs[key])  # a numeric id or answer ("42") is read as its text
+    _check_types(cls, kwargs, where, skip=("messages", "reward", "rewards"))  # those have their own checks, above
+    if cls is Trajectory:
+        kwargs["turns"] = [_turn_info(t, f"{where}: turns[{i}]") for i, t in enumerate(kwargs.get("turns", []))]
+        _check_option_orders(kwargs, where)
     return cls(**kwargs)
+
+
+def _check_option_orders(fields: dict[str, Any], where: str) -> None:
+    """``option_orders``: empty, or one order (a permutation of 0..k-1) per assistant turn."""
+    orders = fields.get("option_orders") or []
+    turns = sum(m["role"] == "assistant" for m in fields["messages"])
+    if orders and len(orders) != turns:
+        raise InputError(f"{where}: field 'option_orders' has {len(orders)} orders for {turns} assistant turns; "
+                         "expected one per assistant turn (or none)")
+    for i, order in enumerate(orders):
+        if sorted(order) != list(range(len(order))):
+            raise InputError(f"{where}: field 'option_orders[{i}]' is {_short(order)}; expected an order of the "
+                             "options 0..k-1, each once")
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+_SCALARS = {str: lambda v: isinstance(v, str), bool: lambda v: isinstance(v, bool),
+            int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+            type(None): lambda v: v is None}
+
+
+def _check_types(cls: type, fields: dict[str, Any], where: str, skip: tuple[str, ...] = ()) -> None:
+    """Every field has its annotated type (elements of lists and values of objects too), or an InputError names
+    the file, line, field and what was expected: a record must not fail later with a TypeError (an unhashable
+    list as an id)."""
+    hints = _HINTS.get(cls) or _HINTS.setdefault(cls, typing.get_type_hints(cls))
+    for name, value in fields.items():
+        if name not in skip and (problem := _type_problem(value, hints[name], name)) is not None:
+            path, bad, expected = problem
+            raise InputError(f"{where}: field {path!r} is {_short(bad)}; expected {expected}")
+
+
+def _type_problem(value: Any, hint: Any, path: str) -> tuple[str, Any, str] | None:
+    """(path, value, expected) of the first part of ``value`` that is not of type ``hint``, or None. Types other
+    than str, int, float, bool, None, Any, unions, lists, dicts and dataclasses are not checked."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        if any(_type_problem(value, arg, path) is None for arg in args):
+            return None
+        return path, value, " or ".join(_describe(arg) for arg in args)
+    if hint is list or origin is list:
+        if not isinstance(value, list):
+            return path, value, _describe(hint)
+        items = ((f"{path}[{i}]", item) for i, item in enumerate(value))
+    elif hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            return path, value, _describe(hint)
+        items = ((f"{path}.{key}", item) for key, item in value.items())
+    else:
+        if dataclasses.is_dataclass(hint):
+            ok = isinstance(value, dict)
+        else:
+            ok = _SCALARS[hint](value) if hint in _SCALARS else True
+        return None if ok else (path, value, _describe(hint))
+    element = args[-1] if args else Any  # list[X]: X; dict[str, X]: X (JSON keys are strings)
+    return next((p for item_path, item in items if (p := _type_problem(item, element, item_path)) is not None), None)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if hint is list or origin is list:
+        return "a list" + {str: " of strings", int: " of integers"}.get(args[0] if args else None, "")
+    if hint is dict or origin is dict or dataclasses.is_dataclass(hint):
+        return "an object"
+    return {str: "a string", int: "an integer", float: "a finite number", bool: "true or false",
+            type(None): "null"}.get(hint, str(hint))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _check_rewards(fields: dict[str, Any], where: str) -> None:

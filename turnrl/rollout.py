@@ -27,6 +27,7 @@ from turnrl.errors import ConfigError
 from turnrl.generation import BackendConfig, GenRequest, Backend, Sampling, derive_seed, make_generator, \
     release_sessions
 from turnrl.records import ResumableJsonlWriter, Task, Trajectory, read_json, write_json
+from turnrl.tasks import option_order
 
 
 @dataclass
@@ -122,16 +123,37 @@ def env_group_key(settings: dict) -> str:
 def build_jobs(tasks: list[Task], settings: dict, samples: int, temperatures: list[float], top_p: float,
                top_k: int, seed: int) -> list[Job]:
     """``samples`` jobs per task, the k-th at ``temperatures[k % len]``, each seeded by its id. The id
-    ``<task>@<env settings hash>#<k>`` names the group (the part before ``#``) that Swift standardises over."""
+    ``<task>@<env settings hash>#<k>`` names the group (the part before ``#``) that Swift standardises over.
+
+    Where the environment shuffles options (``env.shuffle_options``, the default), each job shows its
+    multiple-choice task in an order drawn from its own seed (:func:`turnrl.tasks.option_order`): the m samples of
+    a question each see their own order, and an evaluation shows one order per question and seed."""
     group_suffix = env_group_key(settings)
     jobs = []
     for task in tasks:
         for k in range(samples):
             traj_id = f"{task.id}@{group_suffix}#{k}"
-            jobs.append(Job(id=traj_id, task=task, sampling=Sampling(
-                temperature=temperatures[k % len(temperatures)], top_p=top_p, top_k=top_k,
-                seed=derive_seed(seed, traj_id))))
+            job_seed = derive_seed(seed, traj_id)
+            jobs.append(Job(id=traj_id, task=shuffled(task, job_seed) if settings.get("shuffle_options") else task,
+                            sampling=Sampling(temperature=temperatures[k % len(temperatures)], top_p=top_p,
+                                              top_k=top_k, seed=job_seed)))
     return jobs
+
+
+def shuffled(task: Task, seed: int) -> Task:
+    """``task`` shown in the option order drawn from ``seed`` (see :func:`showing`)."""
+    if not task.choices:
+        return task
+    options_seed = derive_seed(seed, "options")
+    return showing(task, option_order(len(task.choices), options_seed), options_seed)
+
+
+def showing(task: Task, order: list[int], options_seed: int | None = None) -> Task:
+    """``task`` shown in ``order``. The order (and the seed that re-orders a retry, where given) ride in the shown
+    task's meta (``option_order``, ``options_seed``), where the environment and :func:`episode_to_trajectory`
+    (which records the order) find them."""
+    extra = {"option_order": order, **({} if options_seed is None else {"options_seed": options_seed})}
+    return replace(task.shown_in(order), meta={**task.meta, **extra})
 
 
 def episode_to_trajectory(job: Job, episode: Episode, env_settings: dict, policy_info: dict,
@@ -140,8 +162,21 @@ def episode_to_trajectory(job: Job, episode: Episode, env_settings: dict, policy
         id=job.id, task_id=job.task.id, group_id=job.id.rsplit("#", 1)[0], sample=int(job.id.rsplit("#", 1)[1]),
         messages=episode.messages, policy=policy_info, temperature=job.sampling.temperature,
         seed=job.sampling.seed, env=env_settings, turns=episode.turns, finish=episode.finish,
-        timing={"seconds": round(seconds, 3)}, meta=episode.meta,
+        timing={"seconds": round(seconds, 3)}, meta={k: v for k, v in episode.meta.items() if k != "option_orders"},
+        option_orders=recorded_orders(job.task, episode),
     )
+
+
+def recorded_orders(task: Task, episode: Episode) -> list[list[int]]:
+    """The option order of each assistant turn, relative to the task's own order: the job's order, composed with
+    any re-ordering the environment did during the conversation (``episode.meta["option_orders"]``, relative to
+    the shown task; the feedback environment's retries)."""
+    base = task.meta.get("option_order")
+    if not task.choices or base is None:
+        return []
+    n_turns = sum(m["role"] == "assistant" for m in episode.messages)
+    within = episode.meta.get("option_orders") or [list(range(len(base)))] * n_turns
+    return [[base[j] for j in order] for order in within]
 
 
 def _same_setting(old: Any, new: Any) -> bool:

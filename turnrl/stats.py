@@ -5,6 +5,11 @@
   n the number of questions (runs of one question are averaged first, so they are not counted as independent).
 - A difference between two methods on the same questions: the paired difference of per-question values, with a
   percentile bootstrap interval over questions (fixed seed) and the counts of questions won and lost.
+- A proportion's 95 % interval: Wilson's score interval (:func:`wilson`; scipy's), which stays inside [0, 1]
+  and is not empty at 0/n or n/n, where the binomial SE is 0.
+- Over several seeds (each a fresh log, training and evaluation on the same questions): a two-level percentile
+  bootstrap, seeds resampled and then questions within each seed (:func:`seeds_bootstrap`), so an interval holds
+  the variation between seeds as well as between questions.
 - Two raters (judges) of the same items: Spearman's rho, Kendall's tau-b and quadratic-weighted kappa, each with a
   percentile bootstrap interval over items (:func:`rater_agreement`).
 """
@@ -225,3 +230,54 @@ def rater_agreement(a: list[float], b: list[float], n_boot: int = 10_000, seed: 
 
     return RaterAgreement(interval("spearman"), interval("kendall"), interval("kappa"),
                           float(np.abs(x - y).mean()), float((y - x).mean()), n)
+
+
+# ---------------------------------------------------------------------------------------- intervals, seeds
+
+
+def wilson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval for a proportion of ``successes`` in ``n`` (NaNs for n = 0)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(round(successes)), n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+@dataclass
+class SeedsEstimate:
+    """A mean over seeds of per-seed means over questions, with a two-level bootstrap interval."""
+
+    mean: float
+    low: float
+    high: float
+    per_seed: list[float]
+    n_questions: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def seeds_bootstrap(per_seed: list[list[float]], n_boot: int = 10_000, seed: int = 0,
+                    level: float = 0.95) -> SeedsEstimate:
+    """Mean over seeds of the per-question values of each seed (``per_seed[s]``: one value per question; for a
+    paired difference, method minus reference on the same question). Each resample draws the seeds with
+    replacement, then within each drawn seed its questions with replacement, and takes the mean of the seed means;
+    the interval is the percentile interval of those means."""
+    arrays = [np.asarray(v, dtype=float) for v in per_seed]
+    if not arrays or any(len(a) == 0 for a in arrays):
+        return SeedsEstimate(float("nan"), float("nan"), float("nan"), [], 0)
+    means = [float(a.mean()) for a in arrays]
+    rng = np.random.default_rng(seed)
+    k = len(arrays)
+    picks = rng.integers(0, k, size=(n_boot, k))
+    boots = np.zeros(n_boot)
+    for i in range(k):  # each slot of a resample: a drawn seed, its questions drawn afresh
+        for j, a in enumerate(arrays):
+            rows = picks[:, i] == j
+            boots[rows] += a[rng.integers(0, len(a), size=(int(rows.sum()), len(a)))].mean(axis=1)
+    boots /= k
+    alpha = (1 - level) / 2
+    low, high = np.quantile(boots, [alpha, 1 - alpha])
+    return SeedsEstimate(float(np.mean(means)), float(low), float(high), means, max(len(a) for a in arrays))

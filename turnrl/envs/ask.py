@@ -72,7 +72,8 @@ class AskEnv(Environment):
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "turns": self.turns, "max_new_tokens": self.max_new_tokens,
-                "final_max_new_tokens": self.final_max_new_tokens}
+                "final_max_new_tokens": self.final_max_new_tokens,
+                "shuffle_options": self.shuffle_options}
 
     def opening(self, task: Task) -> list[dict[str, str]]:
         if not task.choices or task.answer not in task.letters:

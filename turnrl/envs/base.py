@@ -63,6 +63,9 @@ class Environment:
     """Base class. Subclasses set ``name`` and implement :meth:`episode` and :meth:`settings`."""
 
     name = "base"
+    shuffle_options = True
+    """Multiple choice: each conversation shows its options in its own drawn order (``EnvConfig.shuffle_options``;
+    set by ``make_env``). Read by the rollout driver through :meth:`settings`."""
 
     def settings(self) -> dict[str, Any]:
         """The settings that define the environment, recorded with every trajectory (part of the group key)."""

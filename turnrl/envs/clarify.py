@@ -158,7 +158,8 @@ class ClarifyEnv(Environment):
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "mode": self.mode, "turns": self.turns, "max_new_tokens": self.max_new_tokens,
                 "final_max_new_tokens": self.final_max_new_tokens,
-                "teacher_max_new_tokens": self.teacher_max_new_tokens}
+                "teacher_max_new_tokens": self.teacher_max_new_tokens,
+                "shuffle_options": self.shuffle_options}
 
     def episode(self, task: Task, prefix: Prefix | None = None) -> EpisodeCoroutine:
         if not task.choices:

@@ -101,7 +101,8 @@ class ReasoningEnv(Environment):
 
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "mode": self.mode, "turns": self.turns, "max_new_tokens": self.max_new_tokens,
-                "final_max_new_tokens": self.final_max_new_tokens}
+                "final_max_new_tokens": self.final_max_new_tokens,
+                "shuffle_options": self.shuffle_options}
 
     def user_turn(self, task: Task, t: int) -> str:
         """The teacher's message before assistant turn ``t`` (1-based)."""

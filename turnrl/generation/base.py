@@ -56,8 +56,8 @@ def release_sessions(generator: Any, sessions: list[str]) -> None:
 class BackendConfig:
     """A model behind a generation backend: the policy, the teacher or the judge each have one."""
 
-    backend: Literal["hf", "vllm", "openai"] = "hf"
-    """hf, vllm or openai."""
+    backend: Literal["hf", "vllm", "openai", "constant"] = "hf"
+    """hf, vllm, openai, or constant (a reference policy: model always-a says "The answer is A." every turn)."""
     model: str = "smollm2-135m-instruct"
     """Model alias, GGUF path, folder, adapter folder or hub id (hf, vllm); the served model name (openai)."""
     dtype: str = "auto"

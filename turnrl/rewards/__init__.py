@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from turnrl.records import Task, Trajectory
+from turnrl.records import Task, Trajectory, shown_task
 from turnrl.rewards.answers import extract_choice, has_thinking_tags, thinking_compliant
 
 CHEAP = ("accuracy", "format", "thinking", "turn_accuracy")
@@ -38,9 +38,11 @@ def canonical_phrase(env_settings: dict[str, Any]) -> str:
 
 
 def final_answer(traj: Trajectory, task: Task) -> dict[str, Any]:
-    """Read the final answer and say whether it is right; the fields every evaluation reports."""
+    """Read the final answer and say whether it is right; the fields every evaluation reports. A letter is the
+    one the policy stated, in the option order its final turn was shown."""
     text = traj.final_assistant()
     if task.choices:
+        task = shown_task(task, traj)
         parsed = extract_choice(text, task.letters, canonical_phrase(traj.env), task.choices)
         return {"answer": parsed.letter, "status": parsed.status, "correct": parsed.letter == task.answer,
                 "well_formatted": parsed.well_formatted}
@@ -52,13 +54,19 @@ def final_answer(traj: Trajectory, task: Task) -> dict[str, Any]:
 
 
 def answers_per_turn(traj: Trajectory, task: Task) -> list[str | None]:
+    """The answer each assistant turn states; multiple choice: in ``task``'s own letters (each turn read in the
+    order it was shown), so that answers of differently ordered turns compare."""
     if not task.choices:
         from turnrl.rewards.math_answers import extract_math_answer
 
         return [extract_math_answer(traj.messages[i]["content"]) for i in traj.assistant_indices()]
     canonical = canonical_phrase(traj.env)
-    return [extract_choice(traj.messages[i]["content"], task.letters, canonical, task.choices).letter
-            for i in traj.assistant_indices()]
+    out = []
+    for k, i in enumerate(traj.assistant_indices()):
+        shown = shown_task(task, traj, k)
+        letter = extract_choice(traj.messages[i]["content"], shown.letters, canonical, shown.choices).letter
+        out.append(task.original_letter(letter, traj.order_at(k)))
+    return out
 
 
 def answer_changed(traj: Trajectory, task: Task) -> bool:

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from turnrl.chat import render
-from turnrl.records import Task, Trajectory
+from turnrl.records import Task, Trajectory, shown_task
 
 
 def answer_context(traj: Trajectory) -> list[dict[str, str]]:
@@ -42,7 +42,7 @@ def gold_likelihoods(model, tokenizer, trajectories: list[Trajectory], tasks: di
     device = next(model.parameters()).device
     texts, letter_ids, golds = [], [], []
     for traj in trajectories:
-        task = tasks[traj.task_id]
+        task = shown_task(tasks[traj.task_id], traj)  # the gold letter as the conversation showed it
         texts.append(render(tokenizer, answer_context(traj), add_generation_prompt=True) + lead)
         letter_ids.append(letter_token_ids(tokenizer, task.letters, lead))
         golds.append(task.letters.index(task.answer))

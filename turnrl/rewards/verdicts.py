@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from turnrl.records import Task, Trajectory
+from turnrl.records import Task, Trajectory, shown_task
 from turnrl.rewards.answers import extract_choice
 from turnrl.rewards.math_answers import extract_math_answer, math_equal
 
@@ -46,7 +46,14 @@ def distinct_answers(answers: list[str | None], task: Task) -> int:
 
 
 def turn_verdicts(trajectory: Trajectory, task: Task) -> list[Verdict]:
-    return [verify(trajectory.messages[i]["content"], task) for i in trajectory.assistant_indices()]
+    """Each assistant turn's verdict, read in the option order that turn was shown (a retry may show a new one);
+    the answers are given in ``task``'s own letters, so answers of differently ordered turns compare."""
+    out = []
+    for k, i in enumerate(trajectory.assistant_indices()):
+        v = verify(trajectory.messages[i]["content"], shown_task(task, trajectory, k))
+        out.append(Verdict(task.original_letter(v.answer, trajectory.order_at(k)) if task.choices else v.answer,
+                           v.correct))
+    return out
 
 
 def solved_at(verdicts: list[Verdict]) -> int | None:

@@ -35,8 +35,8 @@ from typing import Any
 from turnrl import stats
 from turnrl.algorithms.registry import algorithms
 from turnrl.errors import ConfigError, InputError
-from turnrl.layout import CONVERSATIONS, SCORED
-from turnrl.stages.evaluate import METRICS, summarise
+from turnrl.layout import CONVERSATIONS, SCORED, eval_dir
+from turnrl.stages.evaluate import METRICS, letter_spread, summarise
 from turnrl.stages.rejudge import JudgeAgreement, agreement_note, agreement_rows, agreement_title, \
     AGREEMENT_HEADER, judge_agreement, read_judged_log, second_judge_per_question
 from turnrl.records import atomic_write_text, iter_jsonl, read_json, write_json
@@ -133,6 +133,8 @@ class Comparison:
     """Where a second judge scored conversations: the two judges' agreement on the test conversations (the
     compared methods pooled) and on the logged data."""
     markdown: str = ""
+    split: str = "test"
+    """The pool the methods were evaluated on (test, or val for development runs)."""
 
     def column(self, key: str) -> Column:
         return next(c for c in self.columns + self.diagnostics if c.key == key)
@@ -155,8 +157,8 @@ def default_order(methods: list[str], baseline: str = "base") -> list[str]:
     return sorted(methods, key=lambda m: (m != baseline, known.index(m) if m in known else len(known), m))
 
 
-def load_method(run_dir: Path, method: str) -> MethodResult:
-    folder = run_dir / "eval" / method
+def load_method(run_dir: Path, method: str, split: str = "test") -> MethodResult:
+    folder = eval_dir(run_dir, method, split)
     path = folder / "per_question.jsonl"
     if not path.exists():
         raise InputError(f"{path}: missing; evaluate {method!r} first (`turnrl evaluate --name {method}`)")
@@ -243,11 +245,12 @@ def paired(a: MethodResult, b: MethodResult, key: str, samples: int, seed: int) 
 
 
 def build_comparison(run_dir: Path, methods: list[str], baseline: str = "base",
-                     baselines: list[str] | None = None, samples: int = 10_000, seed: int = 0) -> Comparison:
+                     baselines: list[str] | None = None, samples: int = 10_000, seed: int = 0,
+                     split: str = "test") -> Comparison:
     run_dir = Path(run_dir)
     if samples < 100:
         raise ConfigError(f"bootstrap_samples: {samples}; use at least 100 (10,000 gives stable 95% intervals)")
-    results = {m: load_method(run_dir, m) for m in methods}
+    results = {m: load_method(run_dir, m, split) for m in methods}
     columns, diagnostics = table_columns(results)
     marks = {c.key: rank_marks(results, c) if c.ranked else {} for c in columns}
     best = pick_best_baseline(results, baseline_methods() if baselines is None else baselines)
@@ -258,16 +261,17 @@ def build_comparison(run_dir: Path, methods: list[str], baseline: str = "base",
                                   for m in methods if m != reference}
     comparison = Comparison(run_dir, methods, results, columns, diagnostics, marks, best, comparisons,
                             {"samples": samples, "seed": seed, "level": 0.95},
-                            agreements(run_dir, methods, samples, seed))
+                            agreements(run_dir, methods, samples, seed, split), split=split)
     comparison.markdown = markdown(comparison, baseline)
     return comparison
 
 
-def agreements(run_dir: Path, methods: list[str], samples: int, seed: int) -> list[JudgeAgreement]:
+def agreements(run_dir: Path, methods: list[str], samples: int, seed: int,
+               split: str = "test") -> list[JudgeAgreement]:
     """The two judges' agreement on the methods' test conversations (pooled) and on the logged data, where a
     second judge scored them."""
     out = []
-    tested = {m: read_judged_log(run_dir / "eval" / m / CONVERSATIONS) for m in methods}
+    tested = {m: read_judged_log(eval_dir(run_dir, m, split) / CONVERSATIONS) for m in methods}
     tested = {m: log for m, log in tested.items() if log is not None}
     if tested:
         names = ", ".join(display_name(m) for m in tested)
@@ -340,6 +344,31 @@ def paired_tables(c: Comparison, baseline: str = "base") -> list[Table]:
     return tables
 
 
+def letters_table(c: Comparison) -> Table | None:
+    """Per method: accuracy's Wilson interval (one run per question) and the spread of the letters it stated as
+    its final answer, in the order each conversation showed the options."""
+    spreads = {m: letter_spread(c.results[m].rows) for m in c.methods}
+    letters = sorted({k for sp in spreads.values() for k in sp}, key=lambda k: (k == "none", k))
+    if not letters or letters == ["none"]:
+        return None
+    rows = []
+    for m in c.methods:
+        est = c.results[m].summary.get("accuracy")
+        single = all(r["runs"] == 1 for r in c.results[m].rows)
+        interval = ""
+        if est is not None and est.n and single:
+            low, high = stats.wilson(round(est.mean * est.n), est.n)
+            interval = f"{est.mean * 100:.1f} [{low * 100:.1f}, {high * 100:.1f}]"
+        total = sum(spreads[m].values()) or 1
+        rows.append([(c.results[m].name, ""), (interval, "")] +
+                    [(f"{spreads[m].get(k, 0) / total * 100:.0f}", "") for k in letters])
+    return Table("Accuracy interval and stated letters", ["Method", "Accuracy % [95 % Wilson]"] +
+                 [f"{k} %" for k in letters], rows,
+                 "Stated letters: the final answers' letters as each policy wrote them (none: no answer or an "
+                 "ambiguous one); every conversation shows the options in an order drawn from its question and "
+                 "seed, so a letter preference earns 1/k in expectation (the always-a row).")
+
+
 def agreement_tables(c: Comparison) -> list[Table]:
     """One table per set of conversations a second judge scored."""
     return [Table(agreement_title(a), AGREEMENT_HEADER, [[(text, "") for text in row] for row in agreement_rows(a)],
@@ -386,8 +415,13 @@ def describe_runs(comparison: Comparison) -> str:
 def markdown(comparison: Comparison, baseline: str = "base") -> str:
     c = comparison
     main = results_table(c)
-    lines = ["# Results", "", f"Test questions: {max(c.n_questions(m) for m in c.methods)}; {describe_runs(c)}.", ""]
+    pool = "Test" if c.split == "test" else "Validation" if c.split == "val" else c.split.capitalize()
+    lines = ["# Results", "", f"{pool} questions: {max(c.n_questions(m) for m in c.methods)} ({c.split} pool); "
+             f"{describe_runs(c)}.", ""]
     lines += _md_table(main) + ["", main.note]
+    spread = letters_table(c)
+    if spread is not None:
+        lines += ["", f"## {spread.title}", ""] + _md_table(spread) + ["", spread.note]
     mismatch = settings_mismatch(c)
     if mismatch:
         lines += ["", f"**Not evaluated alike:** {mismatch}."]
@@ -451,6 +485,8 @@ class CompareConfig:
     run_dir: str = "runs/turnrl"
     methods: list[str] = field(default_factory=list)
     """Methods to compare, in table order (folders under eval/; default: all evaluated, Base first)."""
+    split: str = "test"
+    """The pool whose evaluations are compared: test (eval/) or val (eval-val/)."""
     baseline: str = "base"
     """The reference of the first paired comparison (000's Base: the logging policy before training)."""
     baselines: list[str] = field(default_factory=baseline_methods)
@@ -462,5 +498,5 @@ class CompareConfig:
     """Also draw the plots (plots/*.png) and write report.html."""
 
 
-def evaluated_methods(run_dir: Path) -> list[str]:
-    return [p.name for p in sorted((run_dir / "eval").glob("*")) if (p / "per_question.jsonl").exists()]
+def evaluated_methods(run_dir: Path, split: str = "test") -> list[str]:
+    return [p.name for p in sorted(eval_dir(run_dir, "", split).glob("*")) if (p / "per_question.jsonl").exists()]

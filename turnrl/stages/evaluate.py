@@ -57,9 +57,9 @@ class EvaluateConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     evaluation: EvalOptions = field(default_factory=EvalOptions)
-    split: Literal["test", "val", "train"] = "test"
-    """test (the held-out questions every table reports), or val (the validation split, for choosing
-    hyperparameters: written under eval-val/ and left out of the run's results), or train."""
+    split: Literal["test", "val", "train"] = "val"
+    """val (the validation pool, for development and choosing settings: written under eval-val/), test (the
+    held-out pool that final tables report: only when named, written under eval/), or train."""
 
 
 # name -> (is a 0/1 outcome per run, description)
@@ -77,11 +77,14 @@ METRICS = {
 
 
 def outcome(traj: Trajectory, task: Task, env=None) -> dict[str, Any]:
-    """Everything measured about one test conversation."""
+    """Everything measured about one test conversation. ``answer`` is the final answer in the task's own option
+    letters (comparable across runs and methods whatever order each conversation showed); ``stated`` is the
+    letter as the policy wrote it, in the order it was shown (whose spread shows a letter preference)."""
     fa = final_answer(traj, task)
     extra = env.metrics(traj, task) if env is not None else {}
     return {**extra,
-        "answer": fa["answer"],
+        "answer": task.original_letter(fa["answer"], traj.order_at()) if task.choices else fa["answer"],
+        "stated": fa["answer"] if task.choices else None,
         "accuracy": float(fa["correct"]),
         "format": float(fa["well_formatted"]),
         "answered": float(fa["status"] == "ok"),
@@ -103,10 +106,10 @@ def per_question(trajectories: list[Trajectory], tasks: dict[str, Task], env=Non
     rows = []
     for task_id, runs in by_task.items():
         row: dict[str, Any] = {"task_id": task_id, "gold": tasks[task_id].answer, "runs": len(runs),
-                               "answers": [r["answer"] for r in runs]}
+                               "answers": [r["answer"] for r in runs], "stated": [r["stated"] for r in runs]}
         for key in runs[0]:
             values = [r[key] for r in runs if isinstance(r.get(key), (int, float)) and r.get(key) is not None]
-            if values and key not in ("answer", "per_turn_answers"):
+            if values and key not in ("answer", "stated", "per_turn_answers"):
                 row[key] = float(np.mean(values))
         formatted = [r["accuracy"] for r in runs if r["format"]]
         if formatted:
@@ -115,7 +118,17 @@ def per_question(trajectories: list[Trajectory], tasks: dict[str, Task], env=Non
     return rows
 
 
-NOT_METRICS = {"task_id", "gold", "runs", "answers"}
+NOT_METRICS = {"task_id", "gold", "runs", "answers", "stated"}
+
+
+def letter_spread(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How often each letter was stated as the final answer, in the order the options were shown (a constant or
+    preferred letter shows here), with ``none`` for no or an ambiguous answer."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        for letter in row.get("stated", []):
+            counts[letter or "none"] = counts.get(letter or "none", 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (kv[0] == "none", kv[0])))
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -201,7 +214,8 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
     summary = summarise(rows)
     write_jsonl(out_dir / "per_question.jsonl", rows)
     result = {"name": name, "model": cfg.policy.model, "split": cfg.split, "runs": ev.runs,
-              "temperature": ev.temperature, "env": settings, "reward": asdict(cfg.reward), "metrics": summary}
+              "temperature": ev.temperature, "env": settings, "reward": asdict(cfg.reward), "metrics": summary,
+              "stated_letters": letter_spread(rows)}
     if scorer.judge_summary:
         result["judge"] = scorer.judge_summary  # parse failures per judge; agreement of two judges
     write_json(out_dir / "metrics.json", result)

@@ -34,7 +34,7 @@ from turnrl.stages.compare import AT_K, Comparison, CompareConfig, agreement_tab
     results_table, settings_mismatch, write_comparison
 from turnrl.stages.rejudge import conversation_key, read_records
 from turnrl.judge import METRICS as JUDGE_METRICS, SECOND
-from turnrl.layout import second_judge_file
+from turnrl.layout import CONVERSATIONS, eval_dir, second_judge_file
 from turnrl.errors import InputError
 from turnrl.records import Task, Trajectory, atomic_write_text, iter_jsonl, read_json, read_tasks, \
     read_trajectories
@@ -232,12 +232,12 @@ def read_run(comparison: Comparison) -> RunFiles:
         return read_json(run_dir / name) if (run_dir / name).exists() else None
 
     logged = [obj for _, obj in iter_jsonl(run_dir / LOGGED)] if (run_dir / LOGGED).exists() else []
-    conversations = {m: read_trajectories(run_dir / "eval" / m / "conversations.jsonl") for m in comparison.methods
-                     if (run_dir / "eval" / m / "conversations.jsonl").exists()}
+    logs = {m: eval_dir(run_dir, m, comparison.split) / CONVERSATIONS for m in comparison.methods}
+    conversations = {m: read_trajectories(log) for m, log in logs.items() if log.exists()}
     for m, trajectories in conversations.items():
-        with_second_judge(trajectories, run_dir / "eval" / m / "conversations.jsonl")
+        with_second_judge(trajectories, logs[m])
     tasks: dict[str, Task] = {}
-    for split in ("test", "train"):
+    for split in ("test", "val", "train"):
         if (run_dir / "tasks" / f"{split}.jsonl").exists():
             for t in read_tasks(run_dir / "tasks" / f"{split}.jsonl"):
                 tasks.setdefault(t.id, t)
@@ -516,12 +516,12 @@ def plot_multi_at_k(run_dir: str | Path, methods: list[str] | None = None, outpu
 def compare_run(cfg: CompareConfig) -> tuple[Comparison, Path | None]:
     """Write the comparison files (and the report); return the comparison and the report's path."""
     run_dir = Path(cfg.run_dir)
-    available = evaluated_methods(run_dir)
+    available = evaluated_methods(run_dir, cfg.split)
     methods = cfg.methods or default_order(available, cfg.baseline)
     if not methods:
-        raise InputError(f"{run_dir / 'eval'}: no evaluated policies; run `turnrl evaluate` first")
+        raise InputError(f"{eval_dir(run_dir, '', cfg.split)}: no evaluated policies; run `turnrl evaluate` first")
     comparison = build_comparison(run_dir, methods, cfg.baseline, cfg.baselines, cfg.bootstrap_samples,
-                                  cfg.bootstrap_seed)
+                                  cfg.bootstrap_seed, cfg.split)
     write_comparison(comparison)
     return comparison, write_report(comparison) if cfg.report else None
 

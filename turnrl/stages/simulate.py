@@ -17,7 +17,8 @@ from turnrl.errors import ConfigError, InputError
 from turnrl.generation import BackendConfig, Sampling, derive_seed
 from turnrl.layout import BRANCHES, ROLLOUTS
 from turnrl.records import Task, Trajectory, read_trajectories
-from turnrl.rollout import Job, build_jobs, check_resume, episode_to_trajectory, log_rollouts
+from turnrl.rollout import Job, build_jobs, check_resume, episode_to_trajectory, log_rollouts, recorded_orders, \
+    showing
 from turnrl.tasks import DatasetConfig, prepare_split
 
 
@@ -141,7 +142,9 @@ def continue_jobs(trajectories: list[Trajectory], tasks: dict[str, Task], temper
         assistant_at = traj.assistant_indices()
         for t, idx in enumerate(assistant_at):
             job_id = f"{traj.id}/{tag}{t}"
-            jobs.append(Job(id=job_id, task=tasks[traj.task_id],
+            task = tasks[traj.task_id]
+            # The branch continues in the order the logged conversation showed at that step.
+            jobs.append(Job(id=job_id, task=showing(task, traj.order_at(t)) if traj.option_orders else task,
                             sampling=Sampling(temperature=temperature, top_p=top_p, seed=derive_seed(seed, job_id)),
                             prefix=Prefix(messages=traj.messages[:idx], turns=traj.turns[:t])))
     return jobs
@@ -169,6 +172,7 @@ def _branch_jobs(log: Path, tasks: list[Task], top_p: float, seed: int):
             messages=episode.messages, policy=policy_info, temperature=job.sampling.temperature,
             seed=job.sampling.seed, env=env_settings, turns=episode.turns, finish=episode.finish,
             timing={"seconds": round(seconds, 3)}, meta={**episode.meta, "branch_of": source.id, "step": step},
+            option_orders=recorded_orders(job.task, episode),
         )
 
     return jobs, to_trajectory

@@ -36,7 +36,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from turnrl.algorithms.preference import build_preference_data
 from turnrl.algorithms.registry import get_algorithm
@@ -92,7 +92,9 @@ class IterateConfig:
     evaluation: EvalOptions = field(default_factory=EvalOptions)
     """How held-out and test conversations are sampled (greedy by default); its limit is ignored."""
     evaluate_best: bool = True
-    """Evaluate the selected policy on the test split (eval/iterate-<algo>/)."""
+    """Evaluate the selected policy on ``split`` (eval-val/iterate-<algo>/, or eval/ for the test pool)."""
+    split: Literal["val", "test"] = "val"
+    """Where the selected policy is evaluated: the validation pool, or the test pool (final numbers only)."""
     tool_filters: ToolFilterConfig = field(default_factory=ToolFilterConfig)
     """tool environment: 003's filters, applied to the scored trajectories before pairing (turnrl/filters.py)."""
     report_to: str = "none"
@@ -286,7 +288,8 @@ def _iterate(cfg: IterateConfig, run_dir: Path, prompts: list[Task], trackers: S
         name = f"iterate-{cfg.algo.name}"
         summary["best"]["test"] = evaluate(EvaluateConfig(
             run_dir=cfg.run_dir, name=name, policy=replace(cfg.generation, model=best["policy"]),
-            teacher=cfg.teacher, dataset=cfg.dataset, env=cfg.env, reward=reward, evaluation=cfg.evaluation))["metrics"]
+            teacher=cfg.teacher, dataset=cfg.dataset, env=cfg.env, reward=reward, evaluation=cfg.evaluation,
+            split=cfg.split))["metrics"]
         trackers.log(scalars(summary["best"]["test"], "test/"), step=best["iteration"])
     trackers.log({"best_iteration": best["iteration"]}, step=cfg.iterations)
     write_json(run_dir / "summary.json", summary)

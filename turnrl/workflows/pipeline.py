@@ -9,10 +9,11 @@ resumes.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from turnrl.algorithms.registry import get_algorithm
 from turnrl.algorithms.weighted import AlgoConfig
@@ -25,7 +26,7 @@ from turnrl.layout import BRANCHES, SCORED, SCORED_BRANCHES
 from turnrl.records import read_trajectories, write_json
 from turnrl.stages.score import RewardConfig, ScoreConfig, check_reward_fits_tasks, score
 from turnrl.stages.simulate import RolloutOptions, SimulateConfig, simulate
-from turnrl.tasks import DatasetConfig, prepare_split
+from turnrl.tasks import DatasetConfig, load_split, prepare_split
 from turnrl.train.common import OptimConfig
 
 
@@ -64,6 +65,16 @@ class RunConfig:
     evaluation: EvalOptions = field(default_factory=EvalOptions)
     evaluate_base: bool = True
     refresh: RefreshOptions = field(default_factory=RefreshOptions)
+    split: Literal["val", "test"] = "val"
+    """The pool every policy is evaluated on: val (development: choosing settings, trying things) or test (final
+    numbers only; the test pool is read by no other command unless it is named)."""
+    reference_policies: list[str] = field(default_factory=lambda: ["always-a"])
+    """Degenerate policies evaluated beside the methods on multiple-choice tasks (the constant backend:
+    always-a states "The answer is A." every turn), so that every table shows what a letter preference earns."""
+    seeds: list[int] = field(default_factory=list)
+    """Several seeds: the whole experiment once per seed in <run_dir>/seed<s>/ (the log re-simulated with
+    rollout.seed s, training with optim.seed s, evaluation option orders drawn with evaluation.seed + s), then one
+    table over seeds (:mod:`turnrl.workflows.seeds`). Empty: one run with the seeds as configured."""
 
 
 def _override(obj: Any, updates: dict[str, Any], where: str) -> Any:
@@ -167,17 +178,55 @@ def log_stages(cfg: RunConfig, timings: dict[str, float]) -> None:
     timed_stage(timings, "score", score, ScoreConfig(run_dir=cfg.run_dir, reward=cfg.reward))
 
 
-def evaluate_policy(cfg: RunConfig, name: str, model: str, split: str = "test") -> dict[str, Any]:
+def evaluate_policy(cfg: RunConfig, name: str, model: str, split: str | None = None) -> dict[str, Any]:
     return evaluate(EvaluateConfig(run_dir=cfg.run_dir, name=name,
                                    policy=_override(cfg.generation, {"model": model}, "generation"),
                                    teacher=cfg.teacher, dataset=cfg.dataset, env=cfg.env, reward=cfg.reward,
-                                   evaluation=cfg.evaluation, split=split))
+                                   evaluation=cfg.evaluation, split=split or cfg.split))
+
+
+def evaluate_reference(cfg: RunConfig, name: str) -> dict[str, Any]:
+    """A degenerate reference policy (``always-a``) on the run's pool; a reward that needs a model to read the
+    conversation (gold likelihood) reads it with Base."""
+    reward = replace(cfg.reward, reference=cfg.reward.reference or cfg.model)
+    return evaluate(EvaluateConfig(run_dir=cfg.run_dir, name=name, policy=BackendConfig(backend="constant", model=name),
+                                   teacher=cfg.teacher, dataset=cfg.dataset, env=cfg.env, reward=reward,
+                                   evaluation=cfg.evaluation, split=cfg.split))
+
+
+def machine() -> dict[str, Any]:
+    """What a run's numbers depend on besides its config: the CPU kind and the precision ``auto`` resolves to
+    (greedy near-ties flip between fp32 and bf16, so tables name it)."""
+    import platform
+
+    import torch
+
+    from turnrl.models import native_bf16
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "native_bf16": native_bf16(),
+            "precision": "bf16" if native_bf16() else "fp32", "cuda": torch.cuda.is_available(),
+            "torch": torch.__version__}
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
+    if cfg.seeds:
+        from turnrl.workflows.seeds import run_seeds
+
+        return run_seeds(cfg, run, machine())
+    if cfg.split not in ("val", "test"):
+        raise ConfigError(f"split: {cfg.split!r}; expected val or test")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "run_config.json", asdict(cfg))
+    where = machine()
+    print(f"run: {where['cpu']}, {where['cores']} cores, native bf16 {'yes' if where['native_bf16'] else 'no'}: "
+          f"precision auto -> {where['precision']}; evaluating on the {cfg.split} pool", flush=True)
+    write_json(run_dir / "run_config.json", {**asdict(cfg), "machine": where})
     for name in cfg.per_algorithm:
         if name not in cfg.algorithms:
             raise ConfigError(f"per_algorithm.{name}: {name!r} is not in algorithms {cfg.algorithms}")
@@ -189,6 +238,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     log_stages(cfg, timings)
     if cfg.evaluate_base:
         timed("evaluate base", evaluate_policy, cfg, "base", cfg.model)
+    multiple_choice = any(t.choices for t in load_split(cfg.dataset, run_dir, cfg.split))
+    references = cfg.reference_policies if multiple_choice else []
+    for name in references:
+        timed(f"evaluate {name}", evaluate_reference, cfg, name)
     skipped: dict[str, str] = {}  # method -> why: a small log can leave one algorithm nothing, the others still run
 
     def train_and_evaluate(method: str, train_fn, *args) -> None:
@@ -209,11 +262,12 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     from turnrl.stages.report import compare_run
 
     methods = [m for m in (["base"] if cfg.evaluate_base else []) + list(cfg.algorithms)
-               + [f"{name}-refresh" for name in cfg.refresh.algorithms] if m not in skipped]
+               + [f"{name}-refresh" for name in cfg.refresh.algorithms] if m not in skipped] + list(references)
     write_json(run_dir / "timings.json", timings)  # before the report, which shows them
-    comparison, report = timed("compare", compare_run, CompareConfig(run_dir=cfg.run_dir, methods=methods))
+    comparison, report = timed("compare", compare_run, CompareConfig(run_dir=cfg.run_dir, methods=methods,
+                                                                     split=cfg.split))
     write_json(run_dir / "timings.json", timings)
     print(f"report: {report}")
     for name, reason in skipped.items():
         print(f"run: {name} is not in the table: {reason}")
-    return {"table": comparison.markdown, "timings": timings, "report": report, "skipped": skipped}
+    return {"table": comparison.markdown, "timings": timings, "report": report, "skipped": skipped, "methods": methods}

@@ -1,5 +1,5 @@
-"""``turnrl sweep``: choose each algorithm's learning rate and epochs on the validation split, then evaluate the
-chosen policies once on the test split.
+"""``turnrl sweep``: choose each algorithm's learning rate and epochs on the validation split, then (with
+``--split test`` only) evaluate the chosen policies once on the test split.
 
 simulate -> score (as ``turnrl run``) -> Base on the validation split -> for each algorithm and learning rate, one
 training run that saves the policy after each epoch in the grid -> each saved policy on the validation split ->
@@ -104,6 +104,8 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     log_stages(cfg, timings)
     base_val = timed_stage(timings, "validate base", evaluate_policy, cfg, "base", cfg.model, "val")
     epochs = sorted(set(cfg.sweep.epochs))
+    print(f"sweep: grid {cfg.algorithms} x learning rate {cfg.sweep.learning_rates} x epochs {epochs}, chosen on "
+          f"{cfg.dataset.n_val} validation questions", flush=True)
     rows: list[dict[str, Any]] = []
     for name in cfg.algorithms:
         algo, optim = algorithm_settings(cfg, name)
@@ -126,6 +128,10 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     for name, row in chosen.items():
         print(f"sweep: {name} chose lr {row['learning_rate']:g}, {row['epochs']} epoch(s): validation accuracy "
               f"{stats.Estimate(row['val_accuracy'], row['val_se'], row['n']).fmt(100)} % (Base {100 * base_mean:.1f})")
+    if cfg.split != "test":
+        write_json(run_dir / "timings.json", timings)
+        print("sweep: the test pool was not evaluated (final numbers: rerun with --split test)")
+        return {"table": "", "chosen": chosen, "timings": timings, "report": None}
     # The test split, once: Base and each algorithm's chosen policy.
     if cfg.evaluate_base:
         timed_stage(timings, "evaluate base", evaluate_policy, cfg, "base", cfg.model, "test")
