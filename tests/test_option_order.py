@@ -4,7 +4,6 @@ orders, computed independently here)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 from turnrl.envs import EnvConfig, make_env
@@ -30,6 +29,8 @@ def test_each_sample_sees_its_own_order_and_the_gold_moves_with_its_option():
                                                                                    model="always-b")))
     orders = [tuple(t.option_orders[-1]) for t in trajs]
     assert len(set(orders)) > 6  # 24 draws from 24 orders
+    gold = PLANTS.choices.index("carbon dioxide")
+    assert sorted(o.index(gold) for o in orders) == [0] * 6 + [1] * 6 + [2] * 6 + [3] * 6  # balanced over samples
     for job, traj in zip(jobs, trajs):
         shown = job.task
         assert shown.choices[shown.letters.index(shown.answer)] == "carbon dioxide"
@@ -41,7 +42,7 @@ def test_each_sample_sees_its_own_order_and_the_gold_moves_with_its_option():
 
 def test_a_constant_letter_scores_one_in_k():
     """400 questions whose gold is always A in the dataset's order: with the order fixed, always-a scores 100 %;
-    shuffled, it scores what the recorded orders say (gold shown first), within 4 SE of 1/4."""
+    shuffled, it scores what the recorded orders say (gold shown first): exactly 1/4, the positions balanced."""
     tasks = [replace(PLANTS, id=f"mc/{i}", choices=["carbon dioxide", "oxygen", "nitrogen", "helium"], answer="A")
              for i in range(400)]
     always_a = make_generator(BackendConfig(backend="constant", model="always-a"))
@@ -54,7 +55,10 @@ def test_a_constant_letter_scores_one_in_k():
     accuracy = [cheap_components(t, tasks[0])["accuracy"] for t in trajs]
     expected = [float(t.option_orders[-1][0] == 0) for t in trajs]  # the gold (option 0) shown first
     assert accuracy == expected
-    assert abs(sum(accuracy) / 400 - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 400)
+    assert sum(accuracy) == 100  # the gold's position is balanced over the questions: exactly 1/4
+    # The rest of each order is drawn: the three other options' orders are spread over their 6 arrangements.
+    rest = {tuple(j for j in t.option_orders[-1] if j != 0) for t in trajs}
+    assert len(rest) == 6
 
 
 def test_evaluation_orders_are_fixed_by_question_and_seed():

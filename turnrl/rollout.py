@@ -126,26 +126,33 @@ def build_jobs(tasks: list[Task], settings: dict, samples: int, temperatures: li
     ``<task>@<env settings hash>#<k>`` names the group (the part before ``#``) that Swift standardises over.
 
     Where the environment shuffles options (``env.shuffle_options``, the default), each job shows its
-    multiple-choice task in an order drawn from its own seed (:func:`turnrl.tasks.option_order`): the m samples of
-    a question each see their own order, and an evaluation shows one order per question and seed."""
+    multiple-choice task in its own order (:func:`shuffled`), with the gold option's position balanced: the
+    questions are ranked by a draw from ``seed`` and the k-th sample of the question of rank r shows the gold at
+    position (r + k) mod (its number of options). So every position holds the gold equally often (to one item)
+    over the questions of the list, and over the m samples of a question: a constant letter scores 1/k by
+    construction, not only in expectation. The other options' order is drawn from the job's seed."""
     group_suffix = env_group_key(settings)
+    rank = {t.id: r for r, t in enumerate(sorted(tasks, key=lambda t: derive_seed(seed, "gold position", t.id)))}
     jobs = []
     for task in tasks:
         for k in range(samples):
             traj_id = f"{task.id}@{group_suffix}#{k}"
             job_seed = derive_seed(seed, traj_id)
-            jobs.append(Job(id=traj_id, task=shuffled(task, job_seed) if settings.get("shuffle_options") else task,
-                            sampling=Sampling(temperature=temperatures[k % len(temperatures)], top_p=top_p,
-                                              top_k=top_k, seed=job_seed)))
+            shown = shuffled(task, job_seed, rank[task.id] + k) if settings.get("shuffle_options") else task
+            jobs.append(Job(id=traj_id, task=shown, sampling=Sampling(
+                temperature=temperatures[k % len(temperatures)], top_p=top_p, top_k=top_k, seed=job_seed)))
     return jobs
 
 
-def shuffled(task: Task, seed: int) -> Task:
-    """``task`` shown in the option order drawn from ``seed`` (see :func:`showing`)."""
+def shuffled(task: Task, seed: int, gold_position: int) -> Task:
+    """``task`` shown with its gold option at ``gold_position`` (mod its number of options) and the others in an
+    order drawn from ``seed`` (see :func:`showing`)."""
     if not task.choices:
         return task
     options_seed = derive_seed(seed, "options")
-    return showing(task, option_order(len(task.choices), options_seed), options_seed)
+    n = len(task.choices)
+    order = option_order(n, options_seed, keep=task.letters.index(task.answer), at=gold_position % n)
+    return showing(task, order, options_seed)
 
 
 def showing(task: Task, order: list[int], options_seed: int | None = None) -> Task:

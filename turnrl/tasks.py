@@ -643,9 +643,14 @@ def load_tasks(cfg: DatasetConfig) -> list[Task]:
     return LOADERS[cfg.name](cfg, source)
 
 
-def option_order(n: int, seed: int) -> list[int]:
-    """A uniformly drawn order of ``n`` options, the same for the same seed on every machine."""
-    return random.Random(seed).sample(range(n), n)
+def option_order(n: int, seed: int, keep: int | None = None, at: int | None = None) -> list[int]:
+    """A uniformly drawn order of ``n`` options, the same for the same seed on every machine; with ``keep`` and
+    ``at``, option ``keep`` is shown at position ``at`` and the others drawn around it."""
+    order = random.Random(seed).sample(range(n), n)
+    if keep is not None and at is not None:
+        order.remove(keep)
+        order.insert(at, keep)
+    return order
 
 
 def _stable_int(text: str) -> int:
@@ -660,8 +665,9 @@ TEST_SHARE, VAL_SHARE = 0.40, 0.15
 test split; with one, its test split is the test pool and VAL_SHARE of the rest is the validation pool."""
 EARLIER_DEVELOPMENT = 300
 """Items of the built-in datasets evaluated on while turnrl's tasks, rewards, answer rule and settings were
-developed: the first 300 of the earlier split's order (the hash of "0/<id>"; its test and validation splits of up to 200 and 100 items). They are
-kept out of the test pool so that its numbers are held out from every choice made before it existed."""
+developed: the first 300 of the earlier split's order (the hash of "0/<id>"; its test and validation splits of up
+to 200 and 100 items). They are kept out of the test pool so that its numbers are held out from every choice made
+before it existed."""
 
 
 def _earlier_development_items(usable: list[Task]) -> set[str]:
@@ -724,7 +730,8 @@ def load_split(cfg: DatasetConfig, run_dir: Path, split: str) -> list[Task]:
 def prepare_split(cfg: DatasetConfig, run_dir: Path) -> tuple[list[Task], list[Task]]:
     """Create ``tasks/{train,test}.jsonl`` in the run directory, or reuse them if they match the config."""
     task_dir = run_dir / "tasks"
-    spec = {"pools": POOLS_SALT, "name": cfg.name, "source": cfg.source, "support": cfg.support, "subjects": cfg.subjects,
+    spec = {"pools": POOLS_SALT, "name": cfg.name, "source": cfg.source, "support": cfg.support,
+            "subjects": cfg.subjects,
             "columns": cfg.columns, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed,
             "max_choices": cfg.max_choices, **({"n_val": cfg.n_val} if cfg.n_val else {}),
             **({"path": cfg.path} if cfg.path else {})}

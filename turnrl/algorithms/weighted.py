@@ -16,7 +16,7 @@ i.e. SFT on every assistant turn, each trajectory's turns scaled by its weight. 
               (000 eq. 9, its negative weights floored at 0). A group whose rewards are all equal carries no
               signal: its weights are 0 (docs/design.md section 8).
 - swift-literal: 000 eq. 9 as written, negative weights kept. Under the token-sum objective pushing down a
-              negative trajectory's tokens never saturates and training diverges (docs/results.md section 10):
+              negative trajectory's tokens never saturates and training diverges (docs/results-withdrawn.md section 10):
               the floor is what makes Swift's objective a weighted likelihood again.
 
 Two safeguards apply to any algorithm (docs/design.md section 8, "negative weights"): ``negative_floor`` clips

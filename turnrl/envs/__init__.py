@@ -92,7 +92,7 @@ def _clarify(cfg: EnvConfig) -> Environment:
                       teacher_max_new_tokens=cfg.teacher_max_new_tokens)
 
 
-@register_environment("ask", paper="this project (docs/results.md section 9)")
+@register_environment("ask", paper="this project (docs/results-withdrawn.md section 9)")
 def _ask(cfg: EnvConfig) -> Environment:
     from turnrl.envs.ask import AskEnv
 

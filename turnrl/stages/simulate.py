@@ -29,8 +29,8 @@ class RolloutOptions:
     samples: int = 3
     """Trajectories per task (m; 000: 3; DRIFT: K = 16)."""
     temperatures: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.9])
-    """Temperature of the k-th trajectory of a task: temperatures[k % len] (0: greedy). See docs/results.md for
-    how the defaults were measured for SmolLM2-135M."""
+    """Temperature of the k-th trajectory of a task: temperatures[k % len] (0: greedy). See
+    docs/results-withdrawn.md for how the defaults were measured for SmolLM2-135M."""
     top_p: float = 0.95
     top_k: int = 0
     teacher_temperature: float = 0.0

