@@ -252,7 +252,9 @@ def build_comparison(run_dir: Path, methods: list[str], baseline: str = "base",
         raise ConfigError(f"bootstrap_samples: {samples}; use at least 100 (10,000 gives stable 95% intervals)")
     results = {m: load_method(run_dir, m, split) for m in methods}
     columns, diagnostics = table_columns(results)
-    marks = {c.key: rank_marks(results, c) if c.ranked else {} for c in columns}
+    # A reference policy (the constant backend's always-a) is shown, not ranked: it marks what chance earns.
+    ranked = {m: r for m, r in results.items() if r.info.get("backend") != "constant"}
+    marks = {c.key: rank_marks(ranked, c) if c.ranked else {} for c in columns}
     best = pick_best_baseline(results, baseline_methods() if baselines is None else baselines)
     metrics = [k for k in PAIRED_METRICS if any(k in r.summary and r.summary[k].n for r in results.values())]
     comparisons: dict[str, dict[str, dict[str, stats.PairedDiff]]] = {}
@@ -311,7 +313,8 @@ def results_table(c: Comparison) -> Table:
                  "Mean ± standard error over questions (binomial for a 0/1 outcome per question, sample SE of the "
                  "per-question values otherwise); n: questions (given in a cell where it differs)."
                  + (" R-metrics: the judge's 0-10 scores." if judged else "")
-                 + " Best in bold, second underlined (on the values as shown).")
+                 + " Best in bold, second underlined (on the values as shown); a constant reference policy "
+                 "(always-a) is not ranked.")
 
 
 def paired_tables(c: Comparison, baseline: str = "base") -> list[Table]:
