@@ -76,7 +76,10 @@ def test_rollout_survives_a_killed_endpoint(tiny_model_dir, tmp_path):
         env = make_env(EnvConfig(name="reasoning", mode="standard", max_new_tokens=8))
         tasks = [Task(id=f"q{i}", source="sciq", question=f"Which option is number {i}?", answer="A",
                       choices=["one", "two", "three", "four"]) for i in range(4)]
-        jobs = build_jobs(tasks, env.settings(), 2, [0.0, 1.0], 0.95, 0, 0)  # 8 conversations, 3 turns each
+        # 8 conversations, 3 turns each, greedy: a sampled token can flip where two tokens' cumulative
+        # probabilities straddle the draw, and the served batches are padded differently from the in-process ones
+        # (at temperature 1.0, with the job seeds of option shuffling, 2 of 4 sampled conversations differed).
+        jobs = build_jobs(tasks, env.settings(), 2, [0.0], 0.95, 0, 0)
         cfg = BackendConfig(backend="openai", model=SERVED, base_url=[doomed.base, survivor.base], concurrency=4,
                             timeout=60, max_retries=3)
         policy = OpenAIGenerator(cfg)
