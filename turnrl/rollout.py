@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from turnrl.envs.base import Environment, Episode, PolicyTurn, Prefix, TeacherTurn, ToolRun
 from turnrl.errors import ConfigError
-from turnrl.generation import BackendConfig, GenRequest, Backend, Sampling, derive_seed, make_generator, \
-    release_sessions
+from turnrl.generation import BackendConfig, GenRequest, GenResult, Backend, Sampling, derive_seed, \
+    make_generator, release_sessions
 from turnrl.records import ResumableJsonlWriter, Task, Trajectory, read_json, write_json
 from turnrl.tasks import option_order
 
@@ -212,21 +212,44 @@ def check_resume(out: Path, record: Path, fingerprint: dict[str, Any],
     write_json(record, fingerprint)
 
 
+class BehaviourPrompt:
+    """A backend that shows the policy ``system`` in place of each conversation's own system message: a declared
+    logging policy (``rollout.behaviour_prompt``). The conversations keep, and the log records, the environment's
+    own system message, which the trained policy is evaluated under."""
+
+    def __init__(self, backend: Backend, system: str):
+        self.backend, self.system = backend, system
+        self.name = backend.name
+
+    def generate(self, requests: list[GenRequest], desc: str | None = None) -> list[GenResult]:
+        shown = [replace(r, messages=[{"role": "system", "content": self.system},
+                                      *[m for m in r.messages if m["role"] != "system"]]) for r in requests]
+        return self.backend.generate(shown, desc)
+
+    def __getattr__(self, name: str) -> Any:  # revision, release, ...: the wrapped backend's
+        return getattr(self.backend, name)
+
+
 def log_rollouts(out: Path, env: Environment, jobs: list[Job], policy: BackendConfig, *, chunk_size: int,
                  desc: str, teacher: BackendConfig | None = None, teacher_temperature: float = 0.0,
                  generator: Backend | None = None,
-                 to_trajectory: Callable[..., Trajectory] = episode_to_trajectory) -> int:
+                 to_trajectory: Callable[..., Trajectory] = episode_to_trajectory,
+                 behaviour_prompt: str = "") -> int:
     """Roll out every job of ``jobs`` that ``out`` does not hold yet and append its trajectory, ``chunk_size``
     jobs at a time (in the order of ``jobs``; a chunk is one batch of conversations). The backends are loaded only
-    if there is work; ``generator`` reuses a loaded policy. Returns how many trajectories were written."""
+    if there is work; ``generator`` reuses a loaded policy. ``behaviour_prompt``: the system message the policy is
+    shown instead of the environment's (:class:`BehaviourPrompt`). Returns how many trajectories were written."""
     with ResumableJsonlWriter(out) as writer:
         chunks = [jobs[i: i + chunk_size] for i in range(0, len(jobs), chunk_size)]
         todo = [chunk for chunk in chunks if any(j.id not in writer.done for j in chunk)]
         if not todo:
             return 0
         generator = generator or make_generator(policy)
+        if behaviour_prompt:
+            generator = BehaviourPrompt(generator, behaviour_prompt)
         teacher_generator = make_generator(teacher) if teacher is not None and env.needs_teacher else None
-        info = {"model": policy.model, "revision": getattr(generator, "revision", ""), "backend": policy.backend}
+        info = {"model": policy.model, "revision": getattr(generator, "revision", ""), "backend": policy.backend,
+                **({"behaviour_prompt": behaviour_prompt} if behaviour_prompt else {})}
         done = len(writer.done)
         bar = tqdm(total=len(jobs), initial=len(jobs) - sum(map(len, todo)), desc=desc, unit="conv")
         for chunk in todo:

@@ -14,8 +14,8 @@ class EnvConfig:
     """The environment the policy converses with, and its settings."""
 
     name: str = "reasoning"
-    """reasoning (000 App. E), clarify (000 App. F), ask (a scripted user who reveals the deciding fact when
-    asked), feedback (004) or tool (003)."""
+    """reasoning (000 App. E), clarify (000 App. F), worksheet (a clarifying question whose reply must be used),
+    ask (a scripted user who reveals the deciding fact when asked), feedback (004) or tool (003)."""
     mode: Literal["standard", "thinking"] = "standard"
     """reasoning/clarify: standard or thinking (000's two modes)."""
     turns: int = 0
@@ -36,6 +36,11 @@ class EnvConfig:
     on the format need one, e.g. turnrl.envs.tool.DEFAULT_INSTRUCTION (see configs/tool-gsm8k.yaml)."""
     teacher_max_new_tokens: int = 96
     """clarify: token cap of the teacher's answer."""
+    informed_share: float = 0.4
+    """worksheet: share of questions whose opening already names the crossed-out options (drawn per question)."""
+    ask_cost: float = 0.2
+    """worksheet: the declared cost of a question to the user; the ``earned`` reward is accuracy x (1 - cost)
+    after a question."""
     shuffle_options: bool = True
     """Multiple choice: show each conversation's options in an order drawn from its seed (recorded in the
     trajectory; the feedback environment re-orders them at every retry), so that no letter earns more than
@@ -54,6 +59,9 @@ class EnvironmentSpec:
     """How its prompts ask for the final answer (the answer rule reads "<phrase> X")."""
     reward_components: tuple[str, ...] = ()
     """Components that only its conversations have, computed by ``turnrl score`` (besides the common ones)."""
+    components: Callable[[Any, Any], dict[str, float]] | None = None
+    """(trajectory, task) -> its ``reward_components``, each in [0, 1], which may then be weighted into the reward
+    (DRIFT's, computed from the reward config, are kept out of it)."""
 
 
 ENVIRONMENTS: dict[str, EnvironmentSpec] = {}
@@ -90,6 +98,21 @@ def _clarify(cfg: EnvConfig) -> Environment:
     return ClarifyEnv(mode=cfg.mode, max_new_tokens=cfg.max_new_tokens,
                       final_max_new_tokens=cfg.final_max_new_tokens or None,
                       teacher_max_new_tokens=cfg.teacher_max_new_tokens)
+
+
+def _worksheet_components(trajectory, task) -> dict[str, float]:
+    from turnrl.envs.worksheet import reward_components
+
+    return reward_components(trajectory, task)
+
+
+@register_environment("worksheet", paper="000 Sec. 2, App. F (STaR-GATE's setting); docs/worksheet.md",
+                      reward_components=("earned",), components=_worksheet_components)
+def _worksheet(cfg: EnvConfig) -> Environment:
+    from turnrl.envs.worksheet import WorksheetEnv
+
+    return WorksheetEnv(max_new_tokens=cfg.max_new_tokens, final_max_new_tokens=cfg.final_max_new_tokens or None,
+                        informed_share=cfg.informed_share, ask_cost=cfg.ask_cost)
 
 
 @register_environment("ask", paper="this project (docs/results-withdrawn.md section 9)")

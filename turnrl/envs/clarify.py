@@ -131,14 +131,19 @@ def teacher_view(task: Task, student_question: str) -> list[dict[str, str]]:
             {"role": "user", "content": with_instruction(student_question.strip(), TEACHER_INSTRUCTION)}]
 
 
-def asks_own_question(text: str, prompt: str) -> bool:
-    """Some sentence of ``text`` ends in '?' and does not appear in ``prompt`` (case and spacing ignored)."""
+def own_questions(text: str, prompt: str) -> list[str]:
+    """The sentences of ``text`` that end in '?' and do not appear in ``prompt`` (case and spacing ignored): the
+    questions the assistant asks of its own."""
     def norm(x: str) -> str:
         return " ".join(x.lower().split())
 
     seen = norm(prompt)
-    questions = re.findall(r"[^.!?\n]*\?", text)
-    return any(norm(q) and norm(q) not in seen for q in questions)
+    return [q for q in re.findall(r"[^.!?\n]*\?", text) if norm(q) and norm(q) not in seen]
+
+
+def asks_own_question(text: str, prompt: str) -> bool:
+    """Some sentence of ``text`` ends in '?' and does not appear in ``prompt`` (case and spacing ignored)."""
+    return bool(own_questions(text, prompt))
 
 
 class ClarifyEnv(Environment):

@@ -26,8 +26,8 @@ class RewardConfig:
     """Which reward components to compute and how to combine them into the scalar reward."""
 
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARD))
-    """Component -> weight; non-negative, summing to 1. Components: accuracy, format, thinking, gold_likelihood,
-    judge_overall (and the other judge_* scores). The default is graded (see docs/rewards.md for why)."""
+    """Component -> weight; non-negative, summing to 1. Components: accuracy, format, thinking, turn_accuracy,
+    gold_likelihood, judge_overall (and the other judge_* scores), earned (worksheet environment). The default is graded (see docs/rewards.md for why)."""
     reference: str = ""
     """Model for gold_likelihood (default: the model that generated the trajectory, i.e. the logging policy)."""
     reference_dtype: str = "auto"
@@ -51,7 +51,8 @@ class ScoreConfig:
     output: str = SCORED
 
 
-KNOWN = set(CHEAP) | {"gold_likelihood"} | set(JUDGE_COMPONENTS)
+KNOWN = set(CHEAP) | {"gold_likelihood"} | set(JUDGE_COMPONENTS) | \
+    {c for spec in ENVIRONMENTS.values() if spec.components for c in spec.reward_components}
 
 
 def validate_weights(weights: dict[str, float]) -> None:
@@ -113,6 +114,9 @@ class Scorer:
             if traj.task_id not in tasks:
                 raise InputError(f"trajectory {traj.id}: task {traj.task_id!r} is not in the run's tasks")
             traj.rewards.update(cheap_components(traj, tasks[traj.task_id]))
+            spec = ENVIRONMENTS.get(traj.env.get("name", ""))
+            if spec is not None and spec.components is not None:
+                traj.rewards.update(spec.components(traj, tasks[traj.task_id]))
             if "drift_return" in environment_components(traj.env.get("name", "")):
                 traj.rewards.update(drift_components(traj, tasks[traj.task_id], self.cfg.drift))
         if "gold_likelihood" in self.cfg.weights:

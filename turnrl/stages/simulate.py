@@ -41,6 +41,10 @@ class RolloutOptions:
     from a behaviour policy that tries what the logging policy rarely does, so that the log holds its outcomes. The
     rest of the conversation is the logging policy's; the scripted turn is marked in ``meta.scripted_turns``.
     Environments without such an action refuse a value above 0."""
+    behaviour_prompt: str = ""
+    """A system message the logging policy is shown instead of the environment's own (e.g. one that encourages
+    asking): a declared behaviour policy. The log records the environment's own system message, under which the
+    trained policy is evaluated, and names the behaviour prompt in each trajectory's ``policy``."""
     chunk_size: int = 64
     """Tasks per resumable chunk (all their trajectories are generated together)."""
     limit: int = 0
@@ -101,7 +105,7 @@ def simulate(cfg: SimulateConfig) -> Path:
             jobs, to_trajectory = _exploratory_jobs(env, jobs, ro.explore, ro.seed)
     written = log_rollouts(out, env, jobs, cfg.policy, chunk_size=ro.chunk_size * ro.samples, desc="simulate",
                            teacher=cfg.teacher, teacher_temperature=ro.teacher_temperature,
-                           to_trajectory=to_trajectory)
+                           to_trajectory=to_trajectory, behaviour_prompt=ro.behaviour_prompt)
     print(f"simulate: wrote {written} trajectories to {out}" if written else
           f"simulate: {out} is complete ({len(jobs)} trajectories)")
     return out
