@@ -220,7 +220,7 @@ def test_bad_input_names_the_file_and_keeps_outputs(tmp_path):
     (run_dir / "results.md").write_text("earlier results\n")
     with (run_dir / "eval" / "swift" / "per_question.jsonl").open("a") as fh:
         fh.write("{not json\n")
-    with pytest.raises(InputError, match=r"eval/swift/per_question.jsonl:11: not valid JSON"):
+    with pytest.raises(InputError, match=r"eval/swift/per_question.jsonl:11:2: not valid JSON"):
         compare_run(CompareConfig(run_dir=str(run_dir), report=False))
     with pytest.raises(InputError, match=r"eval/dpo/per_question.jsonl: missing; evaluate 'dpo' first"):
         compare_run(CompareConfig(run_dir=str(run_dir), methods=["base", "dpo"], report=False))

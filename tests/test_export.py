@@ -84,19 +84,25 @@ def test_tools_of_an_imported_log_are_written_back(tmp_path):
         assert load(tmp_path / "run" / "export" / f"{fmt}.jsonl") == [{"messages": row["messages"], "tools": tools}]
 
 
-def expected_dpo() -> list[dict]:
-    """Best vs worst final answer of each group with distinct rewards, to the original question (by hand)."""
+def expected_dpo(context: str = "history") -> list[dict]:
+    """Best vs worst final answer of each group with distinct rewards (by hand): after each side's own
+    conversation (history), or to the original question (question)."""
     rows = []
     for best, worst in ((0, 1), (4, 3)):  # q1: 0.9 vs 0.1; q2: 0.8 vs 0.2
         messages = [conversation(QUESTIONS[g], thought, final) for g, _, _, thought, final in LOG]
-        rows.append({"prompt": messages[best][:2], "chosen": [messages[best][-1]],
-                     "rejected": [messages[worst][-1]]})
+        start = 2 if context == "history" else -1
+        rows.append({"prompt": messages[best][:2], "chosen": messages[best][start:],
+                     "rejected": messages[worst][start:]})
     return rows
 
 
-def test_dpo_is_best_vs_worst_final_answer(run):
+def test_dpo_is_best_vs_worst_final_answer_after_the_middle_turns(run):
     assert export(run, "--format", "dpo") == 0
-    assert load(run / "export" / "dpo.jsonl") == expected_dpo()
+    rows = load(run / "export" / "dpo.jsonl")
+    assert rows == expected_dpo("history")
+    assert rows[0]["chosen"][1] == {"role": "user", "content": "Why might the other options be wrong?"}
+    assert export(run, "--format", "dpo", "--algo.dpo_context", "question") == 0
+    assert load(run / "export" / "dpo.jsonl") == expected_dpo("question")
 
 
 def test_dpo_export_is_what_train_dpo_trains_on(tmp_path, tiny_model_dir):

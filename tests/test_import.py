@@ -275,7 +275,8 @@ def test_import_train_swift_export_dpo(tmp_path, tiny_model_dir, capsys):
 
     ds = datasets.load_dataset("json", data_files=str(run / "export" / "dpo.jsonl"), split="train")
     assert ds.column_names == ["prompt", "chosen", "rejected"]
+    # Each side from its first assistant message to its final one (the "Are you sure?" exchange kept).
     assert ds.to_list() == [
-        {"prompt": rows[0]["messages"][:2], "chosen": [rows[0]["messages"][-1]], "rejected": [rows[1]["messages"][-1]]},
-        {"prompt": rows[3]["messages"][:2], "chosen": [rows[3]["messages"][-1]], "rejected": [rows[4]["messages"][-1]]},
+        {"prompt": rows[0]["messages"][:2], "chosen": rows[0]["messages"][2:], "rejected": rows[1]["messages"][2:]},
+        {"prompt": rows[3]["messages"][:2], "chosen": rows[3]["messages"][2:], "rejected": rows[4]["messages"][2:]},
     ]

@@ -103,7 +103,12 @@ def test_dpo_pairs_best_vs_worst_on_hand_made_groups():
     assert diag["pairing"] == "best-vs-worst"
     assert (diag["groups"], diag["pairs"], diag["skipped_ties"], diag["skipped_single"], diag["unscored"]) == \
         (4, 1, 1, 2, 1)
-    # 000's DPO: the original question (system + first user turn) answered by the final message alone.
+    # By default each final message after its own conversation, only the final message trained.
+    p = pairs[0]
+    assert p.chosen.messages == logged[1].messages and p.rejected.messages == logged[2].messages
+    assert p.chosen.train_turns == [1] and (p.chosen.reward, p.rejected.reward) == (0.9, 0.1)
+    # 000's literal DPO: the original question (system + first user turn) answered by the final message alone.
+    pairs, _ = build_preference_data(logged, AlgoConfig(name="dpo", dpo_context="question"))
     p = pairs[0]
     assert p.chosen.messages == logged[1].messages[:2] + [{"role": "assistant", "content": "The answer is B."}]
     assert p.rejected.messages == logged[2].messages[:2] + [{"role": "assistant", "content": "The answer is C."}]
@@ -124,8 +129,14 @@ def test_m_dpo_correct_vs_incorrect_random_pairs():
     # M-DPO trains on the whole conversation: every assistant turn.
     assert pairs[0].chosen.messages == logged[int(combos[0][0][-1])].messages
     assert pairs[0].chosen.train_turns == [0, 1]
+    # A log without accuracy (an imported one): the paper's pairing falls back to best vs worst, and says so;
+    # asked for by name, it is an error.
+    pairs, diag = build_preference_data([traj("x", 0, 1.0), traj("x", 1, 0.0)], AlgoConfig(name="m-dpo"))
+    assert [(p.chosen.source, p.rejected.source) for p in pairs] == [("x#0", "x#1")]
+    assert diag["pairing"] == "best-vs-worst" and "no accuracy component" in diag["pairing_chosen_because"]
     with pytest.raises(ConfigError, match="accuracy reward component"):
-        build_preference_data([traj("x", 0, 1.0), traj("x", 1, 0.0)], AlgoConfig(name="m-dpo"))
+        build_preference_data([traj("x", 0, 1.0), traj("x", 1, 0.0)],
+                              AlgoConfig(name="m-dpo", pairing="correct-vs-incorrect"))
 
 
 def test_m_kto_examples_are_the_pairs_sides():

@@ -94,7 +94,7 @@ def test_malformed_line_names_file_and_line_and_keeps_outputs(tmp_path, capsys):
     scored.write_text("previous results\n")
     assert main(["score", "--run_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert f"{rollouts}:2: not valid JSON" in err
+    assert f"{rollouts}:2:26: not valid JSON" in err  # file, line and column: the value cut off at column 26
     assert scored.read_text() == "previous results\n"
 
 

@@ -104,6 +104,51 @@ def _yaml_problem(argv: list[str]) -> str | None:
     return None
 
 
+def _config_files(argv: list[str]) -> list[str]:
+    return [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")] + \
+        [value for flag, value in zip(argv, argv[1:]) if flag == "--config"]
+
+
+def _unknown_key(cls: type, argv: list[str]) -> str | None:
+    """A key of a --config YAML file that the command does not take, named with its file, line and column and the
+    nearest known option (the parser would name the option but not where it is)."""
+    import difflib
+    import typing
+
+    import yaml
+
+    def dataclass_of(tp: Any) -> type | None:
+        if is_dataclass(tp):
+            return tp
+        return next((a for a in typing.get_args(tp) if is_dataclass(a)), None)
+
+    def walk(node: Any, kind: type, prefix: str, path: str) -> str | None:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        hints = typing.get_type_hints(kind)
+        known = [f.name for f in fields(kind)]
+        for key, value in node.value:
+            name = key.value
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; {kind.__name__} takes " + \
+                    ", ".join(known)
+                return (f"{path}:{key.start_mark.line + 1}:{key.start_mark.column + 1}: unknown option "
+                        f"'{prefix}{name}'{hint}")
+            inner = dataclass_of(hints.get(name))
+            if inner is not None and (problem := walk(value, inner, f"{prefix}{name}.", path)):
+                return problem
+        return None
+
+    for path in _config_files(argv):
+        if not path.endswith((".yaml", ".yml")) or not Path(path).is_file():
+            continue
+        root = yaml.compose(Path(path).read_text(encoding="utf-8"))
+        if (problem := walk(root, cls, "", path)) is not None:
+            return problem
+    return None
+
+
 def _build(cls: type, namespace: Any) -> Any:
     values = {f.name: getattr(namespace, f.name) for f in fields(cls)}
     for name, value in values.items():
@@ -140,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         subcommands.add_subcommand(name, sub, help=help_text)
         subparsers[name] = sub
     argv = _expand_shorthands(list(sys.argv[1:] if argv is None else argv))
-    if (problem := _yaml_problem(argv)) is not None:
+    problem = _yaml_problem(argv)
+    if problem is None and argv and argv[0] in commands:
+        problem = _unknown_key(commands[argv[0]][0], argv)
+    if problem is not None:
         print(f"turnrl {argv[0] if argv else ''}: error: {problem}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)

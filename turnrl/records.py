@@ -281,9 +281,10 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                # Without its newline, so that an error at the end of the line is placed on it, not on the next.
+                yield lineno, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                raise InputError(f"{path}:{lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
 
 
 def read_records(path: str | Path, cls: type) -> list[Any]:
@@ -357,7 +358,7 @@ def read_json(path: str | Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        raise InputError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
 
 
 class ResumableJsonlWriter:

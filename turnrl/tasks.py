@@ -494,8 +494,10 @@ def _cosql_dialogues(root: Path) -> list[tuple[str, str, dict[str, Any]]]:
             continue
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: not valid JSON ({exc})") from None
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not UTF-8 text; JSON files are UTF-8") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
         if not isinstance(data, list):
             raise InputError(f"{path}: expected a JSON list of dialogues, got {type(data).__name__}")
         found += [(f"cosql/{split}-{i}", f"{path}: dialogue {i}", d) for i, d in enumerate(data)]

@@ -3,9 +3,11 @@
 Every example is a conversation plus the assistant messages of it that carry the loss (a :class:`Completion`); the
 losses themselves are in :mod:`turnrl.train.preference`.
 
-- DPO (000 Sec. 4): the final winning and losing responses, answered directly to the original question. Prompt =
-  everything before the first assistant message (system + first user turn); chosen = the final assistant message
-  of the group's best trajectory, rejected = that of its worst. Groups whose rewards are all equal are skipped.
+- DPO (000 Sec. 4): the final winning and losing responses. chosen = the final assistant message of the group's
+  best trajectory, rejected = that of its worst, each after its own conversation up to it (``algo.dpo_context:
+  history``, the default: a clarifying question and its reply stay in the context), or answered directly to the
+  original question, the middle turns dropped (``question``, 000's literal form). Only the final message carries
+  the loss. Groups whose rewards are all equal are skipped.
 - StepDPO (000 Sec. 4, after Chen et al.; the literal reading of docs/design.md section 8): for every logged
   trajectory and every step t, a new action a'_t was branched from the logged history with the logging policy and the
   conversation rolled out to its end and scored (``turnrl simulate --continue_from``). The logged action a_t and
@@ -21,7 +23,7 @@ losses themselves are in :mod:`turnrl.train.preference`.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from turnrl.algorithms.registry import get_algorithm, register_algorithm
@@ -124,6 +126,17 @@ def final_answer_only(traj: Trajectory) -> Completion:
                       truncated=[turn_truncated(traj)[-1]], source=traj.id, reward=_reward(traj))
 
 
+def final_turn_in_context(traj: Trajectory) -> Completion:
+    """The trajectory up to its final assistant message, only that message trained (DPO, history context)."""
+    n = len(traj.assistant_indices())
+    final = traj.assistant_indices()[-1]
+    return Completion(messages=traj.messages[: final + 1], train_turns=[n - 1], truncated=turn_truncated(traj),
+                      source=traj.id, reward=_reward(traj))
+
+
+DPO_CONTEXTS = {"history": final_turn_in_context, "question": final_answer_only}
+
+
 def resolve_pairing(cfg: AlgoConfig) -> str:
     pairing = cfg.pairing or PAPER_PAIRING.get(cfg.name, "best-vs-worst")
     if pairing not in PAIRINGS:
@@ -180,8 +193,11 @@ def pairs_of_groups(trajectories: list[Trajectory], cfg: AlgoConfig, stats: Pair
 
 @register_algorithm("dpo", family="preference", display="DPO", paper="000 Sec. 4", baseline=True)
 def dpo_pairs(trajectories: list[Trajectory], cfg: AlgoConfig, branches, stats: PairingStats) -> list[PreferencePair]:
-    """The final answers of the group's best and worst trajectories, to the original question."""
-    return pairs_of_groups(trajectories, cfg, stats, final_answer_only)
+    """The final answers of the group's best and worst trajectories, after their own histories or to the
+    original question (``algo.dpo_context``)."""
+    if cfg.dpo_context not in DPO_CONTEXTS:
+        raise ConfigError(f"algo.dpo_context: {cfg.dpo_context!r}; expected {' or '.join(DPO_CONTEXTS)}")
+    return pairs_of_groups(trajectories, cfg, stats, DPO_CONTEXTS[cfg.dpo_context])
 
 
 @register_algorithm("step-dpo", family="preference", display="StepDPO", paper="000 Sec. 4", baseline=True,
@@ -261,15 +277,24 @@ def build_preference_data(trajectories: list[Trajectory], cfg: AlgoConfig,
     """Pairs (dpo, step-dpo, m-dpo) or KTO examples (m-kto), and counts of what was paired and skipped."""
     algorithm = get_algorithm(cfg.name, family="preference")
     stats = PairingStats()
+    fallback = ""
     if algorithm.needs_branches:
         pairing = "logged-vs-branch"
         data: list[Any] = algorithm.build(trajectories, cfg, branches, stats)
     else:
         pairing = resolve_pairing(cfg)
         # A trajectory without a reward (the judge could not score it) cannot be ranked: left out, counted.
-        stats.unscored = sum(t.reward is None for t in trajectories)
-        data = algorithm.build([t for t in trajectories if t.reward is not None], cfg, branches, stats)
+        scored = [t for t in trajectories if t.reward is not None]
+        stats.unscored = len(trajectories) - len(scored)
+        if pairing == "correct-vs-incorrect" and not cfg.pairing and any("accuracy" not in t.rewards for t in scored):
+            # The paper's pairing needs correctness, which an imported log with only a reward does not have.
+            pairing = "best-vs-worst"
+            fallback = ("the log has no accuracy component, so the pairs are best vs worst by reward "
+                        "(algo.pairing correct-vs-incorrect insists on the paper's)")
+            cfg = replace(cfg, pairing=pairing)
+        data = algorithm.build(scored, cfg, branches, stats)
     diag: dict[str, Any] = {"algorithm": cfg.name, "pairing": pairing, "trajectories": len(trajectories),
+                            **({"pairing_chosen_because": fallback} if fallback else {}),
                             "steps" if algorithm.needs_branches else "groups": stats.groups, "pairs": stats.pairs,
                             "skipped_ties": stats.skipped_ties, "skipped_single": stats.skipped_single,
                             "unscored": stats.unscored}

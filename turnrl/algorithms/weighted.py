@@ -77,7 +77,11 @@ class AlgoConfig:
     pairing: str = ""
     """dpo, m-dpo, m-kto: best-vs-worst (by reward; groups with equal rewards skipped) or correct-vs-incorrect
     (by the accuracy component; 003's random pairs). Empty: the paper's own (dpo: best-vs-worst; m-dpo, m-kto:
-    correct-vs-incorrect)."""
+    correct-vs-incorrect), or best-vs-worst where the log has no accuracy component (an imported log)."""
+    dpo_context: str = "history"
+    """dpo: what the final turns are compared after. history: each side's own conversation up to its final turn
+    (a clarifying question and its reply included). question: the system and first user messages only, the final
+    turn answered directly to the original question (000 Sec. 4's literal form)."""
     pairs_per_group: int = 1
     """correct-vs-incorrect: random (correct, incorrect) pairs per group (003: 1)."""
     mask_observations: bool = True

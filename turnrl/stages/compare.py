@@ -67,9 +67,10 @@ DIAGNOSTICS = {"answered": "Answered %", "ambiguous": "Ambiguous %", "answer_cha
                "final_truncated": "Final turn capped %"}
 """Per-method behaviour worth seeing but not ranked (more is neither better nor worse)."""
 
-PAIRED_METRICS = ["accuracy", "multi@1", "reward", "judge_overall"]
+PAIRED_METRICS = ["accuracy", "multi@1", "earned", "reward", "judge_overall"]
 """Metrics compared pairwise (those a run has). multi@1 (feedback environment): accuracy is multi@T there, which
-elimination over the options inflates; multi@1 is the first-answer knowledge measure."""
+elimination over the options inflates; multi@1 is the first-answer knowledge measure. earned (worksheet
+environment): accuracy net of the declared cost of asking, the task's success."""
 
 
 @dataclass

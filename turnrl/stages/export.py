@@ -7,10 +7,12 @@ Formats, each one JSON object per line:
 - ``dpo``: TRL's conversational preference format, ``{"prompt": [...], "chosen": [...], "rejected": [...]}``, from
   the pairs ``turnrl train`` builds for the same ``--algo`` (the preference builders of
   :mod:`turnrl.algorithms.preference`; dpo by default), so the file is the trainer's ``pairs.jsonl``. The prompt
-  is every message before the first assistant message that carries the loss, shared by both sides; chosen and
-  rejected are the rest of each side's conversation. For dpo (000 Sec. 4) that is the system and first user
-  turns, and each side's final assistant message alone; for m-dpo the whole remaining conversation, its
-  observations included (TRL trains every completion token: 003's single-turn baseline, not M-DPO's masking).
+  is the messages both sides share before an assistant message (never past the first one that carries the loss);
+  chosen and rejected are the rest of each side's conversation. For dpo (000 Sec. 4) that is the system and
+  first user turns, and each side's conversation from its first assistant message to its final one (with
+  ``--algo.dpo_context question``, the final assistant message alone); for m-dpo likewise, observations included.
+  TRL trains every completion token: for multi-turn sides that is 003's single-turn baseline, not M-DPO's
+  masking, nor turnrl's DPO, which trains the final message only.
 - ``kto``: TRL's conversational unpaired format, ``{"prompt": [...], "completion": [...], "label": bool}``: the
   examples of ``--algo m-kto`` (each M-DPO pair's chosen side desirable, its rejected side undesirable), or with
   ``kto_threshold`` every trajectory, desirable where its reward >= the threshold.
@@ -93,6 +95,23 @@ def split_completion(c: Completion) -> tuple[list[dict[str, Any]], list[dict[str
     return c.messages[:k], c.messages[k:]
 
 
+def _context(c: Completion) -> list[dict[str, Any]]:
+    """The messages before the first assistant message: the context x of a conversation."""
+    return c.messages[: next(i for i, m in enumerate(c.messages) if m["role"] == "assistant")]
+
+
+def shared_prompt(a: Completion, b: Completion) -> int:
+    """How many leading messages the two sides share, up to (not into) an assistant message of each, and no
+    further than either side's first trained message: TRL's shared prompt of a pair."""
+    limit = min(_first_trained(a), _first_trained(b))
+    k = 0
+    while k < limit and a.messages[k] == b.messages[k]:
+        k += 1
+    while k > 0 and not (a.messages[k]["role"] == b.messages[k]["role"] == "assistant"):
+        k -= 1
+    return k
+
+
 def _preference_algo(cfg: ExportConfig) -> AlgoConfig:
     name = cfg.algo.name or DEFAULT_ALGO[cfg.format]
     algorithm = get_algorithm(name, family="preference")
@@ -119,12 +138,12 @@ def dpo_rows(trajectories: list[Trajectory], cfg: ExportConfig) -> tuple[list[di
     pairs, diag = build_preference_data(trajectories, algo, _branches(cfg, algo))
     rows = []
     for p in pairs:
-        prompt, chosen = split_completion(p.chosen)
-        other, rejected = split_completion(p.rejected)
-        if prompt != other:
+        if _context(p.chosen) != _context(p.rejected):
             raise InputError(f"pair {p.id} (group {p.group_id!r}): the two sides have different prompts; one "
                              "group must hold conversations of one context x (check the group column)")
-        row: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        k = shared_prompt(p.chosen, p.rejected)
+        row: dict[str, Any] = {"prompt": p.chosen.messages[:k], "chosen": p.chosen.messages[k:],
+                               "rejected": p.rejected.messages[k:]}
         if cfg.metadata:
             row.update({"id": p.id, "group_id": p.group_id, "chosen_reward": p.chosen.reward,
                         "rejected_reward": p.rejected.reward})

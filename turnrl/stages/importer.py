@@ -128,8 +128,10 @@ def _json_rows(path: Path) -> Iterator[Row]:
     if path.suffix == ".json" and start.startswith(b"["):  # a JSON array of rows; otherwise JSON lines
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: not a valid JSON array ({exc})") from None
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not UTF-8 text; JSON files are UTF-8") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{exc.lineno}:{exc.colno}: not a valid JSON array ({exc.msg})") from None
         for i, obj in enumerate(data, start=1):
             yield Row(i, f"{path}: row {i}", obj)
         return
@@ -509,7 +511,10 @@ def read_conversations(cfg: ImportConfig) -> list[Trajectory]:
         components = {}
         for col in reward_columns:
             if col not in row.data:
-                raise InputError(f"{row.where}: field {col!r} is missing; expected the reward (a number)")
+                found = sorted(source.columns or row.data)
+                raise InputError(f"{row.where}: field {col!r} is missing; expected the reward (a number). Columns "
+                                 f"found: {', '.join(found)}. Name the reward's column with --reward_column (or "
+                                 "several with --reward_columns)")
             components[col] = _number(row.data[col], row.where, col, source.typed)
         reward = components[reward_columns[0]] if weights is None else \
             float(sum(w * components[c] for c, w in weights.items()))

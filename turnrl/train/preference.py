@@ -502,7 +502,9 @@ def train_preference(cfg: TrainConfig) -> Path:
                               else None)
     loop.accelerator.print(f"train {algo.name}: {len(items)} {'examples' if kto else 'pairs'} "
                            f"({diagnostics['skipped_ties']} tied groups skipped, dropped {dropped}), {len(steps)} "
-                           f"steps, reference: {ref_name}{' (precomputed)' if algo.precompute_reference else ''}")
+                           f"steps, reference: {ref_name}{' (precomputed)' if algo.precompute_reference else ''}"
+                           + (f"; {diagnostics['pairing_chosen_because']}" if "pairing_chosen_because" in diagnostics
+                              else ""))
     if kto:
         step_fn = kto_step_loss(algo.dpo_beta, algo.kto_lambda_d, algo.kto_lambda_u, optim.micro_batch_tokens, pad,
                                 reference)
