@@ -48,3 +48,19 @@ def tiny_model(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture()
+def hub(monkeypatch):
+    """The Hub's upload API as a loopback stand-in (tests/hub_standin.py), the Hub client pointed at it and
+    allowed online for it alone (nothing else is reachable)."""
+    import huggingface_hub.constants
+
+    from hub_standin import HubStandIn
+
+    standin = HubStandIn()
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", standin.url)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_standin")
+    yield standin
+    standin.close()

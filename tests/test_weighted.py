@@ -299,7 +299,7 @@ def test_a_resumed_run_keeps_its_settings_and_logs_each_step_once(tiny_model_dir
     assert [r["step"] for r in rows] == [1, 2, 3] and {r["lr"] for r in rows} == {3e-4}
 
 
-def test_a_lora_checkpoint_of_an_alias_loads_with_peft_alone(smollm2_dir, tmp_path):
+def test_a_lora_checkpoint_of_an_alias_loads_with_peft_alone(smollm2_dir, tmp_path, hub):
     """PEFT finds the base of an adapter trained from the default alias by itself (no hub), and turnrl resolves
     the same checkpoint by the alias it keeps in turnrl_train.json."""
     from peft import AutoPeftModelForCausalLM
@@ -320,3 +320,16 @@ def test_a_lora_checkpoint_of_an_alias_loads_with_peft_alone(smollm2_dir, tmp_pa
     assert model.peft_config["default"].r == 2
     resolved = resolve(str(checkpoint))
     assert (resolved.path, resolved.adapter) == (str(smollm2_dir), str(checkpoint))
+    # The card names the alias's published original, over PEFT's blank template; so does the uploaded adapter
+    # config (the local one keeps the path PEFT loads offline).
+    from huggingface_hub import ModelCard
+
+    from turnrl.train.card import push_to_hub
+
+    card = ModelCard.load(checkpoint / "README.md")
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.library_name == "peft"
+    push_to_hub(checkpoint, "me/refit-lora")
+    uploaded = json.loads(hub.files["me/refit-lora"]["adapter_config.json"])
+    assert uploaded["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        str(smollm2_dir.resolve())

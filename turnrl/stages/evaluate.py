@@ -223,6 +223,10 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
         "\n## Judge\n\n" + judge_markdown(scorer.judge_summary) if scorer.judge_summary else ""))
     if cfg.split == "test":
         _update_results(run_dir, name, result)
+    if (Path(cfg.policy.model) / "turnrl_train.json").exists():
+        from turnrl.train.card import write_card
+
+        write_card(Path(cfg.policy.model))  # the checkpoint's card lists its held-out results
     acc = stats.Estimate(**summary["accuracy"])
     print(f"evaluate {name} ({cfg.split}): accuracy {acc.fmt(100)} % (n={acc.n}), format "
           f"{stats.Estimate(**summary['format']).fmt(100)} % -> {out_dir}")

@@ -95,6 +95,12 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     overwrite: bool = False
     """Train again even if the output already has a checkpoint."""
+    push_to_hub: bool = False
+    """Upload the checkpoint (with its model card) to the Hugging Face Hub as hub_model_id when training ends."""
+    hub_model_id: str = ""
+    """push_to_hub: the repository, e.g. my-org/smollm2-refit (the token comes from HF_TOKEN or `hf auth login`)."""
+    hub_private: bool = False
+    """push_to_hub: create the repository as private."""
     report_to: str = "none"
     """Experiment trackers: none, tensorboard, wandb or trackio, or several comma-separated (tensorboard: event
     files in <output>/tensorboard; see turnrl/train/tracking.py). Not a training setting: a resumed run may change
@@ -104,6 +110,10 @@ class TrainConfig:
         from turnrl.train.tracking import tracker_names
 
         tracker_names(self.report_to)  # an unknown tracker is a config error, before anything is loaded
+        if self.push_to_hub and not self.hub_model_id:
+            from turnrl.errors import ConfigError
+
+            raise ConfigError("push_to_hub: set hub_model_id, the repository to upload to (e.g. my-org/my-policy)")
 
     @property
     def out_dir(self) -> Path:
@@ -118,7 +128,7 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-UNTRACKED_SETTINGS = ("report_to",)
+UNTRACKED_SETTINGS = ("report_to", "push_to_hub", "hub_model_id", "hub_private")
 """Recorded with a run's settings but free to change on resume: they do not change what is trained."""
 
 
@@ -185,6 +195,11 @@ def finish_training(loop: "TrainLoop", cfg: TrainConfig, model_name: str, histor
                                        "diagnostics": diagnostics})
     loop.end_tracking()
     loop.accelerator.print(summary_line(cfg.algo.name, summary, checkpoint))
+    if cfg.push_to_hub and loop.accelerator.is_main_process:
+        from turnrl.train.card import push_to_hub
+
+        url = push_to_hub(checkpoint, cfg.hub_model_id, private=cfg.hub_private)
+        loop.accelerator.print(f"train {cfg.algo.name}: pushed to the Hub as {cfg.hub_model_id} ({url})")
     return checkpoint
 
 
@@ -598,6 +613,9 @@ class TrainLoop:
             lm.save_pretrained(tmp, state_dict={k.removeprefix("lm."): v for k, v in state.items()})
             self.tokenizer.save_pretrained(tmp)
             write_json(tmp / "turnrl_train.json", extra)
+            from turnrl.train.card import write_card
+
+            write_card(tmp)  # over PEFT's blank template
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
             lm.config.use_cache = False
