@@ -17,7 +17,7 @@ LAYERS = [
     ["train"],
     ["stages"],
     ["workflows"],
-    ["cli", "serve"],
+    ["cli", "serve", "api"],
 ]
 
 

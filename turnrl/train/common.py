@@ -10,6 +10,7 @@ step's gradient.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import os
@@ -195,6 +196,9 @@ def finish_training(loop: "TrainLoop", cfg: TrainConfig, model_name: str, histor
                                        "diagnostics": diagnostics})
     loop.end_tracking()
     loop.accelerator.print(summary_line(cfg.algo.name, summary, checkpoint))
+    if loop.accelerator.is_main_process:
+        for callback in _CALLBACKS.get():
+            callback.on_train_end(checkpoint)
     if cfg.push_to_hub and loop.accelerator.is_main_process:
         from turnrl.train.card import push_to_hub
 
@@ -387,6 +391,30 @@ def engine_asked() -> str | None:
     return None
 
 
+class TrainerCallback:
+    """Hooks into a training run (the Python API's ``callbacks``); override the ones needed."""
+
+    def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
+        """After optimizer step ``step`` (1-based), with the row written to train_log.jsonl."""
+
+    def on_train_end(self, checkpoint: Path) -> None:
+        """After the checkpoint is saved."""
+
+
+_CALLBACKS: contextvars.ContextVar[tuple[TrainerCallback, ...]] = contextvars.ContextVar("turnrl_callbacks",
+                                                                                         default=())
+
+
+@contextlib.contextmanager
+def train_callbacks(callbacks: Iterable[TrainerCallback]):
+    """Call ``callbacks`` from every training run started inside the ``with`` block (main process only)."""
+    token = _CALLBACKS.set(tuple(callbacks))
+    try:
+        yield
+    finally:
+        _CALLBACKS.reset(token)
+
+
 class TrainLoop:
     """The optimisation loop shared by the trainers, with logging, checkpoints and resumption.
 
@@ -569,6 +597,8 @@ class TrainLoop:
                 if main:
                     log.write(json.dumps(metrics) + "\n")
                     log.flush()
+                    for callback in _CALLBACKS.get():
+                        callback.on_step_end(index + 1, dict(metrics))
                 if self.tracking:
                     self.accelerator.log(scalars(metrics, "train/", skip=("step",)), step=index + 1)
                 bar.set_postfix(headline(metrics))
