@@ -205,3 +205,20 @@ def test_open_answer_tasks_are_refused():
     env = make_env(EnvConfig(name="worksheet"))
     with pytest.raises(ValueError, match="multiple-choice"):
         next(env.episode(Task(id="g/1", source="gsm8k", question="1+1?", answer="2")))
+
+
+def test_the_letter_variant_names_the_crossed_out_options_by_their_shown_letters_never_the_answer(pool):
+    def by_letters(messages):
+        if len(messages) == 2:
+            return "Which options did your teacher cross out?"
+        struck = set(re.findall(r"\b([A-D])\b", messages[-1]["content"].split("crossed out")[1]))
+        left = sorted(set(shown_options(messages)) - struck)
+        return f"The answer is {left[0] if len(left) == 1 else 'A'}."
+
+    _, trajs, rows = run(pool, by_letters, names_by="letter")
+    for traj, task in zip(trajs[:200], pool):
+        gold = task.choices[task.letters.index(task.answer)]
+        gold_letter = next(k for k, v in shown_options(traj.messages).items() if v == gold)
+        named = set(re.findall(r"\b[A-D]\b", traj.messages[3]["content"].split("crossed out")[1]))
+        assert len(named) == len(crossed_out(task)) and gold_letter not in named and '"' not in traj.messages[3]["content"]
+    assert mean(rows, "accuracy_when_needed") > 0.995 and mean(rows, "accuracy_when_told") > 0.995

@@ -41,6 +41,9 @@ class EnvConfig:
     ask_cost: float = 0.2
     """worksheet: the declared cost of a question to the user; the ``earned`` reward is accuracy x (1 - cost)
     after a question."""
+    names_by: Literal["text", "letter"] = "text"
+    """worksheet: the user names the crossed-out options by their texts, or by the letters this conversation shows
+    them under (an easier variant)."""
     shuffle_options: bool = True
     """Multiple choice: show each conversation's options in an order drawn from its seed (recorded in the
     trajectory; the feedback environment re-orders them at every retry), so that no letter earns more than
@@ -112,7 +115,7 @@ def _worksheet(cfg: EnvConfig) -> Environment:
     from turnrl.envs.worksheet import WorksheetEnv
 
     return WorksheetEnv(max_new_tokens=cfg.max_new_tokens, final_max_new_tokens=cfg.final_max_new_tokens or None,
-                        informed_share=cfg.informed_share, ask_cost=cfg.ask_cost)
+                        informed_share=cfg.informed_share, ask_cost=cfg.ask_cost, names_by=cfg.names_by)
 
 
 @register_environment("ask", paper="this project (docs/results-withdrawn.md section 9)")

@@ -13,8 +13,9 @@ assistant may ask one question before it answers:
 - a first turn that states an answer and asks nothing ends the conversation; one that does neither is asked for
   the final answer.
 
-The reply never contains the answer's letter or text: it names the other options, whose letters the assistant
-must find in the order this conversation shows (options are shuffled per conversation), and keep the one left.
+The reply never contains the answer's letter or text: it names the other options by their texts, whose letters
+the assistant must find in the order this conversation shows (options are shuffled per conversation), and keeps
+the one left (``names_by: letter`` names them by those letters instead, an easier variant).
 (Where a wrong option's text contains the answer's text as a word, e.g. "oil/gas" beside "gas", that option is
 not named, so the reply leaves two candidates.) Asking has a declared cost: the ``earned`` reward component is
 accuracy x (1 - ``ask_cost``) after a question, accuracy otherwise, so the policy to learn is to ask exactly when
@@ -71,15 +72,24 @@ def quoted_list(texts: list[str]) -> str:
     return ", ".join(quoted[:-1]) + f" and {quoted[-1]}" if len(quoted) > 1 else quoted[0]
 
 
-def first_turn(task: Task, informed: bool) -> str:
-    told = (f"My teacher crossed out the wrong options on my worksheet: {quoted_list(crossed_out(task))}."
+def named(task: Task, by: str) -> str:
+    """The crossed-out options as the user names them: by their texts ("wood", "glass" and "stone"), or by the
+    letters this conversation shows them under (A, C and D)."""
+    if by == "letter":
+        letters = [task.letters[task.choices.index(c)] for c in crossed_out(task)]
+        return ", ".join(letters[:-1]) + f" and {letters[-1]}" if len(letters) > 1 else letters[0]
+    return quoted_list(crossed_out(task))
+
+
+def first_turn(task: Task, informed: bool, by: str = "text") -> str:
+    told = (f"My teacher crossed out the wrong options on my worksheet: {named(task, by)}."
             if informed else "My teacher crossed out the wrong options on my worksheet, which I have here.")
     return f"{question_block(task)}\n\n{told} Which option is the answer?"
 
 
-def reveal(task: Task, informed: bool) -> str:
+def reveal(task: Task, informed: bool, by: str = "text") -> str:
     said = "As I said, my teacher" if informed else "My teacher"
-    return f"{said} crossed out {quoted_list(crossed_out(task))}. What is your final answer?"
+    return f"{said} crossed out {named(task, by)}. What is your final answer?"
 
 
 class WorksheetEnv(Environment):
@@ -87,9 +97,12 @@ class WorksheetEnv(Environment):
     turns = 2
 
     def __init__(self, max_new_tokens: int = 48, final_max_new_tokens: int | None = None,
-                 informed_share: float = 0.4, ask_cost: float = 0.2):
+                 informed_share: float = 0.4, ask_cost: float = 0.2, names_by: str = "text"):
         if not 0.0 <= informed_share <= 1.0 or not 0.0 <= ask_cost <= 1.0:
             raise ValueError(f"informed_share ({informed_share}) and ask_cost ({ask_cost}) must lie in [0, 1]")
+        if names_by not in ("text", "letter"):
+            raise ValueError(f"names_by: {names_by!r}; expected text or letter")
+        self.names_by = names_by
         self.max_new_tokens = max_new_tokens
         self.final_max_new_tokens = final_max_new_tokens or max_new_tokens
         self.informed_share = informed_share
@@ -98,20 +111,20 @@ class WorksheetEnv(Environment):
     def settings(self) -> dict[str, Any]:
         return {"name": self.name, "turns": self.turns, "max_new_tokens": self.max_new_tokens,
                 "final_max_new_tokens": self.final_max_new_tokens, "informed_share": self.informed_share,
-                "ask_cost": self.ask_cost, "shuffle_options": self.shuffle_options}
+                "ask_cost": self.ask_cost, "names_by": self.names_by, "shuffle_options": self.shuffle_options}
 
     def opening(self, task: Task) -> list[dict[str, str]]:
         if not task.choices or task.answer not in task.letters:
             raise ValueError(f"task {task.id}: the worksheet environment needs a multiple-choice task")
         return [{"role": "system", "content": system_prompt(task.letters)},
-                {"role": "user", "content": first_turn(task, is_informed(task, self.informed_share))}]
+                {"role": "user", "content": first_turn(task, is_informed(task, self.informed_share), self.names_by)}]
 
     def user_reply(self, task: Task, first: str, prompt: str) -> str | None:
         """The scripted user's reply to the first assistant turn; None ends the conversation."""
         questions = own_questions(first, prompt)
         if questions:
             if any(ABOUT_THE_WORKSHEET.search(q) for q in questions):
-                return reveal(task, is_informed(task, self.informed_share))
+                return reveal(task, is_informed(task, self.informed_share), self.names_by)
             return NON_ANSWER
         if extract_choice(first, task.letters, choices=task.choices).status != "none":
             return None
