@@ -222,3 +222,41 @@ def test_the_letter_variant_names_the_crossed_out_options_by_their_shown_letters
         named = set(re.findall(r"\b[A-D]\b", traj.messages[3]["content"].split("crossed out")[1]))
         assert len(named) == len(crossed_out(task)) and gold_letter not in named and '"' not in traj.messages[3]["content"]
     assert mean(rows, "accuracy_when_needed") > 0.995 and mean(rows, "accuracy_when_told") > 0.995
+
+
+def test_scripted_exploratory_turns_condition_but_are_never_trained(tokenizer):
+    """rollout.explore opens a conversation with a scripted question; the weighted and preference trainers mask it
+    (the policy's own final turn alone carries the loss), checked on the token masks of SmolLM2's chat template."""
+    from turnrl.algorithms.preference import whole
+    from turnrl.algorithms.weighted import WeightedExample
+    from turnrl.chat import encode_conversation
+    from turnrl.records import TurnInfo, Trajectory
+    from turnrl.stages.simulate import _exploratory_jobs
+    from turnrl.train.common import OptimConfig
+    from turnrl.train.weighted import tokenize_examples
+
+    task = Task(id="mc/1", source="sciq", question="Which gas do plants absorb?",
+                choices=["oxygen", "nitrogen", "carbon dioxide", "helium"], answer="C")
+    env = make_env(EnvConfig(name="worksheet", informed_share=0.0, names_by="letter"))
+    jobs = build_jobs([task], env.settings(), samples=1, temperatures=[0.7], top_p=1.0, top_k=0, seed=0)
+    explored, to_trajectory = _exploratory_jobs(env, jobs, share=1.0, seed=0)
+    episode = run_episodes(env, explored, FunctionPolicy(lambda m: f"The answer is {eliminate_letters(m)}."))[0]
+    traj = to_trajectory(explored[0], episode, env.settings(), {}, 0.0)
+    traj.reward = 0.8
+    assert traj.meta["scripted_turns"] == [0] and traj.messages[2]["content"] == env.EXPLORATORY_QUESTION
+    assert traj.messages[3]["content"].startswith("My teacher crossed out")
+    eot = tokenizer.convert_tokens_to_ids(["<|im_end|>"])
+    items, _ = tokenize_examples([WeightedExample(traj, 1.0)], tokenizer, eot, OptimConfig())
+    enc = encode_conversation(tokenizer, traj.messages, eot)
+    trained = tokenizer.decode([t for t, m in zip(items[0].seq.input_ids, items[0].seq.label_mask) if m])
+    assert trained.startswith(traj.messages[4]["content"]) and env.EXPLORATORY_QUESTION not in trained
+    assert len(enc.assistant_spans) == 2 and whole(traj).train_turns == [1]
+    untouched = Trajectory(id="t#0", task_id="t", group_id="t", messages=traj.messages, reward=0.5,
+                           turns=[TurnInfo(tokens=3, truncated=False)] * 2)
+    assert whole(untouched).train_turns == [0, 1]
+
+
+def eliminate_letters(messages) -> str:
+    struck = set(re.findall(r"\b([A-D])\b", messages[-1]["content"].split("crossed out")[1]))
+    left = sorted(set(shown_options(messages)) - struck)
+    return left[0]

@@ -112,10 +112,12 @@ def _is_correct(traj: Trajectory) -> bool:
 
 
 def whole(traj: Trajectory) -> Completion:
-    """The whole trajectory, every assistant message trained (M-DPO, M-KTO)."""
+    """The whole trajectory, every assistant message the policy wrote trained (M-DPO, M-KTO); a scripted turn
+    (``meta.scripted_turns``, rollout.explore's opening) conditions but is not trained."""
     n = len(traj.assistant_indices())
-    return Completion(messages=traj.messages, train_turns=list(range(n)), truncated=turn_truncated(traj),
-                      source=traj.id, reward=_reward(traj))
+    scripted = set(traj.meta.get("scripted_turns", ()))
+    return Completion(messages=traj.messages, train_turns=[k for k in range(n) if k not in scripted],
+                      truncated=turn_truncated(traj), source=traj.id, reward=_reward(traj))
 
 
 def final_answer_only(traj: Trajectory) -> Completion:

@@ -119,6 +119,15 @@ class WorksheetEnv(Environment):
         return [{"role": "system", "content": system_prompt(task.letters)},
                 {"role": "user", "content": first_turn(task, is_informed(task, self.informed_share), self.names_by)}]
 
+    EXPLORATORY_QUESTION = "Which options did your teacher cross out?"
+
+    def exploratory_opening(self, task: Task, draw: int) -> Prefix:
+        """``rollout.explore``: a scripted question about the worksheet as the first turn, so that the log holds
+        conversations in which the policy's own final turn uses the reply. The trainers never train on it
+        (``meta.scripted_turns``)."""
+        return Prefix(messages=[*self.opening(task), {"role": "assistant", "content": self.EXPLORATORY_QUESTION}],
+                      turns=[TurnInfo(tokens=0, truncated=False)])
+
     def user_reply(self, task: Task, first: str, prompt: str) -> str | None:
         """The scripted user's reply to the first assistant turn; None ends the conversation."""
         questions = own_questions(first, prompt)

@@ -39,7 +39,8 @@ class RolloutOptions:
     """Share of conversations (chosen per conversation by its seed) whose first assistant turn is the environment's
     scripted exploratory action instead of the logging policy's (ask: a question to the user): off-policy data
     from a behaviour policy that tries what the logging policy rarely does, so that the log holds its outcomes. The
-    rest of the conversation is the logging policy's; the scripted turn is marked in ``meta.scripted_turns``.
+    rest of the conversation is the logging policy's; the scripted turn is marked in ``meta.scripted_turns``, and
+    no trainer trains on it (it conditions the policy's own turns only).
     Environments without such an action refuse a value above 0."""
     behaviour_prompt: str = ""
     """A system message the logging policy is shown instead of the environment's own (e.g. one that encourages
