@@ -21,7 +21,7 @@ turnrl run directory, so ``turnrl evaluate`` and ``turnrl compare`` work on it.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
