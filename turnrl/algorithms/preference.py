@@ -130,9 +130,9 @@ def final_answer_only(traj: Trajectory) -> Completion:
 
 def final_turn_in_context(traj: Trajectory) -> Completion:
     """The trajectory up to its final assistant message, only that message trained (DPO, history context)."""
-    n = len(traj.assistant_indices())
-    final = traj.assistant_indices()[-1]
-    return Completion(messages=traj.messages[: final + 1], train_turns=[n - 1], truncated=turn_truncated(traj),
+    assistant = traj.assistant_indices()
+    return Completion(messages=traj.messages[: assistant[-1] + 1], train_turns=[len(assistant) - 1],
+                      truncated=turn_truncated(traj),
                       source=traj.id, reward=_reward(traj))
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from turnrl.envs.base import Environment, Episode, EpisodeCoroutine, Prefix
+from turnrl.envs.base import AskThenAnswer, Prefix
 from turnrl.envs.clarify import asks_own_question
 from turnrl.envs.reasoning import letters_phrase, question_block
 from turnrl.records import Task, TurnInfo, Trajectory
@@ -62,9 +62,8 @@ EXPLORATORY_QUESTIONS = (
 that it holds conversations in which asking is followed by the policy's own use of the reply."""
 
 
-class AskEnv(Environment):
+class AskEnv(AskThenAnswer):
     name = "ask"
-    turns = 2
 
     def __init__(self, max_new_tokens: int = 48, final_max_new_tokens: int | None = None):
         self.max_new_tokens = max_new_tokens
@@ -87,24 +86,12 @@ class AskEnv(Environment):
         return Prefix(messages=[*self.opening(task), {"role": "assistant", "content": question}],
                       turns=[TurnInfo(tokens=0, truncated=False)])
 
-    def episode(self, task: Task, prefix: Prefix | None = None) -> EpisodeCoroutine:
-        if prefix is None:
-            messages = self.opening(task)
-            turns: list[TurnInfo] = []
-        else:
-            messages, turns = list(prefix.messages), list(prefix.turns)
-        if not turns:
-            yield from self.policy_turn(messages, turns, self.max_new_tokens)
-        if len(turns) == 1:
-            first = messages[-1]["content"]
-            if asks_own_question(first, messages[-2]["content"]):
-                messages.append({"role": "user", "content": reveal(task)})
-            elif extract_choice(first, task.letters, choices=task.choices).status != "none":
-                return Episode(messages=messages, turns=turns, finish="answered")
-            else:
-                messages.append({"role": "user", "content": NO_REVEAL})
-            yield from self.policy_turn(messages, turns, self.final_max_new_tokens)
-        return Episode(messages=messages, turns=turns, finish="done")
+    def user_reply(self, task: Task, first: str, prompt: str) -> str | None:
+        if asks_own_question(first, prompt):
+            return reveal(task)
+        if extract_choice(first, task.letters, choices=task.choices).status != "none":
+            return None  # answered at once: one turn used
+        return NO_REVEAL
 
     metric_descriptions = {
         "asked_question": (True, "first turn asks a question of its own (not copied from the prompt), so the user "

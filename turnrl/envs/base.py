@@ -102,3 +102,36 @@ class Environment:
         messages.append({"role": "assistant", "content": result.text})
         turns.append(TurnInfo(tokens=result.tokens, truncated=result.truncated))
         return result
+
+
+class AskThenAnswer(Environment):
+    """At most two assistant turns with a scripted user between: the policy's first turn, the user's reply to it
+    (:meth:`user_reply`; None ends the conversation, e.g. after an answer), then the final answer. Subclasses give
+    :meth:`opening`, :meth:`user_reply`, ``max_new_tokens`` and ``final_max_new_tokens``."""
+
+    turns = 2
+    max_new_tokens: int
+    final_max_new_tokens: int
+
+    def opening(self, task: Task) -> list[dict[str, str]]:
+        raise NotImplementedError
+
+    def user_reply(self, task: Task, first: str, prompt: str) -> str | None:
+        """The user's reply to the first assistant turn ``first`` (``prompt``: the user message it answers)."""
+        raise NotImplementedError
+
+    def episode(self, task: Task, prefix: Prefix | None = None) -> EpisodeCoroutine:
+        if prefix is None:
+            messages = self.opening(task)
+            turns: list[TurnInfo] = []
+        else:
+            messages, turns = list(prefix.messages), list(prefix.turns)
+        if not turns:
+            yield from self.policy_turn(messages, turns, self.max_new_tokens)
+        if len(turns) == 1:
+            reply = self.user_reply(task, messages[-1]["content"], messages[-2]["content"])
+            if reply is None:
+                return Episode(messages=messages, turns=turns, finish="answered")
+            messages.append({"role": "user", "content": reply})
+            yield from self.policy_turn(messages, turns, self.final_max_new_tokens)
+        return Episode(messages=messages, turns=turns, finish="done")

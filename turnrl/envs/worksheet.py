@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from turnrl.envs.base import Environment, Episode, EpisodeCoroutine, Prefix
+from turnrl.envs.base import AskThenAnswer, Prefix
 from turnrl.envs.clarify import own_questions
 from turnrl.envs.reasoning import letters_phrase, question_block
 from turnrl.generation import derive_seed
@@ -67,18 +67,17 @@ def crossed_out(task: Task) -> list[str]:
             if letter != task.answer and not contains_gold.search(c.lower())]
 
 
-def quoted_list(texts: list[str]) -> str:
-    quoted = [f'"{t}"' for t in texts]
-    return ", ".join(quoted[:-1]) + f" and {quoted[-1]}" if len(quoted) > 1 else quoted[0]
+def spoken_list(items: list[str]) -> str:
+    """"a, b and c"."""
+    return ", ".join(items[:-1]) + f" and {items[-1]}" if len(items) > 1 else items[0]
 
 
 def named(task: Task, by: str) -> str:
     """The crossed-out options as the user names them: by their texts ("wood", "glass" and "stone"), or by the
     letters this conversation shows them under (A, C and D)."""
     if by == "letter":
-        letters = [task.letters[task.choices.index(c)] for c in crossed_out(task)]
-        return ", ".join(letters[:-1]) + f" and {letters[-1]}" if len(letters) > 1 else letters[0]
-    return quoted_list(crossed_out(task))
+        return spoken_list([task.letters[task.choices.index(c)] for c in crossed_out(task)])
+    return spoken_list([f'"{c}"' for c in crossed_out(task)])
 
 
 def first_turn(task: Task, informed: bool, by: str = "text") -> str:
@@ -92,9 +91,8 @@ def reveal(task: Task, informed: bool, by: str = "text") -> str:
     return f"{said} crossed out {named(task, by)}. What is your final answer?"
 
 
-class WorksheetEnv(Environment):
+class WorksheetEnv(AskThenAnswer):
     name = "worksheet"
-    turns = 2
 
     def __init__(self, max_new_tokens: int = 48, final_max_new_tokens: int | None = None,
                  informed_share: float = 0.4, ask_cost: float = 0.2, names_by: str = "text"):
@@ -138,22 +136,6 @@ class WorksheetEnv(Environment):
         if extract_choice(first, task.letters, choices=task.choices).status != "none":
             return None
         return ASK_FOR_ANSWER
-
-    def episode(self, task: Task, prefix: Prefix | None = None) -> EpisodeCoroutine:
-        if prefix is None:
-            messages = self.opening(task)
-            turns: list[TurnInfo] = []
-        else:
-            messages, turns = list(prefix.messages), list(prefix.turns)
-        if not turns:
-            yield from self.policy_turn(messages, turns, self.max_new_tokens)
-        if len(turns) == 1:
-            reply = self.user_reply(task, messages[-1]["content"], messages[-2]["content"])
-            if reply is None:
-                return Episode(messages=messages, turns=turns, finish="answered")
-            messages.append({"role": "user", "content": reply})
-            yield from self.policy_turn(messages, turns, self.final_max_new_tokens)
-        return Episode(messages=messages, turns=turns, finish="done")
 
     metric_descriptions = {
         "asked": (True, "the first turn asks the user a question of its own (each question costs ask_cost)"),

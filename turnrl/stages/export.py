@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from turnrl.algorithms.preference import Completion, build_preference_data
+from turnrl.algorithms.preference import Completion, build_preference_data, prompt_length
 from turnrl.algorithms.registry import get_algorithm
 from turnrl.algorithms.weighted import AlgoConfig
 from turnrl.errors import ConfigError, InputError
@@ -95,11 +95,6 @@ def split_completion(c: Completion) -> tuple[list[dict[str, Any]], list[dict[str
     return c.messages[:k], c.messages[k:]
 
 
-def _context(c: Completion) -> list[dict[str, Any]]:
-    """The messages before the first assistant message: the context x of a conversation."""
-    return c.messages[: next(i for i, m in enumerate(c.messages) if m["role"] == "assistant")]
-
-
 def shared_prompt(a: Completion, b: Completion) -> int:
     """How many leading messages the two sides share, up to (not into) an assistant message of each, and no
     further than either side's first trained message: TRL's shared prompt of a pair."""
@@ -138,7 +133,9 @@ def dpo_rows(trajectories: list[Trajectory], cfg: ExportConfig) -> tuple[list[di
     pairs, diag = build_preference_data(trajectories, algo, _branches(cfg, algo))
     rows = []
     for p in pairs:
-        if _context(p.chosen) != _context(p.rejected):
+        # Both sides must start from one context x: the messages before their first assistant message.
+        if p.chosen.messages[: prompt_length(p.chosen.messages)] != \
+                p.rejected.messages[: prompt_length(p.rejected.messages)]:
             raise InputError(f"pair {p.id} (group {p.group_id!r}): the two sides have different prompts; one "
                              "group must hold conversations of one context x (check the group column)")
         k = shared_prompt(p.chosen, p.rejected)

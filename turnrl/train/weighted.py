@@ -45,7 +45,8 @@ def tokenize_examples(examples: list[WeightedExample], tokenizer, eot_ids: list[
         n_turns = len(enc.assistant_spans)
         chosen = list(range(n_turns)) if ex.turns == "all" else [n_turns - 1]
         # A scripted turn (rollout.explore's opening) is not the policy's: it conditions, it is never trained.
-        chosen = [i for i in chosen if i not in set(traj.meta.get("scripted_turns", ()))]
+        scripted = set(traj.meta.get("scripted_turns", ()))
+        chosen = [i for i in chosen if i not in scripted]
         truncated = [t.truncated for t in traj.turns] if len(traj.turns) == n_turns else [False] * n_turns
         if optim.truncated_turns == "drop" and any(truncated[i] for i in chosen):
             dropped["truncated"] += 1
