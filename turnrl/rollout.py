@@ -28,6 +28,9 @@ from turnrl.generation import BackendConfig, GenRequest, GenResult, Backend, Sam
     make_generator, release_sessions
 from turnrl.records import ResumableJsonlWriter, Task, Trajectory, read_json, write_json
 from turnrl.tasks import option_order
+from turnrl.log import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -207,7 +210,7 @@ def check_resume(out: Path, record: Path, fingerprint: dict[str, Any],
             raise ConfigError(f"{out} was started with other settings {changed}; resuming would mix two runs. "
                               "Use the same settings, another --output, or delete the file to start over.")
         if changed:
-            print(f"{out}: written with other settings {changed}; starting over")
+            log.info(f"{out}: written with other settings {changed}; starting over")
             out.unlink()
     write_json(record, fingerprint)
 

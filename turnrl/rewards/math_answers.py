@@ -35,15 +35,20 @@ goes; thousands commas in a number go ("1,000" is 1000); ``\frac12`` becomes
 3. both are lists: tuples and intervals ``(a, b]`` compare element by element in order and with the same
    brackets; sets ``\{a, b\}``, bare comma lists ("all solutions") and unions of intervals (``\cup``) compare as
    unordered collections;
-4. symbolic: both sides parsed with sympy (``parse_latex``; a plain expression such as ``sqrt(2)/2`` falls back
-   to ``parse_expr`` when it uses only digits, operators and known function names -- ``parse_expr`` evaluates
-   Python, so nothing else reaches it); equal when ``simplify(a - b) == 0`` or their numeric values agree within
-   1e-4; equations compare their sides' differences (up to sign).
+4. symbolic: math-verify (``math_verify.parse`` of each side as LaTeX, and as a plain expression such as
+   ``sqrt(2)/2`` only when it uses digits, operators and known function names -- its plain parser evaluates
+   Python, so nothing else reaches it; then ``math_verify.verify``, gold first): expressions equal when they
+   simplify to the same thing or their values agree to 6 decimals; equations and intervals by their own rules.
+
+Steps 1-3 are turnrl's (math-verify reads "1e3" as 1*e*3, "18 dollars" as a product of letters, a pmatrix as a
+matrix rather than a tuple, and 0.33333 as unequal to 1/3: measured on the table in tests/test_math_answers.py,
+which every step together passes); the symbolic step is math-verify's.
 
 The symbolic step runs in a separate worker process with a hard limit (sympy can hang on an innocent-looking
 input such as ``10^{10^{10}}``): once it has spent ``timeout`` seconds of CPU time on a comparison (CPU, so that
 the verdict does not depend on the machine's load; ten times that in wall time at most), the worker is killed and
-restarted and the answer counts as not equal (003 does the same).
+restarted and the answer counts as not equal (003 does the same). math-verify's own time limit (``signal.alarm``)
+is off: it works only in a main thread and would take the caller's alarm.
 """
 
 from __future__ import annotations
@@ -347,57 +352,26 @@ def _safe_for_parse_expr(s: str) -> bool:
     return all(len(name) == 1 or name in _ALLOWED_NAMES for name in re.findall(r"[a-zA-Z]+", s))
 
 
-def _to_sympy(s: str):
-    """A sympy expression for a normalised answer, or None."""
-    # Plain notation ("sqrt(2)/2", "2x+1") goes to parse_expr, which LaTeX would read as s*q*r*t*(2)/2.
+def _read(s: str) -> list:
+    """math-verify's reading of a normalised answer: LaTeX, and plain notation ("sqrt(2)/2", "2x+1") only when
+    it is safe for ``parse_expr``, which evaluates Python."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    configs = [LatexExtractionConfig(boxed_match_priority=-1)]
     if "\\" not in s and "{" not in s and _safe_for_parse_expr(s):
-        from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr,
-                                                standard_transformations)
-
-        try:
-            if "=" in s:
-                from sympy import Eq
-
-                lhs, rhs = s.split("=", 1)
-                return Eq(_to_sympy(lhs), _to_sympy(rhs), evaluate=False)
-            return parse_expr(s, transformations=standard_transformations + (implicit_multiplication_application,
-                                                                            convert_xor))
-        except Exception:  # noqa: BLE001 -- not parseable this way: try LaTeX
-            pass
-    try:
-        from sympy.parsing.latex import parse_latex
-
-        return parse_latex(s)
-    except Exception:  # noqa: BLE001 -- any parser failure (or a missing antlr runtime): no expression
-        return None
+        configs.append(ExprExtractionConfig())
+    return parse(f"${s}$", extraction_config=configs, parsing_timeout=None, raise_on_error=False)
 
 
 def sympy_equal(a: str, b: str) -> bool:
-    """The symbolic comparison itself (no time limit: call it through :func:`symbolic_equal`)."""
-    from sympy import Eq, N, simplify
+    """The symbolic comparison itself (no time limit: call it through :func:`symbolic_equal`): math-verify's
+    parse and verify on both sides, gold first as its API expects."""
+    from math_verify import verify
 
-    ea, eb = _to_sympy(a), _to_sympy(b)
-    if ea is None or eb is None:
+    ea, eb = _read(a), _read(b)
+    if not ea or not eb:
         return False
-    if isinstance(ea, Eq) or isinstance(eb, Eq):
-        if not (isinstance(ea, Eq) and isinstance(eb, Eq)):
-            return False
-        da, db = ea.lhs - ea.rhs, eb.lhs - eb.rhs
-        return simplify(da - db) == 0 or simplify(da + db) == 0
-    try:
-        if simplify(ea - eb) == 0:
-            return True
-    except Exception:  # noqa: BLE001 -- e.g. subtracting incompatible objects
-        return False
-    try:
-        if ea.is_number and eb.is_number:
-            va, vb = complex(N(ea)), complex(N(eb))
-            if not all(math.isfinite(x) for x in (va.real, va.imag, vb.real, vb.imag)):
-                return False  # an overflow to infinity says nothing about equality
-            return abs(va - vb) <= REL_TOL * max(abs(va), abs(vb), 1e-12)
-    except Exception:  # noqa: BLE001
-        pass
-    return False
+    return bool(verify(eb, ea, float_rounding=6, timeout_seconds=None, raise_on_error=False))
 
 
 class _SympyWorker:
@@ -493,6 +467,9 @@ def _worker_main() -> None:
 
     limit = _SympyWorker.MEMORY_MB * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # a runaway power raises MemoryError, not swaps
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that its own timeout is off, each call
     sympy_equal("\\frac{1}{2}", "0.5")  # loads sympy and the LaTeX parser before any comparison is timed
     sys.stdout.write("ready\n")
     sys.stdout.flush()

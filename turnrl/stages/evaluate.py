@@ -25,6 +25,9 @@ from turnrl.rewards import answer_changed, answers_per_turn, final_answer, uses_
 from turnrl.rollout import build_jobs, check_resume, log_rollouts
 from turnrl.stages.score import RewardConfig, Scorer, check_reward_fits_tasks
 from turnrl.tasks import DatasetConfig, load_split, prepare_split
+from turnrl.log import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -228,8 +231,8 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
 
         write_card(Path(cfg.policy.model))  # the checkpoint's card lists its held-out results
     acc = stats.Estimate(**summary["accuracy"])
-    print(f"evaluate {name} ({cfg.split}): accuracy {acc.fmt(100)} % (n={acc.n}), format "
-          f"{stats.Estimate(**summary['format']).fmt(100)} % -> {out_dir}")
+    log.info(f"evaluate {name} ({cfg.split}): accuracy {acc.fmt(100)} % (n={acc.n}), format "
+             f"{stats.Estimate(**summary['format']).fmt(100)} % -> {out_dir}")
     return result
 
 

@@ -42,6 +42,9 @@ from turnrl.errors import ConfigError, InputError
 from turnrl.generation import derive_seed
 from turnrl.layout import SCORED
 from turnrl.records import Trajectory, read_trajectories, write_jsonl
+from turnrl.log import get_logger
+
+log = get_logger(__name__)
 
 EXPORT_FORMATS = ("sft", "dpo", "kto", "openai")
 DEFAULT_ALGO = {"dpo": "dpo", "kto": "m-kto"}
@@ -252,7 +255,7 @@ def export(cfg: ExportConfig) -> Path:
     if not rows:
         raise InputError(f"{path}: nothing to export as {cfg.format} ({diag}); {out} is left as it was")
     write_jsonl(out, rows)
-    print(f"export {cfg.format}: {len(rows)} rows from {len(trajectories)} trajectories ({_summary(diag)}) -> {out}")
+    log.info(f"export {cfg.format}: {len(rows)} rows from {len(trajectories)} trajectories ({_summary(diag)}) -> {out}")
     return out
 
 

@@ -35,9 +35,12 @@ from turnrl.stages.compare import AT_K, Comparison, CompareConfig, agreement_tab
 from turnrl.stages.rejudge import conversation_key, read_records
 from turnrl.judge import METRICS as JUDGE_METRICS, SECOND
 from turnrl.layout import CONVERSATIONS, eval_dir, second_judge_file
-from turnrl.errors import InputError
+from turnrl.errors import InputError, has_extra
 from turnrl.records import Task, Trajectory, atomic_write_text, iter_jsonl, read_json, read_tasks, \
     read_trajectories
+from turnrl.log import get_logger
+
+log = get_logger(__name__)
 
 TEMPLATE = Path(__file__).with_name("report_template.html")
 LOGGED = "scored/trajectories.jsonl"
@@ -452,7 +455,9 @@ def write_report(comparison: Comparison, baseline: str = "base") -> Path:
 
     run_dir = comparison.run_dir
     files = read_run(comparison)
-    plots = make_plots(comparison, files, baseline)
+    plots = make_plots(comparison, files, baseline) if has_extra("plots") else []
+    if not plots:
+        log.info("report: no plots (matplotlib is not installed: pip install 'turnrl[plots]')")
     write_plots(run_dir, plots)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     page = env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
@@ -530,7 +535,7 @@ def compare(cfg: CompareConfig) -> Path | None:
     comparison, report = compare_run(cfg)
     print(comparison.markdown)
     run_dir = Path(cfg.run_dir)
-    print(f"written: {run_dir / 'results.md'}, {run_dir / 'results.csv'}, {run_dir / 'comparison.json'}")
+    log.info(f"written: {run_dir / 'results.md'}, {run_dir / 'results.csv'}, {run_dir / 'comparison.json'}")
     if report is not None:
-        print(f"report: {report}")
+        log.info(f"report: {report}")
     return report

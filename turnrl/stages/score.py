@@ -16,6 +16,9 @@ from turnrl.judge import COMPONENTS as JUDGE_COMPONENTS, JudgeConfig, summary_ma
 from turnrl.records import Task, Trajectory, read_tasks, read_trajectories, write_jsonl
 from turnrl.rewards import CHEAP, cheap_components, combine
 from turnrl.rewards.drift_return import DriftReturnConfig, check_config, drift_components
+from turnrl.log import get_logger
+
+log = get_logger(__name__)
 
 DEFAULT_REWARD = {"accuracy": 0.7, "gold_likelihood": 0.3}
 SCORED = "scored/trajectories.jsonl"
@@ -163,8 +166,8 @@ def score(cfg: ScoreConfig) -> Path:
     rewards = [t.reward for t in trajectories if t.reward is not None]
     unset = len(trajectories) - len(rewards)
     mean = f"{sum(rewards) / len(rewards):.3f}" if rewards else "n/a"
-    print(f"score: {len(trajectories)} trajectories, mean reward {mean}"
-          f"{f', {unset} without a reward (a judge failure)' if unset else ''} -> {out}")
+    log.info(f"score: {len(trajectories)} trajectories, mean reward {mean}"
+             f"{f', {unset} without a reward (a judge failure)' if unset else ''} -> {out}")
     if scorer.judge_summary:
         print(summary_markdown(scorer.judge_summary), end="")
     return out

@@ -28,6 +28,9 @@ from turnrl.stages.score import RewardConfig, ScoreConfig, check_reward_fits_tas
 from turnrl.stages.simulate import RolloutOptions, SimulateConfig, simulate
 from turnrl.tasks import DatasetConfig, load_split, prepare_split
 from turnrl.train.common import OptimConfig
+from turnrl.log import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -164,7 +167,7 @@ def timed_stage(timings: dict[str, float], stage: str, fn, *args):
     start = time.perf_counter()
     result = fn(*args)
     timings[stage] = round(time.perf_counter() - start, 1)
-    print(f"{stage}: {timings[stage]:.0f} s; peak memory so far {peak_rss_gb():.1f} GB")
+    log.info(f"{stage}: {timings[stage]:.0f} s; peak memory so far {peak_rss_gb():.1f} GB")
     return result
 
 
@@ -224,8 +227,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     where = machine()
-    print(f"run: {where['cpu']}, {where['cores']} cores, native bf16 {'yes' if where['native_bf16'] else 'no'}: "
-          f"precision auto -> {where['precision']}; evaluating on the {cfg.split} pool", flush=True)
+    log.info(f"run: {where['cpu']}, {where['cores']} cores, native bf16 {'yes' if where['native_bf16'] else 'no'}: "
+             f"precision auto -> {where['precision']}; evaluating on the {cfg.split} pool")
     write_json(run_dir / "run_config.json", {**asdict(cfg), "machine": where})
     for name in cfg.per_algorithm:
         if name not in cfg.algorithms:
@@ -249,7 +252,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             checkpoint = timed(f"train {method}", train_fn, *args)
         except NothingToLearn as exc:
             skipped[method] = str(exc)
-            print(f"run: skipping {method}, not trained or evaluated: {exc}")
+            log.info(f"run: skipping {method}, not trained or evaluated: {exc}")
             return
         timed(f"evaluate {method}", evaluate_policy, cfg, method, str(checkpoint))
 
@@ -267,7 +270,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     comparison, report = timed("compare", compare_run, CompareConfig(run_dir=cfg.run_dir, methods=methods,
                                                                      split=cfg.split))
     write_json(run_dir / "timings.json", timings)
-    print(f"report: {report}")
+    log.info(f"report: {report}")
     for name, reason in skipped.items():
-        print(f"run: {name} is not in the table: {reason}")
+        log.info(f"run: {name} is not in the table: {reason}")
     return {"table": comparison.markdown, "timings": timings, "report": report, "skipped": skipped, "methods": methods}

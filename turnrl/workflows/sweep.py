@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from turnrl import stats
-from turnrl.errors import ConfigError
+from turnrl.errors import ConfigError, has_extra
 from turnrl.workflows.pipeline import RunConfig, algorithm_settings, evaluate_policy, log_stages, timed_stage
 from turnrl.records import atomic_write_text, write_json
 from turnrl.tasks import prepare_split
+from turnrl.log import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -104,8 +107,8 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     log_stages(cfg, timings)
     base_val = timed_stage(timings, "validate base", evaluate_policy, cfg, "base", cfg.model, "val")
     epochs = sorted(set(cfg.sweep.epochs))
-    print(f"sweep: grid {cfg.algorithms} x learning rate {cfg.sweep.learning_rates} x epochs {epochs}, chosen on "
-          f"{cfg.dataset.n_val} validation questions", flush=True)
+    log.info(f"sweep: grid {cfg.algorithms} x learning rate {cfg.sweep.learning_rates} x epochs {epochs}, chosen on "
+             f"{cfg.dataset.n_val} validation questions")
     rows: list[dict[str, Any]] = []
     for name in cfg.algorithms:
         algo, optim = algorithm_settings(cfg, name)
@@ -122,15 +125,17 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
                              "val_se": se, "n": n, "policy": str(policy)})
     write_results_csv(rows, run_dir / "sweep" / "results.csv")
     base_mean = _accuracy(base_val)[0]
-    plot_validation(rows, base_mean, run_dir / "sweep" / "validation.png")
+    if has_extra("plots"):
+        plot_validation(rows, base_mean, run_dir / "sweep" / "validation.png")
     chosen = choose(rows)
     write_json(run_dir / "sweep" / "chosen.json", {"base_val_accuracy": base_mean, "chosen": chosen})
     for name, row in chosen.items():
-        print(f"sweep: {name} chose lr {row['learning_rate']:g}, {row['epochs']} epoch(s): validation accuracy "
-              f"{stats.Estimate(row['val_accuracy'], row['val_se'], row['n']).fmt(100)} % (Base {100 * base_mean:.1f})")
+        accuracy = stats.Estimate(row['val_accuracy'], row['val_se'], row['n']).fmt(100)
+        log.info(f"sweep: {name} chose lr {row['learning_rate']:g}, {row['epochs']} epoch(s): validation accuracy "
+                 f"{accuracy} % (Base {100 * base_mean:.1f})")
     if cfg.split != "test":
         write_json(run_dir / "timings.json", timings)
-        print("sweep: the test pool was not evaluated (final numbers: rerun with --split test)")
+        log.info("sweep: the test pool was not evaluated (final numbers: rerun with --split test)")
         return {"table": "", "chosen": chosen, "timings": timings, "report": None}
     # The test split, once: Base and each algorithm's chosen policy.
     if cfg.evaluate_base:
@@ -145,7 +150,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     comparison, report = timed_stage(timings, "compare", compare_run,
                                      CompareConfig(run_dir=cfg.run_dir, methods=methods))
     write_json(run_dir / "timings.json", timings)
-    print(f"report: {report}")
+    log.info(f"report: {report}")
     return {"table": comparison.markdown, "chosen": chosen, "timings": timings, "report": report}
 
 
