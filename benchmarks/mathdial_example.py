@@ -18,7 +18,7 @@ conversations, under the base policy and after each training:
    fits (so the run fits a laptop CPU; a conversation whose first teacher turn does not fit is left out). The
    training part is the run's ``scored/trajectories.jsonl``, the held-out part ``heldout.jsonl``.
 3. ``turnrl train --algo <algo>`` for each of ``--algos`` (one epoch by default).
-4. ``benchmarks/heldout_likelihood.py``'s measurement on ``heldout.jsonl`` for the base policy and each checkpoint.
+4. ``turnrl heldout``'s measurement on ``heldout.jsonl`` for the base policy and each checkpoint.
 
 Prints the sizes, the weights' diagnostics (effective sample size, how many are zero, how many were negative
 before Swift's floor), the times and the likelihood table; writes them to ``<out>/summary.json`` and
@@ -43,10 +43,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from heldout_likelihood import markdown, measure  # noqa: E402
 
 from turnrl.layout import SCORED  # noqa: E402
 from turnrl.records import Trajectory, atomic_write_text, dumps, iter_jsonl  # noqa: E402
+from turnrl.stages.heldout import markdown, measure  # noqa: E402
 from turnrl.stages.importer import ImportConfig, read_conversations  # noqa: E402
 
 

@@ -249,8 +249,7 @@ def test_a_path_for_another_dataset_is_refused(tmp_path):
 
 
 def test_the_heldout_likelihood_table_by_outcome(tmp_path, tiny_model_dir):
-    sys.path.insert(0, str(BENCHMARKS))
-    from heldout_likelihood import markdown, measure
+    from turnrl.stages.heldout import markdown, measure
 
     rows = [dict(ROW, qid=q, **{"self-correctness": r}) for q, r in ((1, "Yes"), (2, "No"), (3, "Yes"))]
     ts = imported(tmp_path, rows)

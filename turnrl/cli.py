@@ -23,6 +23,8 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
     from turnrl.workflows.demo import DemoConfig, demo
     from turnrl.stages.evaluate import EvaluateConfig, evaluate
     from turnrl.stages.export import ExportConfig, export
+    from turnrl.stages.harness import HarnessConfig, harness
+    from turnrl.stages.heldout import HeldoutConfig, heldout
     from turnrl.stages.importer import ImportConfig, import_log
     from turnrl.workflows.iterate import IterateConfig, iterate
     from turnrl.workflows.pipeline import RunConfig, run
@@ -50,6 +52,10 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
         "export": (ExportConfig, export, "Write a scored log as TRL SFT / DPO / KTO data or OpenAI fine-tuning "
                                          "JSONL (randomized rounding of the rewards)."),
         "evaluate": (EvaluateConfig, evaluate, "Run a policy on the test split and report metrics with SEs."),
+        "heldout": (HeldoutConfig, heldout, "Held-out log-likelihood of logged conversations (rewards, no gold "
+                                            "answers) by outcome, under Base and each trained policy."),
+        "harness": (HarnessConfig, harness, "Write the run's questions as lm-evaluation-harness tasks and its "
+                                            "evaluations as harness results."),
         "compare": (CompareConfig, compare, "Compare evaluated policies: table, paired differences, report."),
         "run": (RunConfig, run, "All stages for several algorithms on the same logged data."),
         "sweep": (SweepConfig, sweep, "Choose each algorithm's learning rate and epochs on the validation split, "

@@ -1,6 +1,8 @@
-"""Held-out log-likelihood of the assistant turns of logged conversations, by outcome, under several policies.
+"""``turnrl heldout``: held-out evaluation of logged conversations that have rewards but no gold answers (imported
+from a product, a dataset on the hub, another tool): the log-likelihood of their assistant turns, by outcome,
+under Base and each trained policy.
 
-For each conversation of a scored log (e.g. held-out conversations imported with ``turnrl import``) and each
+For each conversation of a scored log (held-out conversations imported with ``turnrl import --run_dir H``) and each
 policy, the mean log-probability per token of its assistant turns (each turn's tokens and its end-of-turn token, the
 tokens ``turnrl train`` trains; the user turns are context only). Conversations are grouped by their reward. The
 table gives, per policy and group, the mean over conversations ± its standard error, and for every policy after the
@@ -17,17 +19,35 @@ Prints the table and writes it as JSON with ``--out FILE``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
-from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from turnrl.records import Trajectory, read_trajectories
+from turnrl.errors import ConfigError, InputError
+from turnrl.log import get_logger
+from turnrl.records import Trajectory, atomic_write_text, read_trajectories, write_json
+
+log = get_logger(__name__)
+
+
+@dataclass
+class HeldoutConfig:
+    """Held-out log-likelihood of logged conversations' assistant turns, by outcome, under several policies."""
+
+    log: str = ""
+    """A scored log (JSONL of trajectories with rewards), e.g. held-out conversations from `turnrl import`."""
+    policies: dict[str, str] = field(default_factory=dict)
+    """Label -> model (an alias, folder or checkpoint); the first is the base the others are compared with."""
+    out: str = ""
+    """Where to write the table (.json and .md); default beside the log, <log>.heldout.json."""
+    max_groups: int = 5
+    batch_tokens: int = 2048
+    bootstrap_samples: int = 10_000
+    seed: int = 0
 
 
 def conversation_logprobs(model: str, trajectories: list[Trajectory], batch_tokens: int = 2048,
@@ -72,7 +92,7 @@ def conversation_logprobs(model: str, trajectories: list[Trajectory], batch_toke
         batch.append(i)
         done += 1
         if progress and done % 20 == 0:
-            print(f"  {model}: {done}/{len(seqs)} conversations", flush=True)
+            log.info(f"  {model}: {done}/{len(seqs)} conversations")
     flush()
     return out
 
@@ -84,8 +104,33 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else float("nan")
 
 
-def measure(trajectories: list[Trajectory], policies: list[tuple[str, str]], batch_tokens: int = 2048
-            ) -> dict[str, Any]:
+def outcome_groups(rewards: list[float], max_groups: int = 5) -> dict[float, list[int]]:
+    """Conversation indices by outcome, best first: one group per distinct reward where there are at most
+    ``max_groups``, else above the mean reward (keyed by the mean of that group) and at or below it."""
+    distinct = sorted(set(rewards), reverse=True)
+    if len(distinct) <= max_groups:
+        return {r: [i for i, x in enumerate(rewards) if x == r] for r in distinct}
+    mean = float(np.mean(rewards))
+    high = [i for i, x in enumerate(rewards) if x > mean]
+    low = [i for i, x in enumerate(rewards) if x <= mean]
+    return {round(float(np.mean([rewards[i] for i in high])), 4): high,
+            round(float(np.mean([rewards[i] for i in low])), 4): low}
+
+
+def bootstrap_gap(changes: list[float], best: list[int], worst: list[int], n_boot: int, seed: int
+                  ) -> tuple[float, float]:
+    """Percentile 95 % interval of mean(changes[best]) - mean(changes[worst]), each group resampled apart."""
+    if n_boot <= 0 or len(best) < 2 or len(worst) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(changes)[best], np.asarray(changes)[worst]
+    gaps = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1) - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1)
+    low, high = np.quantile(gaps, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def measure(trajectories: list[Trajectory], policies: list[tuple[str, str]], batch_tokens: int = 2048,
+            max_groups: int = 5, n_boot: int = 10_000, seed: int = 0) -> dict[str, Any]:
     """Per-conversation mean log-probability per assistant token under each policy, and the summaries."""
     per_conv: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
@@ -94,10 +139,8 @@ def measure(trajectories: list[Trajectory], policies: list[tuple[str, str]], bat
         pairs = conversation_logprobs(model, trajectories, batch_tokens)
         seconds[label] = round(time.time() - start, 1)
         per_conv[label] = [s / n if n else float("nan") for s, n in pairs]
-    groups: dict[float, list[int]] = defaultdict(list)
-    for i, t in enumerate(trajectories):
-        groups[float(t.reward)].append(i)
-    rewards = sorted(groups, reverse=True)
+    groups = outcome_groups([float(t.reward) for t in trajectories], max_groups)
+    rewards = list(groups)
     base = policies[0][0]
     table: dict[str, Any] = {"n": {str(r): len(groups[r]) for r in rewards}, "policies": {}, "seconds": seconds}
     for label, _ in policies:
@@ -110,9 +153,11 @@ def measure(trajectories: list[Trajectory], policies: list[tuple[str, str]], bat
                 row[str(r)].update(dict(zip(("change", "change_se"), mean_se(delta))))
         if label != base and len(rewards) > 1:
             best, worst = row[str(rewards[0])], row[str(rewards[-1])]
+            changes = [per_conv[label][i] - per_conv[base][i] for i in range(len(trajectories))]
+            low, high = bootstrap_gap(changes, groups[rewards[0]], groups[rewards[-1]], n_boot, seed)
             row["best_minus_worst_change"] = {
                 "mean": best["change"] - worst["change"],
-                "se": math.sqrt(best["change_se"] ** 2 + worst["change_se"] ** 2)}
+                "se": math.sqrt(best["change_se"] ** 2 + worst["change_se"] ** 2), "low": low, "high": high}
             rest = mean_se([per_conv[label][i] - per_conv[base][i] for r in rewards[1:] for i in groups[r]])
             row["best_minus_rest_change"] = {"mean": best["change"] - rest[0],
                                              "se": math.sqrt(best["change_se"] ** 2 + rest[1] ** 2)}
@@ -144,34 +189,31 @@ def markdown(table: dict[str, Any]) -> str:
         if several:
             for key in ("best_minus_worst_change", "best_minus_rest_change")[: 1 + (len(rewards) > 2)]:
                 d = row.get(key)
-                cells.append(f"{d['mean']:+.4f} ± {d['se']:.4f}" if d else "")
+                interval = f" [{d['low']:+.4f}, {d['high']:+.4f}]" if d and math.isfinite(d.get("low", math.nan)) \
+                    else ""
+                cells.append(f"{d['mean']:+.4f} ± {d['se']:.4f}{interval}" if d else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--log", required=True, help="a scored log (JSONL of trajectories with rewards)")
-    parser.add_argument("--policy", action="append", required=True,
-                        help="LABEL=MODEL (an alias, folder or checkpoint); the first is the base")
-    parser.add_argument("--out", default="", help="write the table as JSON here")
-    args = parser.parse_args()
-    policies = []
-    for spec in args.policy:
-        label, sep, model = spec.partition("=")
-        if not sep or not label or not model:
-            parser.error(f"--policy {spec!r}: expected LABEL=MODEL")
-        policies.append((label, model))
-    trajectories = read_trajectories(args.log)
+def heldout(cfg: HeldoutConfig) -> Path:
+    """Measure the log under every policy; write the table (JSON and Markdown) and return the JSON's path."""
+    if not cfg.log:
+        raise ConfigError("log: the scored log to measure (e.g. --log runs/heldout/scored/trajectories.jsonl)")
+    if len(cfg.policies) < 1:
+        raise ConfigError("policies: at least one, the base first: --policies '{Base: MODEL, Refit: CHECKPOINT}'")
+    trajectories = read_trajectories(cfg.log)
+    if not trajectories:
+        raise InputError(f"{cfg.log}: no trajectories")
     missing = [t.id for t in trajectories if t.reward is None]
     if missing:
-        parser.error(f"{args.log}: trajectory {missing[0]} has no reward")
-    table = measure(trajectories, policies)
-    print(markdown(table))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+        raise InputError(f"{cfg.log}: trajectory {missing[0]} has no reward ({len(missing)} in all); score it first")
+    table = measure(trajectories, list(cfg.policies.items()), cfg.batch_tokens, cfg.max_groups,
+                    cfg.bootstrap_samples, cfg.seed)
+    text = markdown(table)
+    out = Path(cfg.out) if cfg.out else Path(cfg.log).with_suffix(".heldout.json")
+    write_json(out, table)
+    atomic_write_text(out.with_suffix(".md"), text + "\n")
+    print(text)
+    log.info(f"heldout: {len(trajectories)} conversations, {len(cfg.policies)} policies -> {out}")
+    return out
