@@ -163,6 +163,38 @@ def _build(cls: type, namespace: Any) -> Any:
     return cls(**values)
 
 
+def _imports(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`--import MODULE` (any number, anywhere): the modules to import before the command runs, and argv without
+    them."""
+    modules, rest, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--import" and i + 1 < len(argv):
+            modules.append(argv[i + 1])
+            i += 2
+            continue
+        if argv[i].startswith("--import="):
+            modules.append(argv[i].split("=", 1)[1])
+        else:
+            rest.append(argv[i])
+        i += 1
+    return modules, rest
+
+
+def _import_extensions(modules: list[str]) -> str | None:
+    """Import each module (from the working directory too, as `python -m` would): algorithms and environments
+    outside turnrl register themselves on import. A problem, as one line."""
+    import importlib
+
+    if modules and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 -- any failure of the user's module is reported, not raised
+            return f"--import {module}: {type(exc).__name__}: {exc}"
+    return None
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -182,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="turnrl", description="Offline RL of multi-turn LLM conversation policies.",
                             exit_on_error=True)
     parser.add_argument("--version", action="version", version=f"turnrl {_version()}")
+    parser.add_argument("--import", dest="extension_modules", metavar="MODULE", action="append",
+                        help="Import a module before the command (any number of times): algorithms and environments "
+                             "of your own register themselves on import (docs/design.md, Adding an algorithm).")
     subcommands = parser.add_subcommands(dest="command", required=True)
     subparsers = {}
     for name, (cls, _, help_text) in commands.items():
@@ -190,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_class_arguments(cls, as_group=False)
         subcommands.add_subcommand(name, sub, help=help_text)
         subparsers[name] = sub
-    argv = _expand_shorthands(list(sys.argv[1:] if argv is None else argv))
-    problem = _yaml_problem(argv)
+    modules, argv = _imports(list(sys.argv[1:] if argv is None else argv))
+    argv = _expand_shorthands(argv)
+    problem = _import_extensions(modules) or _yaml_problem(argv)
     if problem is None and argv and argv[0] in commands:
         problem = _unknown_key(commands[argv[0]][0], argv)
     if problem is not None:

@@ -10,11 +10,17 @@ baseline" in comparisons) and, for weighted fine-tuning, which assistant turns c
 The builder's signature is the family's: weighted ``(trajectories, cfg, diag) -> weights``; preference
 ``(trajectories, cfg, branches, stats) -> pairs or KTO examples``; distillation ``(trajectories, cfg) ->
 (examples, diagnostics)``.
+
+Algorithms outside turnrl register when their module is imported: from the command line with ``turnrl --import
+MODULE ...``, or for an installed package through the entry-point group ``turnrl.algorithms``
+(``[project.entry-points."turnrl.algorithms"] my-algo = "my_package.algos"``), loaded the first time the registry
+is read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Callable, Literal
 
 from turnrl.errors import ConfigError
@@ -45,6 +51,21 @@ class Algorithm:
 
 
 _REGISTRY: dict[str, Algorithm] = {}
+_PLUGINS_LOADED = False
+ENTRY_POINT_GROUP = "turnrl.algorithms"
+
+
+def _load_plugins() -> None:
+    """Import every module of the ``turnrl.algorithms`` entry-point group once (they register themselves)."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except Exception as exc:  # noqa: BLE001 -- a broken plugin is named, not a traceback from deep inside
+            raise ConfigError(f"the algorithm plugin {entry.name!r} ({entry.value}) failed to load: {exc}") from exc
 
 
 def register_algorithm(name: str, *, family: Family, display: str, paper: str, baseline: bool = False,
@@ -75,6 +96,7 @@ def algorithms(family: Family | None = None) -> list[Algorithm]:
     """Every registered algorithm (of one family), baselines first, each group in registration order: the order
     of every results table. (Importing this module imports its package first, which registers the built-in
     algorithms.)"""
+    _load_plugins()
     chosen = [a for a in _REGISTRY.values() if family is None or a.family == family]
     return [a for a in chosen if a.baseline] + [a for a in chosen if not a.baseline]
 
