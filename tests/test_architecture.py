@@ -89,3 +89,35 @@ def test_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+RUN_DIR_PARTS = {"tasks", "rollouts", "scored", "branches", "filtered", "train", "eval", "plots", "export"}
+NOT_RUN_DIR_PATHS = {
+    ("stages/harness.py", "tasks"),  # the folder inside lm-eval/ that the harness's --include_path reads
+    ("train/common.py", "train/"),  # the trackers' metric prefix
+    ("workflows/iterate.py", "filtered/"),  # likewise
+}
+
+
+def test_run_directory_paths_are_spelled_in_the_layout_module_only():
+    """A path into a run directory ("scored/...", run_dir / "eval") spelled outside turnrl/layout.py; docstrings
+    may describe the layout."""
+    found = []
+    for module, path in modules().items():
+        if module == "layout":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
+        where = str(path.relative_to(PACKAGE))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant) \
+                    and isinstance(node.right.value, str) and node.right.value.split("/")[0] in RUN_DIR_PARTS:
+                literal = node.right.value
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings \
+                    and node.value.split("/")[0] in RUN_DIR_PARTS | {"eval-"} and "/" in node.value:
+                literal = node.value
+            else:
+                continue
+            if (where, literal) not in NOT_RUN_DIR_PATHS:
+                found.append(f"{where}:{node.lineno}: {literal!r}")
+    assert not found, "run-directory paths outside turnrl/layout.py: " + ", ".join(found)

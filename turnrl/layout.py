@@ -9,6 +9,9 @@
     eval/<name>/, eval-val/<name>/, eval-train/<name>/   ``evaluate`` on the test, val and train splits
     results.json, results.md, report.html, plots/        ``compare``
     export/<format>.jsonl                                ``export``: SFT, DPO, KTO or OpenAI fine-tuning files
+    lm-eval/                                             ``harness``: lm-evaluation-harness tasks and results
+
+Every path into a run directory is spelled here (tests/test_architecture.py fails on one spelled elsewhere).
 """
 
 from __future__ import annotations
@@ -36,14 +39,32 @@ def second_judge_file(log: str | Path) -> Path:
     return log.with_name(f"{log.stem}.{SECOND_JUDGE}")
 
 
+def task_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TASKS
+
+
 def task_file(run_dir: str | Path, split: str) -> Path:
-    return Path(run_dir) / TASKS / f"{split}.jsonl"
+    return task_dir(run_dir) / f"{split}.jsonl"
 
 
-def train_dir(run_dir: str | Path, algo: str) -> Path:
+def train_dir(run_dir: str | Path, algo: str = "") -> Path:
+    """``train/<algo>/``; ``train/`` itself without an algorithm."""
     return Path(run_dir) / "train" / algo
 
 
-def eval_dir(run_dir: str | Path, name: str, split: str = "test") -> Path:
-    """The test split's evaluations are the run's results (eval/); the others are kept apart (eval-<split>/)."""
+def eval_dir(run_dir: str | Path, name: str = "", split: str = "test") -> Path:
+    """The test split's evaluations are the run's results (eval/); the others are kept apart (eval-<split>/).
+    Without a name, the folder that holds them."""
     return Path(run_dir) / ("eval" if split == "test" else f"eval-{split}") / name
+
+
+def plots_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "plots"
+
+
+def export_file(run_dir: str | Path, fmt: str) -> Path:
+    return Path(run_dir) / "export" / f"{fmt}.jsonl"
+
+
+def harness_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "lm-eval"

@@ -30,7 +30,7 @@ from turnrl.records import ResumableJsonlWriter, Task, Trajectory, read_json, wr
 from turnrl.tasks import option_order
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -210,7 +210,7 @@ def check_resume(out: Path, record: Path, fingerprint: dict[str, Any],
             raise ConfigError(f"{out} was started with other settings {changed}; resuming would mix two runs. "
                               "Use the same settings, another --output, or delete the file to start over.")
         if changed:
-            log.info(f"{out}: written with other settings {changed}; starting over")
+            logger.info(f"{out}: written with other settings {changed}; starting over")
             out.unlink()
     write_json(record, fingerprint)
 

@@ -38,7 +38,7 @@ from turnrl.errors import require_extra
 from turnrl.models import DEFAULT_MODEL
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -390,5 +390,5 @@ def serve(cfg: ServeConfig) -> None:
     generator = HFGenerator(BackendConfig(backend="hf", model=cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size))
     name = cfg.served_name or cfg.model
     app = create_app(generator, name, cfg)
-    log.info(f"turnrl serve: {cfg.model} as {name!r} on http://{cfg.host}:{cfg.port}/v1")
+    logger.info(f"turnrl serve: {cfg.model} as {name!r} on http://{cfg.host}:{cfg.port}/v1")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from turnrl import layout
 from turnrl.assets import SETUP_HINT, asset_package
 from turnrl.errors import ConfigError, InputError
 from turnrl.records import Task, iter_jsonl, read_tasks, write_json, write_jsonl
@@ -723,12 +724,12 @@ def load_split(cfg: DatasetConfig, run_dir: Path, split: str) -> list[Task]:
     if split not in SPLITS:
         raise ConfigError(f"split: {split!r}; expected one of {', '.join(SPLITS)}")
     prepare_split(cfg, run_dir)
-    return read_tasks(run_dir / "tasks" / f"{split}.jsonl")
+    return read_tasks(layout.task_file(run_dir, split))
 
 
 def prepare_split(cfg: DatasetConfig, run_dir: Path) -> tuple[list[Task], list[Task]]:
     """Create ``tasks/{train,test}.jsonl`` in the run directory, or reuse them if they match the config."""
-    task_dir = run_dir / "tasks"
+    task_dir = layout.task_dir(run_dir)
     spec = {"pools": POOLS_SALT, "name": cfg.name, "source": cfg.source, "support": cfg.support,
             "subjects": cfg.subjects,
             "columns": cfg.columns, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed,

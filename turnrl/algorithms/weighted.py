@@ -37,6 +37,7 @@ import numpy as np
 from turnrl.algorithms.registry import get_algorithm, register_algorithm
 from turnrl.errors import ConfigError
 from turnrl.records import Trajectory
+from turnrl.layout import SCORED_BRANCHES
 from turnrl.stats import effective_sample_size
 
 
@@ -97,7 +98,7 @@ class AlgoConfig:
     precompute_reference: bool = True
     """Preference learning: compute the reference log-probabilities in one pass before training instead of a
     reference forward pass in every step. Exact: the reference is frozen and evaluated without dropout either way."""
-    branches: str = "branches/scored.jsonl"
+    branches: str = SCORED_BRANCHES
     """step-dpo: the scored branch rollouts in the run directory (`turnrl simulate --continue_from`, then
     `turnrl score`)."""
     teacher: str = ""

@@ -19,7 +19,7 @@ from turnrl.envs import EnvConfig, make_env
 from turnrl.errors import ConfigError
 from turnrl.generation import BackendConfig, make_generator
 from turnrl.judge import LABELS as JUDGE_LABELS, summary_markdown as judge_markdown
-from turnrl.layout import eval_dir
+from turnrl.layout import eval_dir, task_dir
 from turnrl.records import Task, Trajectory, atomic_write_text, read_json, read_trajectories, write_json, write_jsonl
 from turnrl.rewards import answer_changed, answers_per_turn, final_answer, uses_thinking_tags
 from turnrl.rollout import build_jobs, check_resume, log_rollouts
@@ -27,7 +27,7 @@ from turnrl.stages.score import RewardConfig, Scorer, check_reward_fits_tasks
 from turnrl.tasks import DatasetConfig, load_split, prepare_split
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -192,7 +192,7 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
     check_reward_fits_tasks(cfg.reward.weights, train + test)
     tasks = load_split(cfg.dataset, run_dir, cfg.split)
     if not tasks:
-        raise ConfigError(f"{run_dir / 'tasks'}: the {cfg.split} split is empty (dataset.n_{cfg.split} is 0)")
+        raise ConfigError(f"{task_dir(run_dir)}: the {cfg.split} split is empty (dataset.n_{cfg.split} is 0)")
     if ev.limit:
         tasks = tasks[: ev.limit]
     task_index = {t.id: t for t in tasks}
@@ -231,8 +231,8 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
 
         write_card(Path(cfg.policy.model))  # the checkpoint's card lists its held-out results
     acc = stats.Estimate(**summary["accuracy"])
-    log.info(f"evaluate {name} ({cfg.split}): accuracy {acc.fmt(100)} % (n={acc.n}), format "
-             f"{stats.Estimate(**summary['format']).fmt(100)} % -> {out_dir}")
+    logger.info(f"evaluate {name} ({cfg.split}): accuracy {acc.fmt(100)} % (n={acc.n}), format "
+                f"{stats.Estimate(**summary['format']).fmt(100)} % -> {out_dir}")
     return result
 
 

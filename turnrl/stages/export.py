@@ -40,11 +40,11 @@ from turnrl.algorithms.registry import get_algorithm
 from turnrl.algorithms.weighted import AlgoConfig
 from turnrl.errors import ConfigError, InputError
 from turnrl.generation import derive_seed
-from turnrl.layout import SCORED
+from turnrl.layout import SCORED, export_file
 from turnrl.records import Trajectory, read_trajectories, write_jsonl
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 EXPORT_FORMATS = ("sft", "dpo", "kto", "openai")
 DEFAULT_ALGO = {"dpo": "dpo", "kto": "m-kto"}
@@ -247,7 +247,7 @@ def export(cfg: ExportConfig) -> Path:
         raise ConfigError(f"format: {cfg.format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
     run_dir = Path(cfg.run_dir)
     path = run_dir / cfg.input
-    out = run_dir / (cfg.output or f"export/{cfg.format}.jsonl")
+    out = run_dir / cfg.output if cfg.output else export_file(run_dir, cfg.format)
     trajectories = read_trajectories(path)
     if not trajectories:
         raise InputError(f"{path}: no trajectories to export; {out} is left as it was")
@@ -255,7 +255,8 @@ def export(cfg: ExportConfig) -> Path:
     if not rows:
         raise InputError(f"{path}: nothing to export as {cfg.format} ({diag}); {out} is left as it was")
     write_jsonl(out, rows)
-    log.info(f"export {cfg.format}: {len(rows)} rows from {len(trajectories)} trajectories ({_summary(diag)}) -> {out}")
+    logger.info(f"export {cfg.format}: {len(rows)} rows from {len(trajectories)} trajectories ({_summary(diag)}) "
+                f"-> {out}")
     return out
 
 

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from turnrl.errors import InputError
-from turnrl.layout import TASKS, eval_dir, task_file
+from turnrl.layout import eval_dir, harness_dir, task_dir, task_file
 from turnrl.log import get_logger
 from turnrl.records import Task, atomic_write_text, read_json, read_tasks, write_json, write_jsonl
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 LETTERS = "ABCDEFGHIJ"
 HIGHER_IS_BETTER = {"accuracy": True, "earned": True, "format": True, "answered": True, "reward": True,
@@ -132,22 +132,22 @@ def harness_results(metrics: dict[str, Any], name: str) -> dict[str, Any]:
 def harness(cfg: HarnessConfig) -> Path:
     """Write the run's harness tasks and results; return the folder."""
     run_dir = Path(cfg.run_dir)
-    if not (run_dir / TASKS).is_dir():
-        raise InputError(f"{run_dir / TASKS}: no task files (run `turnrl simulate` or `turnrl run` first)")
-    out = Path(cfg.out) if cfg.out else run_dir / "lm-eval"
+    if not task_dir(run_dir).is_dir():
+        raise InputError(f"{task_dir(run_dir)}: no task files (run `turnrl simulate` or `turnrl run` first)")
+    out = Path(cfg.out) if cfg.out else harness_dir(run_dir)
     written = []
-    for path in sorted((run_dir / TASKS).glob("*.jsonl")):
+    for path in sorted(task_dir(run_dir).glob("*.jsonl")):
         split = path.stem
         name = task_name(run_dir, split)
         n = write_task(read_tasks(task_file(run_dir, split)), name, out / "tasks" / name)
         if n:
             written.append(f"{name} ({n} questions)")
-        for metrics_file in sorted(eval_dir(run_dir, "", split).glob("*/metrics.json")):
+        for metrics_file in sorted(eval_dir(run_dir, split=split).glob("*/metrics.json")):
             metrics = read_json(metrics_file)
             protocol = f"{name}_{re.sub(r'[^0-9a-zA-Z]+', '_', metrics['env']['name'])}"
             write_json(out / "results" / split / metrics["name"] / "results.json", harness_results(metrics, protocol))
             written.append(f"results of {metrics['name']} on {split}")
     if not written:
         raise InputError(f"{run_dir}: no multiple-choice questions and no evaluations to write")
-    log.info(f"harness: {', '.join(written)} -> {out}")
+    logger.info(f"harness: {', '.join(written)} -> {out}")
     return out

@@ -31,7 +31,7 @@ from turnrl.errors import ConfigError, InputError
 from turnrl.log import get_logger
 from turnrl.records import Trajectory, atomic_write_text, read_trajectories, write_json
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -92,7 +92,7 @@ def conversation_logprobs(model: str, trajectories: list[Trajectory], batch_toke
         batch.append(i)
         done += 1
         if progress and done % 20 == 0:
-            log.info(f"  {model}: {done}/{len(seqs)} conversations")
+            logger.info(f"  {model}: {done}/{len(seqs)} conversations")
     flush()
     return out
 
@@ -215,5 +215,5 @@ def heldout(cfg: HeldoutConfig) -> Path:
     write_json(out, table)
     atomic_write_text(out.with_suffix(".md"), text + "\n")
     print(text)
-    log.info(f"heldout: {len(trajectories)} conversations, {len(cfg.policies)} policies -> {out}")
+    logger.info(f"heldout: {len(trajectories)} conversations, {len(cfg.policies)} policies -> {out}")
     return out

@@ -45,7 +45,7 @@ from turnrl.layout import SCORED
 from turnrl.records import Trajectory, atomic_write_text, dumps, iter_jsonl
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 ROLE_NAMES = {
     "system": "system", "user": "user", "assistant": "assistant", "tool": "tool",
@@ -531,7 +531,7 @@ def read_conversations(cfg: ImportConfig) -> list[Trajectory]:
             group = context_group(messages)
         drafts.append((row, messages, group, components, reward))
     if skipped:
-        log.info(f"import: left out {skipped} MathDial rows without a self-correctness rating (--skip_unrated)")
+        logger.info(f"import: left out {skipped} MathDial rows without a self-correctness rating (--skip_unrated)")
     if not drafts:
         raise InputError(f"{source.label}: no rows to import")
     used = {column, *reward_columns, cfg.group_column, cfg.id_column} | (
@@ -567,17 +567,17 @@ def import_log(cfg: ImportConfig) -> Path:
     text = "".join(dumps(t) + "\n" for t in trajectories)
     if out.exists() and not cfg.overwrite:
         if out.read_text(encoding="utf-8") == text:
-            log.info(f"import: {out} already holds these {len(trajectories)} trajectories; nothing to do")
+            logger.info(f"import: {out} already holds these {len(trajectories)} trajectories; nothing to do")
             return out
         raise ConfigError(f"{out} exists (another log); pass --overwrite true to replace it, or another --output")
     atomic_write_text(out, text)
     sizes = Counter(t.group_id for t in trajectories)
     single = sum(n == 1 for n in sizes.values())
     rewards = [float(t.reward) for t in trajectories]  # type: ignore[arg-type]
-    log.info(f"import: {len(trajectories)} trajectories in {len(sizes)} groups, mean reward "
-             f"{sum(rewards) / len(rewards):.3f} -> {out}")
-    log.info(f"import: {single} of {len(sizes)} groups have only one member (Swift's standardisation gives those "
-             "weight 0, and the preference pairings skip them)"
-             + ("; no group has two members: pass --group_column if the log records its contexts"
-                if single == len(sizes) else ""))
+    logger.info(f"import: {len(trajectories)} trajectories in {len(sizes)} groups, mean reward "
+                f"{sum(rewards) / len(rewards):.3f} -> {out}")
+    logger.info(f"import: {single} of {len(sizes)} groups have only one member (Swift's standardisation gives those "
+                "weight 0, and the preference pairings skip them)"
+                + ("; no group has two members: pass --group_column if the log records its contexts"
+                   if single == len(sizes) else ""))
     return out

@@ -36,13 +36,13 @@ from typing import Any
 
 from turnrl.errors import ConfigError, InputError
 from turnrl.judge import LABELS, METRICS, PRIMARY, SECOND, Judge, JudgeConfig
-from turnrl.layout import CONVERSATIONS, SCORED, second_judge_file, task_file
+from turnrl.layout import CONVERSATIONS, SCORED, eval_dir, second_judge_file, task_dir, task_file
 from turnrl.records import ResumableJsonlWriter, Task, iter_jsonl, read_json, read_tasks, read_trajectories, \
     write_json, write_jsonl
 from turnrl.stats import RaterAgreement, rater_agreement
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 SETTINGS = ("backend", "model", "temperature", "top_p", "max_new_tokens", "seed", "retries", "retry_temperature")
 """The judge settings that determine its scores (recorded in ``second_judge.json``; another value is another
@@ -81,7 +81,7 @@ def judge_settings(cfg: JudgeConfig) -> dict[str, Any]:
 
 def default_logs(run_dir: Path) -> list[Path]:
     logs = [run_dir / SCORED] if (run_dir / SCORED).exists() else []
-    return logs + sorted((run_dir / "eval").glob(f"*/{CONVERSATIONS}"))
+    return logs + sorted(eval_dir(run_dir).glob(f"*/{CONVERSATIONS}"))
 
 
 def task_index(run_dir: Path) -> dict[str, Task]:
@@ -91,7 +91,7 @@ def task_index(run_dir: Path) -> dict[str, Task]:
         if task_file(run_dir, split).exists():
             tasks.update({t.id: t for t in read_tasks(task_file(run_dir, split))})
     if not tasks:
-        raise InputError(f"{run_dir / 'tasks'}: no train.jsonl, val.jsonl or test.jsonl; the judge needs the "
+        raise InputError(f"{task_dir(run_dir)}: no train.jsonl, val.jsonl or test.jsonl; the judge needs the "
                          "questions and their gold answers")
     return tasks
 
@@ -149,8 +149,8 @@ def rejudge_log(log: Path, judge: Judge, tasks: dict[str, Task], cfg: RejudgeCon
         writer.close()
         ids = {str(r["id"]) for r in stale}
         write_jsonl(out, [r for r in read_records(out) if str(r["id"]) not in ids])
-        log.info(f"rejudge {label}: {len(stale)} records were of conversations that changed or left the log since; "
-                 "judging them again")
+        logger.info(f"rejudge {label}: {len(stale)} records were of conversations that changed or left the log since; "
+                    "judging them again")
         writer = ResumableJsonlWriter(out).open()
     write_json(settings_path, settings)
     try:
@@ -165,8 +165,8 @@ def rejudge_log(log: Path, judge: Judge, tasks: dict[str, Task], cfg: RejudgeCon
         writer.close()
     records = read_records(out)
     failures = sum(not r.get("ok") for r in records)
-    log.info(f"rejudge {label}: {len(records)} conversations judged by {judge.backend.model} "
-             f"({done_before} already were; {failures} parse failures, no score) -> {out}")
+    logger.info(f"rejudge {label}: {len(records)} conversations judged by {judge.backend.model} "
+                f"({done_before} already were; {failures} parse failures, no score) -> {out}")
     return out
 
 
@@ -196,8 +196,8 @@ def rejudge(cfg: RejudgeConfig) -> list[Path]:
         if judged is None:
             continue
         if cfg.judge.model in judged.first_models:
-            log.warning(f"rejudge: warning: the second judge is the first judge's model ({cfg.judge.model}); "
-                        "with the same settings its answers are the first judge's, from the cache")
+            logger.warning(f"rejudge: warning: the second judge is the first judge's model ({cfg.judge.model}); "
+                           "with the same settings its answers are the first judge's, from the cache")
         result = judge_agreement(f"conversations of {_path_label(log, run_dir)}", [judged], cfg.bootstrap_samples,
                                  cfg.bootstrap_seed)
         print(agreement_markdown(result))

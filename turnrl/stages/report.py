@@ -34,16 +34,15 @@ from turnrl.stages.compare import AT_K, Comparison, CompareConfig, agreement_tab
     results_table, settings_mismatch, write_comparison
 from turnrl.stages.rejudge import conversation_key, read_records
 from turnrl.judge import METRICS as JUDGE_METRICS, SECOND
-from turnrl.layout import CONVERSATIONS, eval_dir, second_judge_file
+from turnrl.layout import CONVERSATIONS, SCORED, eval_dir, plots_dir, second_judge_file, task_file, train_dir
 from turnrl.errors import InputError, has_extra
 from turnrl.records import Task, Trajectory, atomic_write_text, iter_jsonl, read_json, read_tasks, \
     read_trajectories
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 TEMPLATE = Path(__file__).with_name("report_template.html")
-LOGGED = "scored/trajectories.jsonl"
 BASE_COLOR = "#7f7f7f"
 
 
@@ -234,18 +233,18 @@ def read_run(comparison: Comparison) -> RunFiles:
     def optional_json(name: str) -> Any:
         return read_json(run_dir / name) if (run_dir / name).exists() else None
 
-    logged = [obj for _, obj in iter_jsonl(run_dir / LOGGED)] if (run_dir / LOGGED).exists() else []
+    logged = [obj for _, obj in iter_jsonl(run_dir / SCORED)] if (run_dir / SCORED).exists() else []
     logs = {m: eval_dir(run_dir, m, comparison.split) / CONVERSATIONS for m in comparison.methods}
     conversations = {m: read_trajectories(log) for m, log in logs.items() if log.exists()}
     for m, trajectories in conversations.items():
         with_second_judge(trajectories, logs[m])
     tasks: dict[str, Task] = {}
     for split in ("test", "val", "train"):
-        if (run_dir / "tasks" / f"{split}.jsonl").exists():
-            for t in read_tasks(run_dir / "tasks" / f"{split}.jsonl"):
+        if task_file(run_dir, split).exists():
+            for t in read_tasks(task_file(run_dir, split)):
                 tasks.setdefault(t.id, t)
     logs, diagnostics = {}, {}
-    for folder in sorted((run_dir / "train").glob("*")):
+    for folder in sorted(train_dir(run_dir).glob("*")):
         if (folder / "train_log.jsonl").exists():
             logs[folder.name] = [obj for _, obj in iter_jsonl(folder / "train_log.jsonl")]
         if (folder / "diagnostics.json").exists():
@@ -436,7 +435,7 @@ def make_plots(comparison: Comparison, files: RunFiles, baseline: str = "base") 
 
 def write_plots(run_dir: Path, plots: list[Plot]) -> None:
     """plots/<key>.png, each written whole; plots of an earlier report that no longer apply are removed."""
-    folder = run_dir / "plots"
+    folder = plots_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     keep = {f"{p.key}.png" for p in plots}
     for old in folder.glob("*.png"):
@@ -457,7 +456,7 @@ def write_report(comparison: Comparison, baseline: str = "base") -> Path:
     files = read_run(comparison)
     plots = make_plots(comparison, files, baseline) if has_extra("plots") else []
     if not plots:
-        log.info("report: no plots (matplotlib is not installed: pip install 'turnrl[plots]')")
+        logger.info("report: no plots (matplotlib is not installed: pip install 'turnrl[plots]')")
     write_plots(run_dir, plots)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     page = env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
@@ -508,7 +507,7 @@ def plot_multi_at_k(run_dir: str | Path, methods: list[str] | None = None, outpu
     run_dir = Path(run_dir)
     methods = methods or default_order(evaluated_methods(run_dir))
     if not multi_at_k_curves(run_dir, methods):
-        raise InputError(f"{run_dir / 'eval'}: no evaluation of {methods} has multi@k (env.name: feedback)")
+        raise InputError(f"{eval_dir(run_dir)}: no evaluation of {methods} has multi@k (env.name: feedback)")
     comparison = build_comparison(run_dir, methods)
     path = Path(output) if output else run_dir / "multi_at_k.png"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -535,7 +534,7 @@ def compare(cfg: CompareConfig) -> Path | None:
     comparison, report = compare_run(cfg)
     print(comparison.markdown)
     run_dir = Path(cfg.run_dir)
-    log.info(f"written: {run_dir / 'results.md'}, {run_dir / 'results.csv'}, {run_dir / 'comparison.json'}")
+    logger.info(f"written: {run_dir / 'results.md'}, {run_dir / 'results.csv'}, {run_dir / 'comparison.json'}")
     if report is not None:
-        log.info(f"report: {report}")
+        logger.info(f"report: {report}")
     return report

@@ -12,16 +12,16 @@ from typing import Any
 
 from turnrl.envs import ENVIRONMENTS
 from turnrl.errors import ConfigError, InputError
+from turnrl.layout import ROLLOUTS, SCORED, task_dir, task_file
 from turnrl.judge import COMPONENTS as JUDGE_COMPONENTS, JudgeConfig, summary_markdown
 from turnrl.records import Task, Trajectory, read_tasks, read_trajectories, write_jsonl
 from turnrl.rewards import CHEAP, cheap_components, combine
 from turnrl.rewards.drift_return import DriftReturnConfig, check_config, drift_components
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_REWARD = {"accuracy": 0.7, "gold_likelihood": 0.3}
-SCORED = "scored/trajectories.jsonl"
 
 
 @dataclass
@@ -50,7 +50,7 @@ class ScoreConfig:
 
     run_dir: str = "runs/turnrl"
     reward: RewardConfig = field(default_factory=RewardConfig)
-    input: str = "rollouts/trajectories.jsonl"
+    input: str = ROLLOUTS
     output: str = SCORED
 
 
@@ -146,11 +146,11 @@ class Scorer:
 def load_task_index(run_dir: Path) -> dict[str, Task]:
     tasks = {}
     for split in ("train", "test"):
-        path = run_dir / "tasks" / f"{split}.jsonl"
+        path = task_file(run_dir, split)
         if path.exists():
             tasks.update({t.id: t for t in read_tasks(path)})
     if not tasks:
-        raise InputError(f"{run_dir / 'tasks'}: no train.jsonl or test.jsonl; run `turnrl simulate` first")
+        raise InputError(f"{task_dir(run_dir)}: no train.jsonl or test.jsonl; run `turnrl simulate` first")
     return tasks
 
 
@@ -166,8 +166,8 @@ def score(cfg: ScoreConfig) -> Path:
     rewards = [t.reward for t in trajectories if t.reward is not None]
     unset = len(trajectories) - len(rewards)
     mean = f"{sum(rewards) / len(rewards):.3f}" if rewards else "n/a"
-    log.info(f"score: {len(trajectories)} trajectories, mean reward {mean}"
-             f"{f', {unset} without a reward (a judge failure)' if unset else ''} -> {out}")
+    logger.info(f"score: {len(trajectories)} trajectories, mean reward {mean}"
+                f"{f', {unset} without a reward (a judge failure)' if unset else ''} -> {out}")
     if scorer.judge_summary:
         print(summary_markdown(scorer.judge_summary), end="")
     return out

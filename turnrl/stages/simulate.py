@@ -22,7 +22,7 @@ from turnrl.rollout import Job, build_jobs, check_resume, episode_to_trajectory,
 from turnrl.tasks import DatasetConfig, prepare_split
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -110,8 +110,8 @@ def simulate(cfg: SimulateConfig) -> Path:
     written = log_rollouts(out, env, jobs, cfg.policy, chunk_size=ro.chunk_size * ro.samples, desc="simulate",
                            teacher=cfg.teacher, teacher_temperature=ro.teacher_temperature,
                            to_trajectory=to_trajectory, behaviour_prompt=ro.behaviour_prompt)
-    log.info(f"simulate: wrote {written} trajectories to {out}" if written else
-             f"simulate: {out} is complete ({len(jobs)} trajectories)")
+    logger.info(f"simulate: wrote {written} trajectories to {out}" if written else
+                f"simulate: {out} is complete ({len(jobs)} trajectories)")
     return out
 
 

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from turnrl.layout import SCORED
 from turnrl.models import ALIASES, HUB_IDS
 
 CARD = "README.md"
@@ -80,7 +81,7 @@ def model_card(checkpoint: Path) -> str:
     base_hub = hub_id(base)
     adapter = (checkpoint / "adapter_config.json").exists()
     run_dir = Path(config.get("run_dir", checkpoint.parent.parent.parent))
-    data = _log_summary(run_dir / config.get("input", "scored/trajectories.jsonl"))
+    data = _log_summary(run_dir / config.get("input", SCORED))
 
     front = ["---"]
     if base_hub:

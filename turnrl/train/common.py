@@ -29,7 +29,7 @@ from turnrl.layout import SCORED, train_dir
 from turnrl.records import Trajectory, atomic_write_text, read_json, read_trajectories, write_json, write_jsonl
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -146,7 +146,7 @@ def checkpoint_or_start(cfg: TrainConfig) -> Path | None:
     parse_report_to(cfg.report_to)  # a tracker that is not installed stops here, before any work
     checkpoint = cfg.out_dir / "checkpoint"
     if (checkpoint / "turnrl_train.json").exists() and not cfg.overwrite:
-        log.info(f"train: {checkpoint} exists; nothing to do (--overwrite true to train again)")
+        logger.info(f"train: {checkpoint} exists; nothing to do (--overwrite true to train again)")
         return checkpoint
     record, state = cfg.out_dir / "train_settings.json", cfg.out_dir / "state"
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "overwrite")}
@@ -160,7 +160,7 @@ def checkpoint_or_start(cfg: TrainConfig) -> Path | None:
         if changed:
             shutil.rmtree(state)
             (cfg.out_dir / "train_log.jsonl").unlink(missing_ok=True)
-            log.info(f"train: {cfg.out_dir}: settings changed ({', '.join(changed)}); starting over")
+            logger.info(f"train: {cfg.out_dir}: settings changed ({', '.join(changed)}); starting over")
     write_json(record, settings)
     return None
 

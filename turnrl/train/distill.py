@@ -38,7 +38,7 @@ from turnrl.train.preference import freeze
 from turnrl.train.weighted import tokenize_examples, train_weighted
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 TEACHER = "star-gate"
 """The teacher: the run's STaR-GATE policy (train/star-gate/), trained first if absent."""
@@ -149,7 +149,7 @@ def train_distill(cfg: TrainConfig, teacher_optim: OptimConfig | None = None) ->
     if algo.teacher and not Path(algo.teacher).exists():
         raise InputError(f"algo.teacher: {algo.teacher}: no such checkpoint")
     if not algo.teacher and not (Path(teacher) / "turnrl_train.json").exists():
-        log.info(f"train {algo.name}: no STaR-GATE teacher in {teacher_dir}; training it first")
+        logger.info(f"train {algo.name}: no STaR-GATE teacher in {teacher_dir}; training it first")
         train_weighted(TrainConfig(run_dir=cfg.run_dir, model=cfg.model, input=cfg.input,
                                    algo=replace(algo, name=TEACHER), optim=teacher_optim or optim))
     trajectories, model_name = read_log(cfg)

@@ -22,7 +22,7 @@ from pathlib import Path
 from turnrl.workflows.pipeline import RunConfig, run
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -88,7 +88,7 @@ def demo(cfg: DemoConfig) -> list[dict]:
              ("Part 2: the clarifying-question task (ask environment)", ask_demo_config(cfg))]
     results = []
     for title, run_cfg in parts:
-        log.info(f"demo, {title.lower()}: {describe(run_cfg)}")
+        logger.info(f"demo, {title.lower()}: {describe(run_cfg)}")
         results.append(run(run_cfg))
     for (title, run_cfg), result in zip(parts, results):
         print(f"\n# {title}\n")

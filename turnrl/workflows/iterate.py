@@ -58,7 +58,7 @@ from turnrl.train.common import OptimConfig
 from turnrl.train.tracking import StandaloneTrackers, hparams, parse_report_to, scalars
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -213,7 +213,7 @@ def _train(cfg: IterateConfig, it_dir: Path, t: int, current: str, reward: Rewar
         branches = read_trajectories(branch_rollouts(str(it_dir), log, simulate_cfg, reward, output=algo.branches))
     _, diagnostics = build_preference_data(read_trajectories(it_dir / log), algo, branches)
     if not diagnostics["pairs"]:
-        log.info(f"iterate: iteration {t} found no pairs ({diagnostics}); the policy carries over unchanged")
+        logger.info(f"iterate: iteration {t} found no pairs ({diagnostics}); the policy carries over unchanged")
         return current, diagnostics
     return str(train(str(it_dir), current, algo, cfg.optim, input=log, report_to=cfg.report_to)), diagnostics
 
@@ -282,8 +282,8 @@ def _iterate(cfg: IterateConfig, run_dir: Path, prompts: list[Task], trackers: S
         write_json(it_dir / "iteration.json", record)
         history.append(record)
         trackers.log(_tracked(record), step=t)
-        log.info(f"iterate: iteration {t}: held-out {cfg.selection} {record['heldout'][cfg.selection]['mean']:.4g} "
-                 f"(pi_0: {history[0]['heldout'][cfg.selection]['mean']:.4g})")
+        logger.info(f"iterate: iteration {t}: held-out {cfg.selection} {record['heldout'][cfg.selection]['mean']:.4g} "
+                    f"(pi_0: {history[0]['heldout'][cfg.selection]['mean']:.4g})")
     best = max(history, key=lambda r: (r["heldout"][cfg.selection]["mean"], r["iteration"]))
     summary: dict[str, Any] = {"selection": cfg.selection, "best": {"iteration": best["iteration"],
                                                                     "policy": best["policy"]}, "iterations": history}
@@ -296,5 +296,5 @@ def _iterate(cfg: IterateConfig, run_dir: Path, prompts: list[Task], trackers: S
         trackers.log(scalars(summary["best"]["test"], "test/"), step=best["iteration"])
     trackers.log({"best_iteration": best["iteration"]}, step=cfg.iterations)
     write_json(run_dir / "summary.json", summary)
-    log.info(f"iterate: best on the held-out prompts: iteration {best['iteration']} ({best['policy']})")
+    logger.info(f"iterate: best on the held-out prompts: iteration {best['iteration']} ({best['policy']})")
     return summary

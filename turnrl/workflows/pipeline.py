@@ -30,7 +30,7 @@ from turnrl.tasks import DatasetConfig, load_split, prepare_split
 from turnrl.train.common import OptimConfig
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -167,7 +167,7 @@ def timed_stage(timings: dict[str, float], stage: str, fn, *args):
     start = time.perf_counter()
     result = fn(*args)
     timings[stage] = round(time.perf_counter() - start, 1)
-    log.info(f"{stage}: {timings[stage]:.0f} s; peak memory so far {peak_rss_gb():.1f} GB")
+    logger.info(f"{stage}: {timings[stage]:.0f} s; peak memory so far {peak_rss_gb():.1f} GB")
     return result
 
 
@@ -227,8 +227,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     where = machine()
-    log.info(f"run: {where['cpu']}, {where['cores']} cores, native bf16 {'yes' if where['native_bf16'] else 'no'}: "
-             f"precision auto -> {where['precision']}; evaluating on the {cfg.split} pool")
+    logger.info(f"run: {where['cpu']}, {where['cores']} cores, native bf16 {'yes' if where['native_bf16'] else 'no'}: "
+                f"precision auto -> {where['precision']}; evaluating on the {cfg.split} pool")
     write_json(run_dir / "run_config.json", {**asdict(cfg), "machine": where})
     for name in cfg.per_algorithm:
         if name not in cfg.algorithms:
@@ -252,7 +252,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             checkpoint = timed(f"train {method}", train_fn, *args)
         except NothingToLearn as exc:
             skipped[method] = str(exc)
-            log.info(f"run: skipping {method}, not trained or evaluated: {exc}")
+            logger.info(f"run: skipping {method}, not trained or evaluated: {exc}")
             return
         timed(f"evaluate {method}", evaluate_policy, cfg, method, str(checkpoint))
 
@@ -270,7 +270,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     comparison, report = timed("compare", compare_run, CompareConfig(run_dir=cfg.run_dir, methods=methods,
                                                                      split=cfg.split))
     write_json(run_dir / "timings.json", timings)
-    log.info(f"report: {report}")
+    logger.info(f"report: {report}")
     for name, reason in skipped.items():
-        log.info(f"run: {name} is not in the table: {reason}")
+        logger.info(f"run: {name} is not in the table: {reason}")
     return {"table": comparison.markdown, "timings": timings, "report": report, "skipped": skipped, "methods": methods}

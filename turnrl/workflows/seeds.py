@@ -22,7 +22,7 @@ from turnrl.layout import eval_dir
 from turnrl.records import atomic_write_text, iter_jsonl, write_json
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 
 def seed_config(cfg, seed: int):
@@ -42,7 +42,7 @@ def run_seeds(cfg, run: Callable[[Any], dict[str, Any]], machine: dict[str, Any]
     write_json(run_dir / "run_config.json", {**asdict(cfg), "machine": machine})
     per_seed = {}
     for seed in cfg.seeds:
-        log.info(f"run: seed {seed} of {cfg.seeds}")
+        logger.info(f"run: seed {seed} of {cfg.seeds}")
         per_seed[seed] = run(seed_config(cfg, seed))
     methods = list(dict.fromkeys(m for r in per_seed.values() for m in r["methods"]))
     table = seeds_table(run_dir, cfg.seeds, methods, cfg.split)

@@ -26,7 +26,7 @@ from turnrl.records import atomic_write_text, write_json
 from turnrl.tasks import prepare_split
 from turnrl.log import get_logger
 
-log = get_logger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -107,8 +107,8 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     log_stages(cfg, timings)
     base_val = timed_stage(timings, "validate base", evaluate_policy, cfg, "base", cfg.model, "val")
     epochs = sorted(set(cfg.sweep.epochs))
-    log.info(f"sweep: grid {cfg.algorithms} x learning rate {cfg.sweep.learning_rates} x epochs {epochs}, chosen on "
-             f"{cfg.dataset.n_val} validation questions")
+    logger.info(f"sweep: grid {cfg.algorithms} x learning rate {cfg.sweep.learning_rates} x epochs {epochs}, chosen on "
+                f"{cfg.dataset.n_val} validation questions")
     rows: list[dict[str, Any]] = []
     for name in cfg.algorithms:
         algo, optim = algorithm_settings(cfg, name)
@@ -131,11 +131,11 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     write_json(run_dir / "sweep" / "chosen.json", {"base_val_accuracy": base_mean, "chosen": chosen})
     for name, row in chosen.items():
         accuracy = stats.Estimate(row['val_accuracy'], row['val_se'], row['n']).fmt(100)
-        log.info(f"sweep: {name} chose lr {row['learning_rate']:g}, {row['epochs']} epoch(s): validation accuracy "
-                 f"{accuracy} % (Base {100 * base_mean:.1f})")
+        logger.info(f"sweep: {name} chose lr {row['learning_rate']:g}, {row['epochs']} epoch(s): validation accuracy "
+                    f"{accuracy} % (Base {100 * base_mean:.1f})")
     if cfg.split != "test":
         write_json(run_dir / "timings.json", timings)
-        log.info("sweep: the test pool was not evaluated (final numbers: rerun with --split test)")
+        logger.info("sweep: the test pool was not evaluated (final numbers: rerun with --split test)")
         return {"table": "", "chosen": chosen, "timings": timings, "report": None}
     # The test split, once: Base and each algorithm's chosen policy.
     if cfg.evaluate_base:
@@ -150,7 +150,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     comparison, report = timed_stage(timings, "compare", compare_run,
                                      CompareConfig(run_dir=cfg.run_dir, methods=methods))
     write_json(run_dir / "timings.json", timings)
-    log.info(f"report: {report}")
+    logger.info(f"report: {report}")
     return {"table": comparison.markdown, "chosen": chosen, "timings": timings, "report": report}
 
 
