@@ -4,9 +4,10 @@ Seed s re-simulates the log (``rollout.seed`` = s), trains every algorithm on it
 every policy on the same questions, their options shown in orders drawn with ``evaluation.seed`` + s, in
 ``<run_dir>/seed<s>/`` (each a complete ``turnrl run`` directory that resumes on its own). The table reports, per
 method, the mean over seeds of its accuracy with a two-level bootstrap interval (seeds, then questions within a
-seed: :func:`turnrl.stats.seeds_bootstrap`), the per-seed values, the stated-letter spread, and the paired
-difference against Base with the same kind of interval (per question, method minus Base within each seed).
-``results.csv`` holds every per-seed value.
+seed: :func:`turnrl.stats.seeds_bootstrap`), the per-seed values, the stated-letter spread, how many stated
+letters were right, and the paired difference against Base with the same kind of interval (per question, method
+minus Base within each seed); then each reward-weighted method against the best baseline (the baseline algorithm,
+SFT or STaR-GATE for instance, with the highest mean), likewise. ``results.csv`` holds every per-seed value.
 """
 
 from __future__ import annotations
@@ -60,10 +61,33 @@ def _rows(run_dir: Path, seed: int, method: str, split: str) -> dict[str, dict[s
     return {row["task_id"]: row for _, row in iter_jsonl(path)}
 
 
+def right_of_stated(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """(right, stated): the final answers that state one letter, and how many of them are the gold's."""
+    stated = [answer == row["gold"] for row in rows
+              for answer, letter in zip(row.get("answers", []), row.get("stated", [])) if letter]
+    return sum(stated), len(stated)
+
+
+def _paired(rows: dict, method: str, reference: str, seeds: list[int], metric: str, n_boot: int) -> dict | None:
+    """method minus reference per question within each seed both have, over seeds (two-level bootstrap)."""
+    both = [s for s in seeds if rows.get(method, {}).get(s) and rows.get(reference, {}).get(s)]
+    if not both:
+        return None
+    a, b = rows[method], rows[reference]
+    diffs = [[float(a[s][t][metric]) - float(b[s][t][metric]) for t in a[s] if t in b[s]] for s in both]
+    return stats.seeds_bootstrap(diffs, n_boot).to_dict()
+
+
+def _delta(d: dict | None) -> str:
+    return f"{d['mean'] * 100:+.1f} [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]" if d else ""
+
+
 def seeds_table(run_dir: Path, seeds: list[int], methods: list[str], split: str, metric: str = "accuracy",
                 baseline: str = "base", n_boot: int = 10_000) -> dict[str, Any]:
-    """Mean over seeds with two-level bootstrap intervals, per-seed values and paired differences vs Base."""
-    from turnrl.stages.compare import display_name
+    """Mean over seeds with two-level bootstrap intervals, per-seed values and paired differences vs Base and of
+    the reward-weighted methods vs the best baseline."""
+    from turnrl.algorithms.registry import algorithms
+    from turnrl.stages.compare import baseline_methods, display_name
     from turnrl.stages.evaluate import letter_spread
 
     rows = {m: {s: _rows(run_dir, s, m, split) for s in seeds} for m in methods}
@@ -73,33 +97,43 @@ def seeds_table(run_dir: Path, seeds: list[int], methods: list[str], split: str,
         if not done:
             continue
         est = stats.seeds_bootstrap([[float(q[metric]) for q in r.values()] for r in done.values()], n_boot)
-        letters = letter_spread([q for r in done.values() for q in r.values()])
-        entry = {"estimate": est.to_dict(), "seeds": list(done), "stated_letters": letters}
-        base = {s: rows[baseline][s] for s in done if baseline in rows and rows[baseline].get(s)}
-        if m != baseline and base:
-            diffs = [[float(done[s][t][metric]) - float(base[s][t][metric]) for t in done[s] if t in base[s]]
-                     for s in base]
-            entry["vs_base"] = stats.seeds_bootstrap(diffs, n_boot).to_dict()
+        every = [q for r in done.values() for q in r.values()]
+        entry = {"estimate": est.to_dict(), "seeds": list(done), "stated_letters": letter_spread(every),
+                 "right_of_stated": right_of_stated(every)}
+        if m != baseline and (vs := _paired(rows, m, baseline, seeds, metric, n_boot)):
+            entry["vs_base"] = vs
         out["methods"][m] = entry
+    candidates = [m for m in baseline_methods() if m in out["methods"]]
+    best = max(candidates, key=lambda m: (out["methods"][m]["estimate"]["mean"], -candidates.index(m)),
+               default=None)
+    learned = {a.name for a in algorithms() if not a.baseline}
+    rl = [m for m in out["methods"] if m in learned]
+    if best is not None and rl:
+        out["best_baseline"] = best
+        out["vs_best_baseline"] = {m: _paired(rows, m, best, seeds, metric, n_boot) for m in rl}
     lines = [f"# Results over {len(seeds)} seeds ({split} pool)", "",
              f"{metric.capitalize()} %: mean over seeds of the per-seed mean over questions, with a 95 % interval "
              "from a two-level bootstrap (seeds, then questions within each seed); Δ vs Base likewise, on the "
              "per-question differences within each seed. Stated letters: final answers as the policy wrote "
              "them, options shown in an order drawn per question and seed.", "",
              "| Method | " + f"{metric.capitalize()} % [95 %] | per seed | Δ vs Base [95 %] | stated letters | "
-             "questions × seeds |", "|---|---|---|---|---|---|"]
+             "right / stated | questions × seeds |", "|---|---|---|---|---|---|---|"]
     csv_rows = [["method", "seed", metric, "n_questions"]]
     for m, e in out["methods"].items():
         est = e["estimate"]
-        vs = e.get("vs_base")
-        delta = f"{vs['mean'] * 100:+.1f} [{vs['low'] * 100:+.1f}, {vs['high'] * 100:+.1f}]" if vs else ""
+        right, stated = e["right_of_stated"]
         total = sum(e["stated_letters"].values()) or 1
         spread = " ".join(f"{k} {v / total:.0%}" for k, v in sorted(e["stated_letters"].items(),
                                                                      key=lambda kv: (kv[0] == "none", kv[0])))
         lines.append(f"| {display_name(m)} | {est['mean'] * 100:.1f} [{est['low'] * 100:.1f}, {est['high'] * 100:.1f}]"
-                     f" | {' / '.join(f'{v * 100:.1f}' for v in est['per_seed'])} | {delta} | {spread} | "
-                     f"{est['n_questions']} × {len(e['seeds'])} |")
+                     f" | {' / '.join(f'{v * 100:.1f}' for v in est['per_seed'])} | {_delta(e.get('vs_base'))} | "
+                     f"{spread} | {right} / {stated} | {est['n_questions']} × {len(e['seeds'])} |")
         csv_rows += [[m, s, f"{v:.6f}", len(rows[m][s])] for s, v in zip(e["seeds"], est["per_seed"])]
+    if out.get("vs_best_baseline"):
+        best = display_name(out["best_baseline"])
+        lines += ["", f"Against the best baseline, {best} (paired, per question within each seed; two-level "
+                      "bootstrap):", "", f"| Method | Δ vs {best} [95 %] |", "|---|---|"]
+        lines += [f"| {display_name(m)} | {_delta(d)} |" for m, d in out["vs_best_baseline"].items()]
     buf = io.StringIO()
     csv.writer(buf).writerows(csv_rows)
     out["markdown"] = "\n".join(lines) + "\n"
