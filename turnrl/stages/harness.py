@@ -36,7 +36,6 @@ from turnrl.records import Task, atomic_write_text, read_json, read_tasks, write
 
 logger = get_logger(__name__)
 
-LETTERS = "ABCDEFGHIJ"
 HIGHER_IS_BETTER = {"accuracy": True, "earned": True, "format": True, "answered": True, "reward": True,
                     "ambiguous": False, "final_truncated": False}
 """The direction of the metrics that have one; the others (thinking %, asked %) are descriptions."""
@@ -69,7 +68,7 @@ def task_name(run_dir: Path, split: str) -> str:
 
 def harness_doc(task: Task) -> dict[str, Any]:
     """One harness doc: the question and its lettered options, the letters as choices, the gold's index."""
-    letters = list(LETTERS[:len(task.choices)])
+    letters = task.letters
     options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(letters, task.choices))
     return {"id": task.id, "query": f"Question: {task.question}\n{options}\nAnswer:", "choices": letters,
             "gold": letters.index(task.answer)}
@@ -93,7 +92,7 @@ def task_yaml(name: str) -> str:
 
 
 def write_task(tasks: list[Task], name: str, folder: Path) -> int:
-    docs = [harness_doc(t) for t in tasks if t.choices and t.answer in LETTERS[:len(t.choices)]]
+    docs = [harness_doc(t) for t in tasks if t.choices and t.answer in t.letters]
     if not docs:
         return 0
     folder.mkdir(parents=True, exist_ok=True)

@@ -130,9 +130,9 @@ def seeds_table(run_dir: Path, seeds: list[int], methods: list[str], split: str,
                      f"{spread} | {right} / {stated} | {est['n_questions']} × {len(e['seeds'])} |")
         csv_rows += [[m, s, f"{v:.6f}", len(rows[m][s])] for s, v in zip(e["seeds"], est["per_seed"])]
     if out.get("vs_best_baseline"):
-        best = display_name(out["best_baseline"])
-        lines += ["", f"Against the best baseline, {best} (paired, per question within each seed; two-level "
-                      "bootstrap):", "", f"| Method | Δ vs {best} [95 %] |", "|---|---|"]
+        name = display_name(out["best_baseline"])
+        lines += ["", f"Against the best baseline, {name} (paired, per question within each seed; two-level "
+                      "bootstrap):", "", f"| Method | Δ vs {name} [95 %] |", "|---|---|"]
         lines += [f"| {display_name(m)} | {_delta(d)} |" for m, d in out["vs_best_baseline"].items()]
     buf = io.StringIO()
     csv.writer(buf).writerows(csv_rows)
