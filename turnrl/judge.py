@@ -226,8 +226,10 @@ class Judge:
 
     @property
     def identity(self) -> dict[str, str]:
-        ident = {"backend": self.backend.backend, "model": self.backend.model}
-        if self.backend.backend in ("hf", "vllm"):
+        from turnrl.generation import engine
+
+        ident = {"backend": engine(self.backend), "model": self.backend.model}
+        if ident["backend"] in ("hf", "llamacpp", "vllm"):
             from turnrl.models import resolve
 
             ident["revision"] = resolve(self.backend.model).revision

@@ -322,6 +322,16 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def generation_config(path: str) -> Any:
+    """The checkpoint's generation config (its end-of-turn ids), or None where it has none."""
+    try:
+        from transformers import GenerationConfig
+
+        return GenerationConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
 def stop_token_ids(tokenizer, lm=None) -> list[int]:
     """The ids that end an assistant turn: the tokenizer's eos, the generation config's, and the usual
     end-of-turn markers of common chat templates when the vocabulary has them."""

@@ -251,7 +251,8 @@ def log_rollouts(out: Path, env: Environment, jobs: list[Job], policy: BackendCo
         if behaviour_prompt:
             generator = BehaviourPrompt(generator, behaviour_prompt)
         teacher_generator = make_generator(teacher) if teacher is not None and env.needs_teacher else None
-        info = {"model": policy.model, "revision": getattr(generator, "revision", ""), "backend": policy.backend,
+        info = {"model": policy.model, "revision": getattr(generator, "revision", ""),
+                "backend": getattr(generator, "name", policy.backend),
                 **({"behaviour_prompt": behaviour_prompt} if behaviour_prompt else {})}
         done = len(writer.done)
         bar = tqdm(total=len(jobs), initial=len(jobs) - sum(map(len, todo)), desc=desc, unit="conv")

