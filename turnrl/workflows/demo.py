@@ -21,6 +21,7 @@ from pathlib import Path
 
 from turnrl.workflows.pipeline import RunConfig, run
 from turnrl.log import get_logger
+from turnrl.generation import engine
 
 logger = get_logger(__name__)
 
@@ -80,7 +81,8 @@ def describe(cfg: RunConfig) -> str:
             f"(final {e.final_max_new_tokens or e.max_new_tokens}); "
             f"reward {cfg.reward.weights}; algorithms {cfg.algorithms}; "
             f"{'LoRA' if o.lora else 'full'} fine-tuning, lr {o.learning_rate:g}, batch {o.batch_size}, "
-            f"{o.epochs:g} epoch(s), {o.precision}\nrun directory: {cfg.run_dir}")
+            f"{o.epochs:g} epoch(s), {o.precision}; generation on the {engine(cfg.generation)} engine "
+            f"({cfg.generation.dtype} weights)\nrun directory: {cfg.run_dir}")
 
 
 def demo(cfg: DemoConfig) -> list[dict]:
