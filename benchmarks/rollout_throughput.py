@@ -82,7 +82,8 @@ def run_engine(args, backend, concurrency, queue) -> None:
     start = time.perf_counter()
     episodes = run_episodes(env, jobs, generator)
     seconds = time.perf_counter() - start
-    queue.put({**report(f"{backend}, {concurrency} at once", episodes, seconds), "prompt_tokens": sum(fed)})
+    queue.put({**report(f"{backend}, {concurrency} at once", episodes, seconds), "prompt_tokens": sum(fed),
+               "engine": backend, "at_once": concurrency})
 
 
 def run_vllm(args, concurrency) -> dict:
@@ -99,7 +100,7 @@ def run_vllm(args, concurrency) -> dict:
     start = time.perf_counter()
     episodes = run_episodes(env, jobs, generator)
     seconds = time.perf_counter() - start
-    result = report(f"vllm, {concurrency} at once", episodes, seconds)
+    result = {**report(f"vllm, {concurrency} at once", episodes, seconds), "engine": "vllm", "at_once": concurrency}
     # The engine core runs in a child process unless VLLM_ENABLE_V1_MULTIPROCESSING=0 (set by the parent).
     result["peak_rss_gb"] = max(result["peak_rss_gb"],
                                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20)
@@ -225,8 +226,7 @@ def main() -> None:
             same = f"{sum(a == b for a, b in zip(r['finals'], naive['finals']))}/{len(naive['finals'])}"
             print(f"| {r['name']} | {r['tok_s']:.0f} | {r['tok_s'] / naive['tok_s']:.1f}x | {r['peak_rss_gb']:.2f} | "
                   f"{same} |")
-    by = {(r["name"].split(",")[0], int(r["name"].split(", ")[1].split()[0])): r for r in results
-          if not r["name"].startswith("naive")}
+    by = {(r["engine"], r["at_once"]): r for r in results if "engine" in r}
     roofline, peak, weights = decode_roofline(args.dtype)
     # Prompt tokens cost the same 2 N FLOPs as generated ones: with them, the most generated tokens/s possible.
     h = by.get(("hf", args.concurrency[-1])) or next(iter(by.values()))

@@ -322,14 +322,18 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def generation_config(path: str) -> Any:
-    """The checkpoint's generation config (its end-of-turn ids), or None where it has none."""
-    try:
-        from transformers import GenerationConfig
+def checkpoint_stop_ids(tokenizer, path: str) -> list[int]:
+    """:func:`stop_token_ids` for a checkpoint that is not loaded in PyTorch (vllm, llamacpp): its generation
+    config read from its folder, where it has one."""
+    from types import SimpleNamespace
 
-        return GenerationConfig.from_pretrained(path)
+    from transformers import GenerationConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(path)
     except (OSError, ValueError):
-        return None
+        config = None
+    return stop_token_ids(tokenizer, SimpleNamespace(generation_config=config))
 
 
 def stop_token_ids(tokenizer, lm=None) -> list[int]:

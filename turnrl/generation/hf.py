@@ -161,6 +161,18 @@ def hit_stop_string(tokenizer, tokens: list[int], stops: list[str]) -> bool:
     return any(s in tail for s in stops)
 
 
+def finish_reason(tokenizer, tokens: list[int], sampling: Sampling, stop_ids: set[int]) -> str | None:
+    """Why the reply whose last sampled token is ``tokens[-1]`` ends there (``stop``, ``stop_string``, ``length``),
+    or None where it goes on."""
+    if tokens[-1] in stop_ids:
+        return "stop"
+    if sampling.stop and hit_stop_string(tokenizer, tokens, sampling.stop):
+        return "stop_string"
+    if len(tokens) >= sampling.max_new_tokens:
+        return "length"
+    return None
+
+
 def reply_result(tokenizer, tokens: list[int], finish: str, sampling: Sampling) -> GenResult:
     """The reply's text (its end-of-turn token left out, cut right after a stop string) and token count."""
     body = tokens[:-1] if finish == "stop" else tokens
@@ -373,13 +385,8 @@ class HFGenerator:
                 generated[r].append(token)
                 if token not in stop_ids:
                     sampled.append((request_ids[r], token))
-                if token in stop_ids:
-                    finish[r] = "stop"
-                elif samplings[r].stop and hit_stop_string(self.tokenizer, generated[r], samplings[r].stop):
-                    finish[r] = "stop_string"
-                elif len(generated[r]) >= caps[r]:
-                    finish[r] = "length"
-                else:
+                finish[r] = finish_reason(self.tokenizer, generated[r], samplings[r], stop_ids)
+                if finish[r] is None:
                     feed[r] = 1  # rows that go on feed their token; a row's final token stays pending
             if on_step is not None and sampled:
                 on_step(sampled)

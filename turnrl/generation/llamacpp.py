@@ -37,7 +37,6 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -47,10 +46,9 @@ from tqdm.auto import tqdm
 from turnrl.chat import encode_prompt
 from turnrl.errors import InputError
 from turnrl.generation.base import BackendConfig, GenRequest, GenResult
-from turnrl.generation.hf import hit_stop_string, reply_result, sample_rows, shared_prefix
+from turnrl.generation.hf import finish_reason, reply_result, sample_rows, shared_prefix
 from turnrl.log import get_logger
-from turnrl.models import ResolvedModel, cache_dir, generation_config, load_tokenizer, resolve, stop_token_ids, \
-    torch_dtype
+from turnrl.models import ResolvedModel, cache_dir, checkpoint_stop_ids, load_tokenizer, resolve, torch_dtype
 
 logger = get_logger(__name__)
 
@@ -170,13 +168,11 @@ class LlamaCppGenerator:
         except ImportError:
             raise InputError(f"backend llamacpp: llama-cpp-python is not installed ({INSTALL_HINT}), or use "
                              "backend hf") from None
-        self.cfg = cfg
         self.ll = llama_cpp
         resolved = resolve(cfg.model)
         self.tokenizer = load_tokenizer(resolved)
         self.revision = resolved.revision
-        self.stop_ids = stop_token_ids(self.tokenizer, SimpleNamespace(generation_config=generation_config(
-            resolved.path)))
+        self.stop_ids = checkpoint_stop_ids(self.tokenizer, resolved.path)
         self.path = gguf_file(resolved, cfg.dtype)
         _route_logs(llama_cpp)
         llama_cpp.llama_backend_init()
@@ -321,7 +317,6 @@ class LlamaCppGenerator:
         # In ascending sequence order: llama.cpp batches the sequences of a split KV cache together only when their
         # ids come in order (otherwise each runs as a batch of its own, a full pass over the weights each).
         pending = sorted(((row, tokens, pos) for row, tokens, pos in feeds if tokens), key=lambda f: seqs[f[0]].seq_id)
-        batch = self.batch
         while pending:
             n, outputs, rest = 0, [], []
             for row, tokens, pos in pending:
@@ -331,26 +326,31 @@ class LlamaCppGenerator:
                     continue
                 take = tokens[:room]
                 for k, token in enumerate(take):
-                    batch.token[n] = token
-                    batch.pos[n] = pos + k
-                    batch.n_seq_id[n] = 1
-                    batch.seq_id[n][0] = seqs[row].seq_id
-                    batch.logits[n] = 0
+                    self._put(n, token, pos + k, seqs[row].seq_id, False)
                     n += 1
                 seqs[row].tokens.extend(take)
                 if len(take) < len(tokens):
                     rest.append((row, tokens[room:], pos + room))
                 elif want_logits:
-                    batch.logits[n - 1] = 1
+                    self.batch.logits[n - 1] = 1
                     outputs.append(row)
-            batch.n_tokens = n
-            self._decode_batch()
+            self._decode_batch(n)
             if outputs:
-                out = np.ctypeslib.as_array(self.ll.llama_get_logits(self.ctx), shape=(len(outputs), self.n_vocab))
-                logits[outputs] = torch.from_numpy(out)
+                logits[outputs] = self._logits(len(outputs))
             pending = rest
 
-    def _decode_batch(self) -> None:
+    def _put(self, n: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        """Slot ``n`` of the batch: ``token`` at ``pos`` of sequence ``seq_id``, its logits wanted or not."""
+        batch = self.batch
+        batch.token[n], batch.pos[n], batch.n_seq_id[n], batch.logits[n] = token, pos, 1, logits
+        batch.seq_id[n][0] = seq_id
+
+    def _logits(self, rows: int) -> torch.Tensor:
+        """The logits of the last batch's ``rows`` outputs, in batch order (a view of llama.cpp's buffer)."""
+        return torch.from_numpy(np.ctypeslib.as_array(self.ll.llama_get_logits(self.ctx), shape=(rows, self.n_vocab)))
+
+    def _decode_batch(self, n_tokens: int) -> None:
+        self.batch.n_tokens = n_tokens
         code = self.ll.llama_decode(self.ctx, self.batch)
         if code == 1:
             raise InputError("backend llamacpp: no room left in the KV cache; raise kv_cache_gb or lower batch_size")
@@ -371,33 +371,21 @@ class LlamaCppGenerator:
             going, sampled = [], []
             for r, token in zip(active, tokens):
                 generated[r].append(token)
-                if token in stop_ids:
-                    finish[r] = "stop"
-                    continue
-                sampled.append((request_ids[r], token))
-                if samplings[r].stop and hit_stop_string(self.tokenizer, generated[r], samplings[r].stop):
-                    finish[r] = "stop_string"
-                elif len(generated[r]) >= samplings[r].max_new_tokens:
-                    finish[r] = "length"
-                else:
+                if token not in stop_ids:
+                    sampled.append((request_ids[r], token))
+                finish[r] = finish_reason(self.tokenizer, generated[r], samplings[r], stop_ids)
+                if finish[r] is None:
                     going.append(r)  # a row's final token is not run through the model
             if on_step is not None and sampled:
                 on_step(sampled)
             if not going:
                 break
             going.sort(key=lambda r: seqs[r].seq_id)  # in sequence order, as in _run
-            batch = self.batch
             for n, r in enumerate(going):
-                batch.token[n] = generated[r][-1]
-                batch.pos[n] = len(seqs[r].tokens)
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = seqs[r].seq_id
-                batch.logits[n] = 1
+                self._put(n, generated[r][-1], len(seqs[r].tokens), seqs[r].seq_id, True)
                 seqs[r].tokens.append(generated[r][-1])
-            batch.n_tokens = len(going)
-            self._decode_batch()
-            logits = torch.from_numpy(np.ctypeslib.as_array(self.ll.llama_get_logits(self.ctx),
-                                                            shape=(len(going), self.n_vocab)))
+            self._decode_batch(len(going))
+            logits = self._logits(len(going))
             active = going
         for r, i in enumerate(request_ids):
             results[i] = reply_result(self.tokenizer, generated[r], finish[r] or "length", samplings[r])

