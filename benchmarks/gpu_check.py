@@ -123,7 +123,9 @@ def train_check(shape: str, args, device: str, tokenizer) -> tuple[dict, object]
 
     import torch
 
-    from turnrl.train.common import OptimConfig, TokenizedSequence, TrainLoop
+    from turnrl.train.config import OptimConfig
+    from turnrl.train.data import TokenizedSequence
+    from turnrl.train.loop import TrainLoop
     from turnrl.train.logprobs import MaskedLogprobLM
     from turnrl.train.weighted import WeightedItem, weighted_step_loss
 

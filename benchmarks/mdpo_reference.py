@@ -47,7 +47,7 @@ def child(out: Path, name: str, lora: bool, precompute: bool) -> None:
     from turnrl.algorithms.weighted import AlgoConfig
     from turnrl.records import read_json
     from turnrl.train import train
-    from turnrl.train.common import OptimConfig
+    from turnrl.train.config import OptimConfig
 
     algo = AlgoConfig(name="m-dpo", pairing="best-vs-worst", precompute_reference=precompute)
     optim = OptimConfig(lora=lora, learning_rate=5e-6, epochs=1.0, batch_size=8, warmup_ratio=0.0)

@@ -27,7 +27,7 @@ def load_items(path: Path, n: int, max_length: int):
     from turnrl.algorithms.weighted import AlgoConfig, build_weighted_examples
     from turnrl.models import DEFAULT_MODEL, load_tokenizer, stop_token_ids
     from turnrl.records import read_trajectories
-    from turnrl.train.common import OptimConfig
+    from turnrl.train.config import OptimConfig
     from turnrl.train.weighted import tokenize_examples
 
     trajectories = read_trajectories(path)[:n]
@@ -42,7 +42,9 @@ def run_turnrl(args, queue) -> None:
     """One timed training run of turnrl's weighted trainer (in its own process, for a clean peak RSS)."""
     import torch
 
-    from turnrl.train.common import OptimConfig, TrainLoop, epoch_steps, load_for_training
+    from turnrl.train.config import OptimConfig
+    from turnrl.train.data import epoch_steps
+    from turnrl.train.loop import load_for_training, TrainLoop
     from turnrl.train.logprobs import MaskedLogprobLM
     from turnrl.train.weighted import weighted_step_loss
 
@@ -76,7 +78,7 @@ def run_trl(args, queue) -> None:
     from trl import SFTConfig, SFTTrainer
 
     from turnrl.models import resolve
-    from turnrl.train.common import epoch_steps
+    from turnrl.train.data import epoch_steps
 
     torch.manual_seed(0)
     items, tokenizer = load_items(Path(args.trajectories), args.n, args.max_length)
@@ -130,7 +132,9 @@ def fixed_batch_losses(args) -> tuple[float, float]:
     """Both libraries' loss on the same batch at initialisation: turnrl's step loss and the HF/TRL model loss."""
     import torch
 
-    from turnrl.train.common import OptimConfig, load_for_training, pad_batch
+    from turnrl.train.config import OptimConfig
+    from turnrl.train.data import pad_batch
+    from turnrl.train.loop import load_for_training
     from turnrl.train.logprobs import MaskedLogprobLM
 
     items, tokenizer = load_items(Path(args.trajectories), args.batch_size, args.max_length)

@@ -54,7 +54,7 @@ def switch_engine(accelerator) -> None:
 def main() -> None:
     import accelerate
 
-    from turnrl.train import common
+    from turnrl.train import loop as train_loop
 
     accelerator_init = accelerate.Accelerator.__init__
 
@@ -63,7 +63,7 @@ def main() -> None:
         switch_engine(self)
 
     accelerate.Accelerator.__init__ = init
-    loop_init = common.TrainLoop.__init__
+    loop_init = train_loop.TrainLoop.__init__
 
     def report(self, *args, **kwargs):
         loop_init(self, *args, **kwargs)
@@ -75,7 +75,7 @@ def main() -> None:
               f"{type(optimizer).__name__}{'/' + type(inner).__name__ if inner is not None else ''} "
               f"fsdp_units={units}", flush=True)
 
-    common.TrainLoop.__init__ = report
+    train_loop.TrainLoop.__init__ = report
     from turnrl.cli import main as turnrl_main
 
     sys.argv = ["turnrl", *sys.argv[1:]]

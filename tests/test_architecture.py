@@ -94,7 +94,7 @@ def test_no_import_cycles():
 RUN_DIR_PARTS = {"tasks", "rollouts", "scored", "branches", "filtered", "train", "eval", "plots", "export"}
 NOT_RUN_DIR_PATHS = {
     ("stages/harness.py", "tasks"),  # the folder inside lm-eval/ that the harness's --include_path reads
-    ("train/common.py", "train/"),  # the trackers' metric prefix
+    ("train/loop.py", "train/"),  # the trackers' metric prefix
     ("workflows/iterate.py", "filtered/"),  # likewise
 }
 
@@ -121,3 +121,19 @@ def test_run_directory_paths_are_spelled_in_the_layout_module_only():
             if (where, literal) not in NOT_RUN_DIR_PATHS:
                 found.append(f"{where}:{node.lineno}: {literal!r}")
     assert not found, "run-directory paths outside turnrl/layout.py: " + ", ".join(found)
+
+
+STEP_SCAFFOLD = {"gradient_sync", "idle_pass", "passes_in_step"}
+
+
+def test_the_training_step_scaffold_is_written_once():
+    """Micro-batch passes, idle passes, gradient synchronisation and the reduction live in
+    turnrl/train/passes.py (``accumulate``); a trainer that calls the parts itself has a second copy."""
+    found = []
+    for module, path in modules().items():
+        if module == "train.passes":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in STEP_SCAFFOLD:
+                found.append(f"turnrl/{path.relative_to(PACKAGE)}:{node.lineno}: {node.func.id}")
+    assert not found, "the step scaffold outside turnrl/train/passes.py:\n" + "\n".join(found)

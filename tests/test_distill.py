@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from turnrl.algorithms.weighted import AlgoConfig
 from turnrl.records import read_json, write_jsonl
-from turnrl.train.common import OptimConfig
+from turnrl.train.config import OptimConfig
 from turnrl.algorithms.distillation import selected_examples
 from turnrl.train.distill import DistillLM, distill_step_loss
 from turnrl.train.weighted import tokenize_examples

@@ -165,7 +165,7 @@ def test_drift_needs_the_return_and_sft_final_does_not():
 
 # ------------------------------------------------------------------------------------------- the loss's mask
 def test_final_turn_mask_is_exactly_the_last_assistant_message(tokenizer):
-    from turnrl.train.common import OptimConfig
+    from turnrl.train.config import OptimConfig
     from turnrl.train.weighted import tokenize_examples
 
     eot = tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -17,7 +17,7 @@ from turnrl.records import read_json, read_trajectories
 from turnrl.stages.score import RewardConfig
 from turnrl.stages.simulate import RolloutOptions
 from turnrl.tasks import DatasetConfig
-from turnrl.train.common import OptimConfig
+from turnrl.train.config import OptimConfig
 
 from test_preference import hand_logp
 
@@ -48,22 +48,22 @@ def config(tmp_path, model: str, **over) -> IterateConfig:
 
 
 def test_iterate_two_iterations_interrupted_and_resumed(tmp_path, tiny_model_dir, monkeypatch):
-    from turnrl.train import common
+    from turnrl.train import loop as train_loop
     import turnrl.workflows.iterate as iterate_module
 
     cfg = config(tmp_path, str(tiny_model_dir))
     run = tmp_path / "run"
-    original_save = common.TrainLoop.save_state
+    original_save = train_loop.TrainLoop.save_state
 
     def save_then_die(self, step):  # kill the loop right after iteration 2 saved its first training state
         original_save(self, step)
         if "iter_2" in str(self.out_dir):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(common.TrainLoop, "save_state", save_then_die)
+    monkeypatch.setattr(train_loop.TrainLoop, "save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         iterate(cfg)
-    monkeypatch.setattr(common.TrainLoop, "save_state", original_save)
+    monkeypatch.setattr(train_loop.TrainLoop, "save_state", original_save)
     assert (run / "iter_1" / "iteration.json").exists() and not (run / "iter_2" / "iteration.json").exists()
     assert (run / "iter_2" / "train" / "m-dpo" / "state" / "trainer_state.json").exists()
     done_1 = (run / "iter_1" / "iteration.json").stat().st_mtime_ns

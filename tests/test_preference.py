@@ -18,7 +18,8 @@ from turnrl.algorithms.weighted import AlgoConfig
 from turnrl.errors import ConfigError, InputError
 from turnrl.records import Task, Trajectory, TurnInfo, write_jsonl
 from turnrl.stages.simulate import continue_jobs
-from turnrl.train.common import OptimConfig, pad_batch
+from turnrl.train.config import OptimConfig
+from turnrl.train.data import pad_batch
 from turnrl.train.logprobs import MaskedLogprobLM, sequence_logprobs
 from turnrl.train.preference import (Reference, dpo_step_loss, kto_step_loss, kto_steps, reference_model,
                                      precompute_reference, tokenize_kto, tokenize_pairs)

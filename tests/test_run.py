@@ -15,7 +15,7 @@ from turnrl.stages.score import RewardConfig
 from turnrl.stages.simulate import RolloutOptions
 from turnrl.tasks import DatasetConfig
 from turnrl.train import train
-from turnrl.train.common import OptimConfig
+from turnrl.train.config import OptimConfig
 from turnrl.workflows.pipeline import RunConfig, run
 
 

@@ -115,7 +115,7 @@ def test_an_epoch_snapshot_is_the_policy_of_the_shorter_run(swept, tiny_model_di
     """The epoch-1 snapshot of the 2-epoch run equals a separate 1-epoch run (same seed, order and warm-up)."""
     from turnrl.algorithms.weighted import AlgoConfig
     from turnrl.train import train
-    from turnrl.train.common import OptimConfig
+    from turnrl.train.config import OptimConfig
 
     one = train(str(swept), str(tiny_model_dir), AlgoConfig(name="sft"),
                 OptimConfig(learning_rate=1e-2, epochs=1, batch_size=2, precision="fp32"), output="one-epoch")

@@ -13,7 +13,7 @@ import pytest
 from turnrl.algorithms.weighted import AlgoConfig
 from turnrl.errors import ConfigError
 from turnrl.train import train
-from turnrl.train.common import OptimConfig
+from turnrl.train.config import OptimConfig
 from turnrl.train.tracking import parse_report_to
 
 from test_distributed import logged
@@ -67,10 +67,10 @@ def test_tensorboard_events_equal_the_train_log(tmp_path, tiny_model_dir):
 
 
 def test_resumed_run_logs_each_step_once(tmp_path, tiny_model_dir, monkeypatch):
-    from turnrl.train import common
+    from turnrl.train import loop as train_loop
 
     logged(tmp_path, tiny_model_dir)
-    original_run = common.TrainLoop.run
+    original_run = train_loop.TrainLoop.run
 
     def log_three_steps_then_die(self, step_loss, steps_per_epoch):
         # The state is saved at the end of epoch 1 (step 2); step 3 is logged (train_log and TensorBoard), then
@@ -79,13 +79,13 @@ def test_resumed_run_logs_each_step_once(tmp_path, tiny_model_dir, monkeypatch):
         original_run(self, step_loss, steps_per_epoch)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(common.TrainLoop, "run", log_three_steps_then_die)
+    monkeypatch.setattr(train_loop.TrainLoop, "run", log_three_steps_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(str(tmp_path), "", AlgoConfig(name="swift"), optim(), output="tb", report_to="tensorboard")
     out = tmp_path / "tb"
     assert json.loads((out / "state" / "trainer_state.json").read_text())["step"] == 2  # the epoch-end save
     assert [s for s, _ in scalars(out / "tensorboard")["train/loss"]] == [1, 2, 3]
-    monkeypatch.setattr(common.TrainLoop, "run", original_run)
+    monkeypatch.setattr(train_loop.TrainLoop, "run", original_run)
     train(str(tmp_path), "", AlgoConfig(name="swift"), optim(), output="tb", report_to="tensorboard")
     log = train_log(out)
     assert [r["step"] for r in log] == [1, 2, 3, 4]
@@ -197,7 +197,7 @@ def test_cli_train_passes_every_config_field(tmp_path, monkeypatch):
 
     import turnrl.train
     from turnrl.cli import main
-    from turnrl.train.common import TrainConfig
+    from turnrl.train.config import TrainConfig
 
     real_train = turnrl.train.train
     calls = []

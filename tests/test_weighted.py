@@ -11,7 +11,7 @@ import torch
 from turnrl.algorithms.weighted import AlgoConfig, build_weighted_examples
 from turnrl.errors import ConfigError
 from turnrl.records import Trajectory, TurnInfo
-from turnrl.train.common import OptimConfig
+from turnrl.train.config import OptimConfig
 from turnrl.train.logprobs import MaskedLogprobLM
 from turnrl.train.weighted import tokenize_examples, weighted_step_loss
 
@@ -162,7 +162,7 @@ def test_one_refit_step_favours_high_reward(tiny_model, tokenizer):
 
     def seq_logps():
         with torch.no_grad():
-            from turnrl.train.common import pad_batch
+            from turnrl.train.data import pad_batch
             from turnrl.train.logprobs import sequence_logprobs
 
             batch = pad_batch([it.seq for it in items], tokenizer.pad_token_id, "cpu")
@@ -178,7 +178,7 @@ def test_one_refit_step_favours_high_reward(tiny_model, tokenizer):
 
 
 def test_the_headline_is_nll_per_token_and_the_objective_is_labelled():
-    from turnrl.train.common import headline, summarise_history, summary_line
+    from turnrl.train.loop import headline, summarise_history, summary_line
 
     # A token-sum objective that grows while NLL per token falls: the demo's "loss 83.07 -> 120.6".
     history = [{"loss": 83.07, "nll_per_token": 1.021, "grad_norm": 231.0, "seconds": 1.0},
@@ -198,7 +198,7 @@ def test_the_headline_is_nll_per_token_and_the_objective_is_labelled():
 
 def test_a_non_finite_loss_stops_training_before_the_update(tiny_model, tokenizer, tmp_path):
     from turnrl.errors import TrainingDiverged
-    from turnrl.train.common import TrainLoop
+    from turnrl.train.loop import TrainLoop
 
     before = [p.detach().clone() for p in tiny_model.parameters()]
     loop = TrainLoop(tiny_model, tokenizer, OptimConfig(precision="fp32"), tmp_path, "tiny", [[0]], MaskedLogprobLM)
@@ -260,8 +260,8 @@ def test_a_resumed_run_keeps_its_settings_and_logs_each_step_once(tiny_model_dir
     """Killed after a saved state: a rerun with another learning rate is refused (naming it, the state intact);
     the same command resumes and its log and summary hold every step once; --overwrite starts over."""
     from turnrl.records import write_jsonl
-    from turnrl.train import common
-    from turnrl.train.common import TrainConfig
+    from turnrl.train import loop as train_loop
+    from turnrl.train.config import TrainConfig
     from turnrl.train.weighted import train_weighted
 
     log = [traj(f"q{i}", s, reward) for i in range(3) for s, reward in enumerate((1.0, 0.5))]
@@ -272,17 +272,17 @@ def test_a_resumed_run_keeps_its_settings_and_logs_each_step_once(tiny_model_dir
                            optim=OptimConfig(learning_rate=lr, batch_size=2, precision="fp32", save_every=1),
                            overwrite=overwrite)
 
-    original_save = common.TrainLoop.save_state
+    original_save = train_loop.TrainLoop.save_state
 
     def save_then_die(self, step):
         original_save(self, step)
         if step == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(common.TrainLoop, "save_state", save_then_die)
+    monkeypatch.setattr(train_loop.TrainLoop, "save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_weighted(config(1e-4))
-    monkeypatch.setattr(common.TrainLoop, "save_state", original_save)
+    monkeypatch.setattr(train_loop.TrainLoop, "save_state", original_save)
     out = tmp_path / "train" / "refit"
     state = (out / "state" / "trainer_state.json").read_bytes()
     with pytest.raises(ConfigError, match=r"other settings \(optim\.learning_rate\)"):
@@ -306,7 +306,7 @@ def test_a_lora_checkpoint_of_an_alias_loads_with_peft_alone(smollm2_dir, tmp_pa
 
     from turnrl.models import DEFAULT_MODEL, resolve
     from turnrl.records import write_jsonl
-    from turnrl.train.common import TrainConfig
+    from turnrl.train.config import TrainConfig
     from turnrl.train.weighted import train_weighted
 
     write_jsonl(tmp_path / "scored" / "trajectories.jsonl", [traj("q1", 0, 1.0), traj("q1", 1, 0.5)])

@@ -232,7 +232,7 @@ def test_scripted_exploratory_turns_condition_but_are_never_trained(tokenizer):
     from turnrl.chat import encode_conversation
     from turnrl.records import TurnInfo, Trajectory
     from turnrl.stages.simulate import _exploratory_jobs
-    from turnrl.train.common import OptimConfig
+    from turnrl.train.config import OptimConfig
     from turnrl.train.weighted import tokenize_examples
 
     task = Task(id="mc/1", source="sciq", question="Which gas do plants absorb?",

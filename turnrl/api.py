@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from turnrl.algorithms.weighted import AlgoConfig
-from turnrl.train.common import OptimConfig, TrainerCallback, train_callbacks
+from turnrl.train.config import OptimConfig
+from turnrl.train.loop import train_callbacks, TrainerCallback
 
 
 @dataclass

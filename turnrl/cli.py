@@ -33,7 +33,7 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
     from turnrl.serve import ServeConfig, serve
     from turnrl.stages.simulate import SimulateConfig, simulate
     from turnrl.workflows.sweep import SweepConfig, sweep
-    from turnrl.train.common import TrainConfig
+    from turnrl.train.config import TrainConfig
 
     def train_cmd(cfg: TrainConfig) -> Any:
         from turnrl.train import train

@@ -57,7 +57,7 @@ def conversation_logprobs(model: str, trajectories: list[Trajectory], batch_toke
 
     from turnrl.chat import encode_conversation
     from turnrl.models import load_model, load_tokenizer, stop_token_ids
-    from turnrl.train.common import TokenizedSequence, pad_batch
+    from turnrl.train.data import pad_batch, TokenizedSequence
     from turnrl.train.logprobs import MaskedLogprobLM
 
     tokenizer = load_tokenizer(model)

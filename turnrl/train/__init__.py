@@ -7,7 +7,7 @@ from pathlib import Path
 
 from turnrl.algorithms.registry import get_algorithm
 from turnrl.algorithms.weighted import AlgoConfig
-from turnrl.train.common import OptimConfig, TrainConfig
+from turnrl.train.config import OptimConfig, TrainConfig
 
 
 def train(run_dir: str, model: str, algo: AlgoConfig, optim: OptimConfig, overwrite: bool = False,

@@ -30,9 +30,10 @@ from turnrl.algorithms.registry import get_algorithm
 from turnrl.errors import ConfigError, InputError, NothingToLearn
 from turnrl.models import load_model, resolve, stop_token_ids
 from turnrl.layout import train_dir
-from turnrl.train.common import (OptimConfig, TrainConfig, TrainLoop, epoch_steps, finish_training,
-                                 checkpoint_or_start, gradient_sync, idle_pass, load_for_training, micro_batches,
-                                 pad_batch, passes_in_step, process_share, read_log, set_seed, write_training_files)
+from turnrl.train.config import checkpoint_or_start, OptimConfig, read_log, TrainConfig
+from turnrl.train.data import epoch_steps, micro_batches, pad_batch, process_share
+from turnrl.train.loop import finish_training, load_for_training, set_seed, TrainLoop, write_training_files
+from turnrl.train.passes import accumulate
 from turnrl.train.logprobs import _base_lm, no_split_modules
 from turnrl.train.preference import freeze
 from turnrl.train.weighted import tokenize_examples, train_weighted
@@ -103,32 +104,26 @@ class DistillLM(nn.Module):
 
 
 def distill_step_loss(alpha: float, temperature: float, normalization: str, micro_batch_tokens: int, pad_id: int):
-    """One optimizer step of the distillation loss over weighted items (see the module docstring)."""
+    """One optimizer step of the distillation loss over weighted items (see the module docstring); the passes
+    are :func:`turnrl.train.passes.accumulate`'s, normalised as in the weighted trainer."""
 
     def step_loss(step, accelerator, model) -> dict[str, float]:
         z = len(step) if normalization == "sum" else max(1, sum(it.tokens for it in step))
-        # Under data parallelism: this process's share, loss scaled as in the weighted trainer.
-        def plan(rank=None):
+
+        def plan(rank):
             return micro_batches(process_share(step, accelerator, rank), lambda it: len(it.seq.input_ids),
                                  micro_batch_tokens)
 
-        micros = plan()
-        passes = passes_in_step(accelerator, lambda rank: len(plan(rank)))
-        totals = torch.zeros(4, device=accelerator.device)  # loss, summed NLL, summed KL, tokens
-        for k in range(passes):
-            if k >= len(micros):
-                idle_pass(accelerator, model, last=k == passes - 1)
-                continue
-            micro = micros[k]
+        def micro_loss(micro):
             batch = pad_batch([it.seq for it in micro], pad_id, accelerator.device)
-            with gradient_sync(accelerator, model, last=k == passes - 1):
-                with accelerator.autocast():
-                    nll, kl, _ = model(**batch)
-                loss = (alpha * nll + (1 - alpha) * temperature ** 2 * kl).sum() / z
-                accelerator.backward(loss * accelerator.num_processes)
-            totals += torch.stack([loss.detach(), nll.detach().sum(), kl.detach().sum(),
-                                   torch.tensor(float(nll.numel()))])
-        loss, nll_sum, kl_sum, tokens = accelerator.reduce(totals, reduction="sum").tolist()
+            with accelerator.autocast():
+                nll, kl, _ = model(**batch)
+            loss = (alpha * nll + (1 - alpha) * temperature ** 2 * kl).sum() / z
+            return loss, torch.stack([loss.detach(), nll.detach().sum(), kl.detach().sum(),
+                                      torch.tensor(float(nll.numel()))])
+
+        # loss, summed NLL, summed KL, tokens
+        loss, nll_sum, kl_sum, tokens = accumulate(accelerator, model, plan, micro_loss, width=4)
         return {"loss": loss, "nll_per_token": nll_sum / max(1, tokens), "kl_per_token": kl_sum / max(1, tokens),
                 "trajectories": len(step), "tokens": int(tokens)}
 

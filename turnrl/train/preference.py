@@ -44,10 +44,10 @@ from turnrl.errors import ConfigError, NothingToLearn
 from turnrl.layout import BRANCHES
 from turnrl.models import load_model, resolve, stop_token_ids
 from turnrl.records import read_json, read_trajectories, write_json
-from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainConfig, TrainLoop, checkpoint_or_start,
-                                 collective_passes, epoch_steps, finish_training, gradient_sync, idle_forward,
-                                 idle_pass, load_for_training, micro_batches, pad_batch, passes_in_step, process_share,
-                                 read_log, set_seed, write_training_files)
+from turnrl.train.config import checkpoint_or_start, OptimConfig, read_log, TrainConfig
+from turnrl.train.data import epoch_steps, micro_batches, pad_batch, process_share, TokenizedSequence
+from turnrl.train.loop import finish_training, load_for_training, set_seed, TrainLoop, write_training_files
+from turnrl.train.passes import accumulate, collective_passes, idle_forward
 from turnrl.train.logprobs import MaskedLogprobLM, sequence_logprobs
 
 
@@ -315,33 +315,26 @@ def dpo_step_loss(beta: float, micro_batch_tokens: int, pad_id: int, reference: 
     """One optimizer step of DPO over a list of :class:`PairItem` (see the module docstring)."""
 
     def step_loss(step: list[PairItem], accelerator, model) -> dict[str, float]:
-        def plan(rank=None):
+        def plan(rank):
             return pair_batches(process_share(step, accelerator, rank), micro_batch_tokens)
 
-        micros = plan()
-        passes = passes_in_step(accelerator, lambda rank: len(plan(rank)))
-        # loss, beta r(chosen), beta r(rejected), chosen ahead, log pi(chosen), log pi(rejected), tokens
-        totals = torch.zeros(7, device=accelerator.device)
-        for k in range(passes):
-            if k >= len(micros):
-                idle_pass(accelerator, model, last=k == passes - 1, forwards=int(reference.through_policy))
-                continue
-            micro = micros[k]
+        def micro_loss(micro: list[PairItem]):
             seqs = pair_sequences(micro)
             batch = pad_batch(seqs, pad_id, accelerator.device)
             ref = reference(seqs, batch, accelerator, model)
-            with gradient_sync(accelerator, model, last=k == passes - 1):
-                with accelerator.autocast():
-                    logprobs, rows = model(**batch)
-                logps = sequence_logprobs(logprobs.float(), rows, len(seqs))
-                n = len(micro)
-                losses = dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], beta)
-                accelerator.backward(losses.sum() / len(step) * accelerator.num_processes)
+            with accelerator.autocast():
+                logprobs, rows = model(**batch)
+            logps = sequence_logprobs(logprobs.float(), rows, len(seqs))
+            n = len(micro)
+            losses = dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], beta)
             chosen, rejected = beta * (logps[:n] - ref[:n]).detach(), beta * (logps[n:] - ref[n:]).detach()
-            totals += torch.stack([losses.detach().sum(), chosen.sum(), rejected.sum(),
-                                   (chosen > rejected).float().sum(), logps[:n].detach().sum(),
-                                   logps[n:].detach().sum(), torch.tensor(float(logprobs.numel()))])
-        loss, chosen, rejected, ahead, logp_c, logp_r, tokens = accelerator.reduce(totals, reduction="sum").tolist()
+            return losses.sum() / len(step), torch.stack([
+                losses.detach().sum(), chosen.sum(), rejected.sum(), (chosen > rejected).float().sum(),
+                logps[:n].detach().sum(), logps[n:].detach().sum(), torch.tensor(float(logprobs.numel()))])
+
+        # loss, beta r(chosen), beta r(rejected), chosen ahead, log pi(chosen), log pi(rejected), tokens
+        loss, chosen, rejected, ahead, logp_c, logp_r, tokens = accumulate(
+            accelerator, model, plan, micro_loss, width=7, forwards=int(reference.through_policy))
         n = len(step)
         return {"loss": loss / n, "rewards/chosen": chosen / n, "rewards/rejected": rejected / n,
                 "rewards/margin": (chosen - rejected) / n, "rewards/accuracy": ahead / n,
@@ -352,7 +345,9 @@ def dpo_step_loss(beta: float, micro_batch_tokens: int, pad_id: int, reference: 
 
 def kto_step_loss(beta: float, lambda_d: float, lambda_u: float, micro_batch_tokens: int, pad_id: int,
                   reference: Reference):
-    """One optimizer step of KTO over a list of :class:`KTOStepItem` (see the module docstring)."""
+    """One optimizer step of KTO over a list of :class:`KTOStepItem` (see the module docstring): first the
+    reference point z0 from the mismatched pairs (no gradient), then :func:`turnrl.train.passes.accumulate`'s
+    passes over the examples."""
 
     def step_loss(step: list[KTOStepItem], accelerator, model) -> dict[str, float]:
         mismatched, examples = kto_batches(process_share(step, accelerator), micro_batch_tokens)
@@ -372,29 +367,28 @@ def kto_step_loss(beta: float, lambda_d: float, lambda_u: float, micro_batch_tok
                                torch.tensor(float(len(seqs)))])
         kl = accelerator.reduce(kl, reduction="sum")
         z0 = kto_reference_point(kl[0], kl[1])
-        # loss, beta r summed over desirable examples, their number, the same for undesirable ones, tokens
-        totals = torch.zeros(6, device=accelerator.device)
-        passes = passes_in_step(accelerator, lambda rank: len(shares[rank][1] if shares else examples))
-        for k in range(passes):
-            if k >= len(examples):
-                idle_pass(accelerator, model, last=k == passes - 1, forwards=int(reference.through_policy))
-                continue
-            micro = examples[k]
+
+        def plan(rank):
+            return examples if rank is None else kto_batches(process_share(step, accelerator, rank),
+                                                             micro_batch_tokens)[1]
+
+        def micro_loss(micro: list[KTOStepItem]):
             seqs = [s.item.seq for s in micro]
             batch = pad_batch(seqs, pad_id, accelerator.device)
             ref = reference(seqs, batch, accelerator, model)
-            with gradient_sync(accelerator, model, last=k == passes - 1):
-                with accelerator.autocast():
-                    logprobs, rows = model(**batch)
-                logps = sequence_logprobs(logprobs.float(), rows, len(seqs))
-                desirable = torch.tensor([s.item.desirable for s in micro], device=logps.device)
-                losses = kto_loss(logps, ref, desirable, z0, beta, lambda_d, lambda_u)
-                accelerator.backward(losses.sum() / len(step) * accelerator.num_processes)
+            with accelerator.autocast():
+                logprobs, rows = model(**batch)
+            logps = sequence_logprobs(logprobs.float(), rows, len(seqs))
+            desirable = torch.tensor([s.item.desirable for s in micro], device=logps.device)
+            losses = kto_loss(logps, ref, desirable, z0, beta, lambda_d, lambda_u)
             rewards = beta * (logps - ref).detach()
-            totals += torch.stack([losses.detach().sum(), rewards[desirable].sum(), desirable.sum(),
-                                   rewards[~desirable].sum(), (~desirable).sum(),
-                                   torch.tensor(float(logprobs.numel()))]).float()
-        loss, r_d, n_d, r_u, n_u, tokens = accelerator.reduce(totals, reduction="sum").tolist()
+            return losses.sum() / len(step), torch.stack([
+                losses.detach().sum(), rewards[desirable].sum(), desirable.sum(), rewards[~desirable].sum(),
+                (~desirable).sum(), torch.tensor(float(logprobs.numel()))]).float()
+
+        # loss, beta r summed over desirable examples, their number, the same for undesirable ones, tokens
+        loss, r_d, n_d, r_u, n_u, tokens = accumulate(accelerator, model, plan, micro_loss, width=6,
+                                                      forwards=int(reference.through_policy))
         return {"loss": loss / len(step), "kl": float(z0), "rewards/desirable": r_d / n_d if n_d else float("nan"),
                 "rewards/undesirable": r_u / n_u if n_u else float("nan"), "desirable": int(n_d),
                 "undesirable": int(n_u), "tokens": int(tokens)}

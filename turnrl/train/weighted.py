@@ -20,10 +20,10 @@ from turnrl.algorithms.weighted import WeightedExample, build_weighted_examples
 from turnrl.chat import encode_conversation
 from turnrl.errors import NothingToLearn
 from turnrl.models import stop_token_ids
-from turnrl.train.common import (OptimConfig, TokenizedSequence, TrainConfig, TrainLoop, epoch_steps,
-                                 finish_training, checkpoint_or_start, gradient_sync, idle_pass, load_for_training,
-                                 micro_batches, pad_batch, passes_in_step, process_share, read_log, set_seed,
-                                 write_training_files)
+from turnrl.train.config import checkpoint_or_start, OptimConfig, read_log, TrainConfig
+from turnrl.train.data import epoch_steps, micro_batches, pad_batch, process_share, TokenizedSequence
+from turnrl.train.loop import finish_training, load_for_training, set_seed, TrainLoop, write_training_files
+from turnrl.train.passes import accumulate
 from turnrl.train.logprobs import MaskedLogprobLM
 
 
@@ -63,39 +63,27 @@ def tokenize_examples(examples: list[WeightedExample], tokenizer, eot_ids: list[
 
 
 def weighted_step_loss(normalization: str, micro_batch_tokens: int, pad_id: int):
-    """The function computing one step's loss and gradients (see the module docstring for the formula).
-
-    Under data parallelism each process takes its share of the step's trajectories; Z is the whole step's, and
-    the loss is multiplied by the number of processes because their gradients are averaged. A process with fewer
-    micro-batches than the step's passes needs (``passes_in_step``) runs idle passes.
-    """
+    """The function computing one step's loss and gradients (see the module docstring for the formula); the
+    passes are :func:`turnrl.train.passes.accumulate`'s, Z is the whole step's."""
     import torch
 
     def step_loss(step: list[WeightedItem], accelerator, model) -> dict[str, float]:
         z = len(step) if normalization == "sum" else max(1, sum(it.tokens for it in step))
         active = [it for it in step if it.weight != 0]
 
-        def plan(rank=None):
+        def plan(rank):
             return micro_batches(process_share(active, accelerator, rank), lambda it: len(it.seq.input_ids),
                                  micro_batch_tokens)
 
-        micros = plan()
-        passes = passes_in_step(accelerator, lambda rank: len(plan(rank)))
-        totals = torch.zeros(3, device=accelerator.device)  # loss, summed NLL, tokens
-        for k in range(passes):
-            if k >= len(micros):
-                idle_pass(accelerator, model, last=k == passes - 1)
-                continue
-            micro = micros[k]
+        def micro_loss(micro: list[WeightedItem]):
             batch = pad_batch([it.seq for it in micro], pad_id, accelerator.device)
-            with gradient_sync(accelerator, model, last=k == passes - 1):
-                with accelerator.autocast():
-                    logprobs, rows = model(**batch)
-                weights = torch.tensor([it.weight for it in micro], device=logprobs.device)[rows]
-                loss = -(weights * logprobs).sum() / z
-                accelerator.backward(loss * accelerator.num_processes)
-            totals += torch.stack([loss.detach(), -logprobs.detach().sum(), torch.tensor(float(logprobs.numel()))])
-        loss_total, nll_total, tokens = accelerator.reduce(totals, reduction="sum").tolist()
+            with accelerator.autocast():
+                logprobs, rows = model(**batch)
+            weights = torch.tensor([it.weight for it in micro], device=logprobs.device)[rows]
+            loss = -(weights * logprobs).sum() / z
+            return loss, torch.stack([loss.detach(), -logprobs.detach().sum(), torch.tensor(float(logprobs.numel()))])
+
+        loss_total, nll_total, tokens = accumulate(accelerator, model, plan, micro_loss, width=3)  # loss, NLL, tokens
         return {"loss": loss_total, "nll_per_token": nll_total / tokens if tokens else float("nan"),
                 "trajectories": len(step), "active": sum(it.weight != 0 for it in step), "tokens": int(tokens)}
 

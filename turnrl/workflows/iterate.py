@@ -54,7 +54,7 @@ from turnrl.workflows.pipeline import branch_rollouts
 from turnrl.stages.score import RewardConfig, ScoreConfig, score
 from turnrl.stages.simulate import RolloutOptions, SimulateConfig
 from turnrl.tasks import DatasetConfig, prepare_split
-from turnrl.train.common import OptimConfig
+from turnrl.train.config import OptimConfig
 from turnrl.train.tracking import StandaloneTrackers, hparams, parse_report_to, scalars
 from turnrl.log import get_logger
 

@@ -27,7 +27,7 @@ from turnrl.records import read_trajectories, write_json
 from turnrl.stages.score import RewardConfig, ScoreConfig, check_reward_fits_tasks, score
 from turnrl.stages.simulate import RolloutOptions, SimulateConfig, simulate
 from turnrl.tasks import DatasetConfig, load_split, prepare_split
-from turnrl.train.common import OptimConfig
+from turnrl.train.config import OptimConfig
 from turnrl.log import get_logger
 
 logger = get_logger(__name__)

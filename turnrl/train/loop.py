@@ -1,11 +1,7 @@
-"""What every trainer shares: the config, tokenised examples, batching, the loop, checkpoints and resumption.
-
-Built on accelerate (device placement, bf16 autocast, gradient accumulation across micro-batches, DeepSpeed /
-FSDP / multi-GPU through an accelerate config) and peft (LoRA). The loop is deliberately plain: one optimizer
-step per batch of ``batch_size`` trajectories (or pairs), split into micro-batches by a token budget, each
-micro-batch's loss already divided by the whole step's normaliser so that the accumulated gradient is exactly the
-step's gradient.
-"""
+"""The optimisation loop every trainer runs: accelerate (device placement, bf16 autocast, DeepSpeed / FSDP /
+multi-GPU through an accelerate config) and peft (LoRA) underneath; one optimizer step per batch of ``batch_size``
+trajectories (or pairs), whose passes :func:`turnrl.train.passes.accumulate` runs; logging, trackers, callbacks,
+resumable states and the saved checkpoint."""
 
 from __future__ import annotations
 
@@ -17,203 +13,16 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable
 
 from tqdm.auto import tqdm
 
-from turnrl.algorithms.weighted import AlgoConfig
-from turnrl.errors import ConfigError, TrainingDiverged
-from turnrl.layout import SCORED, train_dir
-from turnrl.records import Trajectory, atomic_write_text, read_json, read_trajectories, write_json, write_jsonl
-from turnrl.log import get_logger
-
-logger = get_logger(__name__)
-
-
-@dataclass
-class OptimConfig:
-    """How to fine-tune: LoRA or full, precision, optimiser and schedule, batching."""
-
-    lora: bool = False
-    """Train a LoRA adapter instead of all weights."""
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: str = "all-linear"
-    learning_rate: float = 1e-5
-    epochs: float = 1.0
-    """Passes over the data (fractions allowed)."""
-    batch_size: int = 8
-    """Trajectories (or pairs) per optimizer step."""
-    micro_batch_tokens: int = 4096
-    """Most tokens (padded) per forward pass; a step is split into as many micro-batches as needed."""
-    max_length: int = 2048
-    """Longer conversations are left out (and counted)."""
-    warmup_ratio: float = 0.05
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
-    """constant, linear or cosine (after warm-up)."""
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """bf16: fp32 master weights under bf16 autocast; fp32: no autocast; auto: bf16 where it runs natively (a GPU,
-    or a CPU with AVX512-BF16 / AMX), else fp32 (emulated bf16 autocast is many times slower than fp32)."""
-    normalization: Literal["sum", "mean"] = "sum"
-    """sum: the papers' objective, a trajectory's token log-probs summed (weights scale whole trajectories),
-    averaged over the step's trajectories; mean: summed then divided by the step's trained tokens (TRL's SFT)."""
-    truncated_turns: Literal["mask_eot", "drop"] = "mask_eot"
-    """A turn cut at the token cap never emitted its end-of-turn token: mask_eot trains its text but not the
-    stop; drop leaves such trajectories out."""
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    save_every: int = 0
-    """Save a resumable state every N optimizer steps (0: at the end of each epoch only)."""
-    snapshot_epochs: list[int] = field(default_factory=list)
-    """Also save the policy (save_pretrained) after each of these epochs, as epoch<k>/ beside checkpoint/:
-    one run then gives the policies of several epoch counts (`turnrl sweep`; with the constant schedule they are
-    those of shorter runs up to the warm-up's length)."""
-    threads: int = 0
-    """CPU threads for torch (0: torch's default, one per core)."""
-
-    def check(self) -> None:
-        """The choices the type allows, for configs built in Python (the CLI and YAML parser check them too)."""
-        for name, allowed in (("precision", ("auto", "bf16", "fp32")), ("normalization", ("sum", "mean")),
-                              ("truncated_turns", ("mask_eot", "drop")),
-                              ("schedule", ("constant", "linear", "cosine"))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"optim.{name}: {getattr(self, name)!r}; expected {' or '.join(allowed)}")
-
-
-@dataclass
-class TrainConfig:
-    """Train a policy on the scored log."""
-
-    run_dir: str = "runs/turnrl"
-    model: str = ""
-    """The policy to start from (default: the logging policy recorded in the trajectories)."""
-    input: str = SCORED
-    output: str = ""
-    """Output folder inside the run directory (default: train/<algo.name>)."""
-    algo: AlgoConfig = field(default_factory=AlgoConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    overwrite: bool = False
-    """Train again even if the output already has a checkpoint."""
-    push_to_hub: bool = False
-    """Upload the checkpoint (with its model card) to the Hugging Face Hub as hub_model_id when training ends."""
-    hub_model_id: str = ""
-    """push_to_hub: the repository, e.g. my-org/smollm2-refit (the token comes from HF_TOKEN or `hf auth login`)."""
-    hub_private: bool = False
-    """push_to_hub: create the repository as private."""
-    report_to: str = "none"
-    """Experiment trackers: none, tensorboard, wandb or trackio, or several comma-separated (tensorboard: event
-    files in <output>/tensorboard; see turnrl/train/tracking.py). Not a training setting: a resumed run may change
-    it."""
-
-    def __post_init__(self) -> None:
-        from turnrl.train.tracking import tracker_names
-
-        tracker_names(self.report_to)  # an unknown tracker is a config error, before anything is loaded
-        if self.push_to_hub and not self.hub_model_id:
-            from turnrl.errors import ConfigError
-
-            raise ConfigError("push_to_hub: set hub_model_id, the repository to upload to (e.g. my-org/my-policy)")
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.run_dir) / self.output if self.output else train_dir(self.run_dir, self.algo.name)
-
-
-def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"learning_rate": 1e-4}} -> {"optim.learning_rate": 1e-4}."""
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
-
-
-UNTRACKED_SETTINGS = ("report_to", "push_to_hub", "hub_model_id", "hub_private")
-"""Recorded with a run's settings but free to change on resume: they do not change what is trained."""
-
-
-def checkpoint_or_start(cfg: TrainConfig) -> Path | None:
-    """The checkpoint a finished run of this output left (nothing to do), unless ``overwrite`` asks to train
-    again; otherwise None, and the run starts, or resumes a killed one from its saved state -- only under the
-    settings that state was saved with: other settings are refused, naming them (``overwrite`` discards the
-    state and starts over)."""
-    from turnrl.train.tracking import parse_report_to
-
-    parse_report_to(cfg.report_to)  # a tracker that is not installed stops here, before any work
-    checkpoint = cfg.out_dir / "checkpoint"
-    if (checkpoint / "turnrl_train.json").exists() and not cfg.overwrite:
-        logger.info(f"train: {checkpoint} exists; nothing to do (--overwrite true to train again)")
-        return checkpoint
-    record, state = cfg.out_dir / "train_settings.json", cfg.out_dir / "state"
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "overwrite")}
-    if (state / "trainer_state.json").exists():
-        saved = read_json(record) if record.exists() else {}
-        now, before = _flat(settings), _flat(saved)
-        changed = sorted(k for k in now if before.get(k) != now[k] and k not in UNTRACKED_SETTINGS)
-        if changed and not cfg.overwrite:
-            raise ConfigError(f"{state}: a killed run saved this state with other settings ({', '.join(changed)}); "
-                              "resume it with the same settings, or pass --overwrite true to start over")
-        if changed:
-            shutil.rmtree(state)
-            (cfg.out_dir / "train_log.jsonl").unlink(missing_ok=True)
-            logger.info(f"train: {cfg.out_dir}: settings changed ({', '.join(changed)}); starting over")
-    write_json(record, settings)
-    return None
-
-
-def read_log(cfg: TrainConfig) -> tuple[list[Trajectory], str]:
-    """The scored trajectories to train on and the policy to start from (default: the one that logged them)."""
-    cfg.optim.check()
-    path = Path(cfg.run_dir) / cfg.input
-    trajectories = read_trajectories(path)
-    if not trajectories:
-        raise ConfigError(f"{path}: no trajectories to train on")
-    model_name = cfg.model or trajectories[0].policy.get("model") or ""
-    if not model_name:
-        raise ConfigError("model: not given, and the trajectories do not record their policy")
-    return trajectories, model_name
-
-
-def write_training_files(loop: "TrainLoop", files: dict[str, Any]) -> None:
-    """The trainer's data files (diagnostics.json, pairs.jsonl, ...) beside the checkpoint, by the main process."""
-    if loop.accelerator.is_main_process:
-        loop.out_dir.mkdir(parents=True, exist_ok=True)
-        for name, content in files.items():
-            (write_jsonl if name.endswith(".jsonl") else write_json)(loop.out_dir / name, content)
-    if "diagnostics.json" in files and loop.tracking and not loop.resuming_from:
-        from turnrl.train.tracking import scalars
-
-        loop.accelerator.log(scalars(files["diagnostics.json"], "diagnostics/"), step=0)
-    loop.accelerator.wait_for_everyone()
-
-
-def finish_training(loop: "TrainLoop", cfg: TrainConfig, model_name: str, history: list[dict[str, float]],
-                    diagnostics: dict[str, Any]) -> Path:
-    """Save the trained policy with what made it (config, start model, loss summary, data diagnostics)."""
-    summary = summarise_history(history)
-    checkpoint = loop.save_checkpoint({"config": asdict(cfg), "model": model_name, "summary": summary,
-                                       "diagnostics": diagnostics})
-    loop.end_tracking()
-    loop.accelerator.print(summary_line(cfg.algo.name, summary, checkpoint))
-    if loop.accelerator.is_main_process:
-        for callback in _CALLBACKS.get():
-            callback.on_train_end(checkpoint)
-    if cfg.push_to_hub and loop.accelerator.is_main_process:
-        from turnrl.train.card import push_to_hub
-
-        url = push_to_hub(checkpoint, cfg.hub_model_id, private=cfg.hub_private)
-        loop.accelerator.print(f"train {cfg.algo.name}: pushed to the Hub as {cfg.hub_model_id} ({url})")
-    return checkpoint
-
-
-def resolved_precision(precision: str) -> str:
-    from turnrl.models import native_bf16
-
-    return ("bf16" if native_bf16() else "fp32") if precision == "auto" else precision
+from turnrl.errors import TrainingDiverged
+from turnrl.records import atomic_write_text, read_json, write_json, write_jsonl
+from turnrl.train.config import OptimConfig, TrainConfig, resolved_precision
+from turnrl.train.passes import engine_asked
 
 
 def set_seed(seed: int) -> None:
@@ -247,151 +56,6 @@ def load_for_training(model_name: str, optim: OptimConfig):
     lm.config.use_cache = False
     lm.train()
     return lm, tokenizer, resolved
-
-
-@dataclass
-class TokenizedSequence:
-    """One tokenised training sequence with its loss mask."""
-
-    input_ids: list[int]
-    label_mask: list[int]
-    key: str
-
-
-def pad_batch(seqs: Sequence[TokenizedSequence], pad_id: int, device) -> dict[str, Any]:
-    import torch
-
-    width = max(len(s.input_ids) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(seqs), width), dtype=torch.long)
-    labels = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        n = len(s.input_ids)
-        ids[r, :n] = torch.tensor(s.input_ids)
-        attention[r, :n] = 1
-        labels[r, :n] = torch.tensor(s.label_mask)
-    return {"input_ids": ids.to(device), "attention_mask": attention.to(device), "label_mask": labels.to(device)}
-
-
-def micro_batches(items: list[Any], length: Callable[[Any], int], max_tokens: int) -> list[list[Any]]:
-    """Split a step's items into micro-batches of at most ``max_tokens`` padded tokens, longest first so that
-    items of similar length share a micro-batch."""
-    ordered = sorted(items, key=length, reverse=True)
-    batches: list[list[Any]] = []
-    for item in ordered:
-        if batches and (len(batches[-1]) + 1) * length(batches[-1][0]) <= max_tokens:
-            batches[-1].append(item)
-        else:
-            batches.append([item])
-    return batches
-
-
-def epoch_steps(items: list[Any], batch_size: int, epochs: float, seed: int) -> list[list[Any]]:
-    """The optimizer steps of the whole run: each epoch shuffles the items (seeded) and cuts them into batches."""
-    steps: list[list[Any]] = []
-    whole, frac = int(epochs), epochs - int(epochs)
-    for epoch in range(whole + (1 if frac > 0 else 0)):
-        order = list(items)
-        random.Random(seed * 1000 + epoch).shuffle(order)
-        if epoch == whole:
-            order = order[: max(1, round(len(order) * frac))]
-        steps.extend(order[i: i + batch_size] for i in range(0, len(order), batch_size))
-    return steps
-
-
-def process_share(items: list[Any], accelerator, rank: int | None = None) -> list[Any]:
-    """This process's part (or process ``rank``'s) of a step's items under data parallelism (all of them on one
-    process)."""
-    rank = accelerator.process_index if rank is None else rank
-    return items[rank:: accelerator.num_processes]
-
-
-def collective_passes(accelerator) -> bool:
-    """Whether every forward and backward pass through the model is a collective operation across processes:
-    under FSDP each layer's weights are gathered for its forward and its backward pass, under DeepSpeed ZeRO the
-    backward passes reduce gradients. Every process must then run as many passes as every other in each step.
-    Under DDP only the one synchronised backward pass per step is."""
-    from accelerate.utils import DistributedType
-
-    return accelerator.num_processes > 1 and accelerator.distributed_type in (DistributedType.FSDP,
-                                                                              DistributedType.DEEPSPEED)
-
-
-def passes_in_step(accelerator, count: Callable[[int], int]) -> int:
-    """How many micro-batch passes this process runs in a step, ``count(rank)`` being the number of micro-batches
-    in process ``rank``'s share: its own; under data parallelism at least one (an empty share still joins the
-    step's gradient synchronisation); where passes are collective (:func:`collective_passes`), as many as the
-    process with the most. Passes beyond a process's own micro-batches are :func:`idle_pass` es."""
-    own = count(accelerator.process_index)
-    if accelerator.num_processes == 1:
-        return own
-    if collective_passes(accelerator):
-        return max(1, max(count(rank) for rank in range(accelerator.num_processes)))
-    return max(own, 1)
-
-
-@contextlib.contextmanager
-def gradient_sync(accelerator, model, last: bool):
-    """Accumulate a step's micro-batches locally and synchronise (and, under DeepSpeed, step) only on the last.
-
-    Every process must run the same number of synchronised backward passes per step: exactly one, the last.
-    """
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        accelerator.gradient_state._set_sync_gradients(last)
-        yield
-    elif accelerator.num_processes > 1 and not last:
-        with accelerator.no_sync(model):
-            yield
-    else:
-        yield
-
-
-def dummy_batch(accelerator) -> dict[str, Any]:
-    """A two-token sequence with one target, in the trainers' wrappers' arguments (input_ids, attention_mask,
-    label_mask)."""
-    import torch
-
-    ids = torch.zeros((1, 2), dtype=torch.long, device=accelerator.device)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-            "label_mask": torch.tensor([[0, 1]], device=accelerator.device)}
-
-
-def idle_forward(accelerator, model) -> None:
-    """A forward pass without gradients on :func:`dummy_batch`: what a process with no data left runs where another
-    runs a no-grad pass through the (sharded) model, such as a reference pass."""
-    import torch
-
-    with torch.no_grad(), accelerator.autocast():
-        model(**dummy_batch(accelerator))
-
-
-def idle_pass(accelerator, model, last: bool = True, forwards: int = 0) -> None:
-    """A micro-batch pass without data: a process whose share of the step has no micro-batch left still joins the
-    step's collectives (:func:`passes_in_step`).
-
-    DDP reduces gradients only in the backward pass of a forward pass through it; FSDP gathers weights in every
-    pass. The process runs ``forwards`` no-grad passes (:func:`idle_forward`: what a real micro-batch runs before its
-    training pass, e.g. a reference pass through the policy), then the model on the dummy sequence and
-    backpropagates zero.
-    """
-    import torch
-
-    for _ in range(forwards):
-        idle_forward(accelerator, model)
-    with gradient_sync(accelerator, model, last=last):
-        with accelerator.autocast():
-            outputs = model(**dummy_batch(accelerator))
-        accelerator.backward(sum(t.float().sum() for t in outputs if torch.is_floating_point(t)) * 0.0)
-
-
-def engine_asked() -> str | None:
-    """The sharding engine an ``accelerate launch`` config asked for (its environment variables), if any."""
-    for var, engine in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")):
-        if os.environ.get(var, "false").lower() == "true":
-            return engine
-    return None
 
 
 class TrainerCallback:
@@ -654,6 +318,38 @@ class TrainLoop:
             lm.config.use_cache = False
         self.accelerator.wait_for_everyone()
         return target
+
+
+def write_training_files(loop: "TrainLoop", files: dict[str, Any]) -> None:
+    """The trainer's data files (diagnostics.json, pairs.jsonl, ...) beside the checkpoint, by the main process."""
+    if loop.accelerator.is_main_process:
+        loop.out_dir.mkdir(parents=True, exist_ok=True)
+        for name, content in files.items():
+            (write_jsonl if name.endswith(".jsonl") else write_json)(loop.out_dir / name, content)
+    if "diagnostics.json" in files and loop.tracking and not loop.resuming_from:
+        from turnrl.train.tracking import scalars
+
+        loop.accelerator.log(scalars(files["diagnostics.json"], "diagnostics/"), step=0)
+    loop.accelerator.wait_for_everyone()
+
+
+def finish_training(loop: "TrainLoop", cfg: TrainConfig, model_name: str, history: list[dict[str, float]],
+                    diagnostics: dict[str, Any]) -> Path:
+    """Save the trained policy with what made it (config, start model, loss summary, data diagnostics)."""
+    summary = summarise_history(history)
+    checkpoint = loop.save_checkpoint({"config": asdict(cfg), "model": model_name, "summary": summary,
+                                       "diagnostics": diagnostics})
+    loop.end_tracking()
+    loop.accelerator.print(summary_line(cfg.algo.name, summary, checkpoint))
+    if loop.accelerator.is_main_process:
+        for callback in _CALLBACKS.get():
+            callback.on_train_end(checkpoint)
+    if cfg.push_to_hub and loop.accelerator.is_main_process:
+        from turnrl.train.card import push_to_hub
+
+        url = push_to_hub(checkpoint, cfg.hub_model_id, private=cfg.hub_private)
+        loop.accelerator.print(f"train {cfg.algo.name}: pushed to the Hub as {cfg.hub_model_id} ({url})")
+    return checkpoint
 
 
 def headline(metrics: dict[str, float]) -> dict[str, str]:
