@@ -255,19 +255,13 @@ def test_import_train_swift_export_dpo(tmp_path, tiny_model_dir, capsys):
     assert record["model"] == str(tiny_model_dir) and record["summary"]["steps"] == 2
     diag = json.loads((run / "train" / "swift" / "diagnostics.json").read_text())
     assert diag["groups"] == 3 and diag["zero_signal_groups"] == 1
-    # Swift's weights, by hand: (r - mean) / std (ddof 1) within each group, floored at 0 where the algorithm
-    # floors them (the registry says), the tied group all 0.
+    # Swift's weights, by hand: (r - mean) / std (ddof 1) within each group, floored at 0, the tied group all 0.
     expected = []
     for group in (rows[0:3], rows[3:6], rows[6:8]):
         r = [g["reward"] for g in group]
         mean = sum(r) / len(r)
         std = math.sqrt(sum((x - mean) ** 2 for x in r) / (len(r) - 1))
-        expected += [(x - mean) / std if std else 0.0 for x in r]
-    from turnrl.algorithms.registry import get_algorithm
-
-    floor = getattr(get_algorithm("swift"), "negative_floor", None)
-    if floor is not None:
-        expected = [max(w, floor) for w in expected]
+        expected += [max(0.0, (x - mean) / std) if std else 0.0 for x in r]
     assert diag["weights"] == pytest.approx(expected, abs=1e-5)
 
     assert main(["export", "--run_dir", str(run), "--format", "dpo"]) == 0

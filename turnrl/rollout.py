@@ -35,12 +35,16 @@ logger = get_logger(__name__)
 
 @dataclass
 class Job:
-    """One conversation to run: a task, the policy's sampling settings, and optionally a prefix to continue."""
+    """One conversation to run: a task, the policy's sampling settings, and optionally a prefix to continue.
+    ``group`` and ``sample``: the group of conversations it belongs to (those Swift standardises over) and its
+    index there; a job without a group is a group of its own."""
 
     id: str
     task: Task
     sampling: Sampling
     prefix: Prefix | None = None
+    group: str = ""
+    sample: int = 0
 
 
 def run_episodes(
@@ -138,11 +142,12 @@ def build_jobs(tasks: list[Task], settings: dict, samples: int, temperatures: li
     rank = {t.id: r for r, t in enumerate(sorted(tasks, key=lambda t: derive_seed(seed, "gold position", t.id)))}
     jobs = []
     for task in tasks:
+        group = f"{task.id}@{group_suffix}"
         for k in range(samples):
-            traj_id = f"{task.id}@{group_suffix}#{k}"
+            traj_id = f"{group}#{k}"
             job_seed = derive_seed(seed, traj_id)
             shown = shuffled(task, job_seed, rank[task.id] + k) if settings.get("shuffle_options") else task
-            jobs.append(Job(id=traj_id, task=shown, sampling=Sampling(
+            jobs.append(Job(id=traj_id, task=shown, group=group, sample=k, sampling=Sampling(
                 temperature=temperatures[k % len(temperatures)], top_p=top_p, top_k=top_k, seed=job_seed)))
     return jobs
 
@@ -169,7 +174,7 @@ def showing(task: Task, order: list[int], options_seed: int | None = None) -> Ta
 def episode_to_trajectory(job: Job, episode: Episode, env_settings: dict, policy_info: dict,
                           seconds: float) -> Trajectory:
     return Trajectory(
-        id=job.id, task_id=job.task.id, group_id=job.id.rsplit("#", 1)[0], sample=int(job.id.rsplit("#", 1)[1]),
+        id=job.id, task_id=job.task.id, group_id=job.group or job.id, sample=job.sample,
         messages=episode.messages, policy=policy_info, temperature=job.sampling.temperature,
         seed=job.sampling.seed, env=env_settings, turns=episode.turns, finish=episode.finish,
         timing={"seconds": round(seconds, 3)}, meta={k: v for k, v in episode.meta.items() if k != "option_orders"},

@@ -46,8 +46,6 @@ class Algorithm:
     """preference: trains on branch rollouts from every step of the log (StepDPO), a stage run before training."""
     unpaired: bool = False
     """preference: the data are desirable and undesirable examples (KTO's loss) instead of pairs (DPO's)."""
-    negative_floor: float | None = None
-    """weighted: the floor its weights are clipped to when ``algo.negative_floor`` is not set (None: no floor)."""
 
 
 _REGISTRY: dict[str, Algorithm] = {}
@@ -70,7 +68,7 @@ def _load_plugins() -> None:
 
 def register_algorithm(name: str, *, family: Family, display: str, paper: str, baseline: bool = False,
                        turns: Literal["all", "final"] = "all", needs_branches: bool = False,
-                       unpaired: bool = False, negative_floor: float | None = None) -> Callable:
+                       unpaired: bool = False) -> Callable:
     """Register the decorated function as the builder of algorithm ``name``; returns the function unchanged."""
     if family not in FAMILIES:
         raise ValueError(f"algorithm {name!r}: family {family!r}; expected one of {', '.join(FAMILIES)}")
@@ -81,7 +79,7 @@ def register_algorithm(name: str, *, family: Family, display: str, paper: str, b
                              f"{build.__module__})")
         _REGISTRY[name] = Algorithm(name=name, family=family, build=build, display=display, paper=paper,
                                     baseline=baseline, turns=turns, needs_branches=needs_branches,
-                                    unpaired=unpaired, negative_floor=negative_floor)
+                                    unpaired=unpaired)
         return build
 
     return decorate

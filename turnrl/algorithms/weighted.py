@@ -64,8 +64,8 @@ class AlgoConfig:
     shift_negative: bool = False
     """refit: shift rewards by their minimum instead of refusing negative ones."""
     negative_floor: float | None = None
-    """Clip weights below this value (e.g. -1.0). Default: the algorithm's own (swift: 0; swift-literal and the
-    others: no floor)."""
+    """Clip weights below this value (e.g. -1.0). Default: swift floors at 0 (its own function does), the others
+    have no floor."""
     kl_coef: float = 0.0
     """Anchor to the logging policy: adds kl_coef to every weight (see module docstring)."""
     turns: str = ""
@@ -166,9 +166,9 @@ def refit_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -
     return rewards
 
 
-@register_algorithm("swift-literal", family="weighted", display="Swift (000 as written)", paper="000 eq. 9")
-@register_algorithm("swift", family="weighted", display="Swift", paper="000 eq. 9", negative_floor=0.0)
-def swift_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
+def group_standardised(trajectories: list[Trajectory], diag: dict) -> list[float]:
+    """000 eq. 9: (r - mean_x) / std_x over each group's trajectories, std with 1/(m - 1); 0 for every trajectory of a
+    group whose rewards are all equal (no signal)."""
     rewards = dict(zip((t.id for t in trajectories), _rewards(trajectories)))
     weights: dict[str, float] = {}
     flat = 0
@@ -184,16 +184,30 @@ def swift_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -
     return [weights[t.id] for t in trajectories]
 
 
+@register_algorithm("swift", family="weighted", display="Swift", paper="000 eq. 9")
+def swift_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
+    """max(floor, eq. 9's weight), the floor 0 unless ``algo.negative_floor`` sets another."""
+    floor = 0.0 if cfg.negative_floor is None else cfg.negative_floor
+    weights = group_standardised(trajectories, diag)
+    diag["floored"] = sum(w < floor for w in weights)
+    return [max(w, floor) for w in weights]
+
+
+@register_algorithm("swift-literal", family="weighted", display="Swift (000 as written)", paper="000 eq. 9")
+def swift_literal_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
+    """000 eq. 9 as written: negative weights kept (unless ``algo.negative_floor`` clips them)."""
+    return group_standardised(trajectories, diag)
+
+
 def build_weighted_examples(trajectories: list[Trajectory], cfg: AlgoConfig) -> tuple[list[WeightedExample], dict]:
     """Weights for every logged trajectory, and diagnostics about them (for the report)."""
     algorithm = get_algorithm(cfg.name, family="weighted")
     diag: dict[str, Any] = {"algorithm": cfg.name, "trajectories": len(trajectories),
                             "groups": len(groups_of(trajectories))}
     weights = algorithm.build(trajectories, cfg, diag)
-    floor = cfg.negative_floor if cfg.negative_floor is not None else algorithm.negative_floor
-    if floor is not None:
-        diag["floored"] = sum(w < floor for w in weights)
-        weights = [max(w, floor) for w in weights]
+    if cfg.negative_floor is not None:  # the safeguard any algorithm takes (Swift applies its own floor itself)
+        diag["floored"] = diag.get("floored", 0) + sum(w < cfg.negative_floor for w in weights)
+        weights = [max(w, cfg.negative_floor) for w in weights]
     if cfg.kl_coef:
         weights = [w + cfg.kl_coef for w in weights]
     turns = cfg.turns or algorithm.turns

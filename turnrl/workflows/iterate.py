@@ -139,18 +139,14 @@ def _start_or_resume(cfg: IterateConfig, run_dir: Path) -> None:
     write_json(record, current)
 
 
-def _sample_index(job_id: str) -> int:
-    return int(job_id.rsplit("#", 1)[1])
-
-
 def _rollouts(cfg: IterateConfig, out: Path, tasks: list[Task], env, seed: int, current: str,
               previous: str | None) -> Path:
     """K trajectories per prompt: samples 0..K-M-1 from the current policy, the last M from the previous one."""
     ro = cfg.rollout
     jobs = build_jobs(tasks, env.settings(), ro.samples, ro.temperatures, ro.top_p, ro.top_k, seed)
     first_previous = ro.samples - (cfg.previous_samples if previous else 0)
-    sources = [(current, [j for j in jobs if _sample_index(j.id) < first_previous]),
-               (previous, [j for j in jobs if _sample_index(j.id) >= first_previous])]
+    sources = [(current, [j for j in jobs if j.sample < first_previous]),
+               (previous, [j for j in jobs if j.sample >= first_previous])]
     for model, model_jobs in sources:
         if model_jobs:
             log_rollouts(out, env, model_jobs, replace(cfg.generation, model=model),
