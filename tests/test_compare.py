@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from turnrl.stages.compare import CompareConfig, build_comparison
-from turnrl.stages.report import compare_run
+from turnrl.stages.compare import CompareConfig, build_comparison, compare_run
 from turnrl.errors import InputError
 
 QUESTIONS = [f"q{i}" for i in range(10)]
@@ -238,7 +237,7 @@ def test_methods_evaluated_differently_are_flagged(tmp_path):
 
 
 def test_display_names_of_the_papers_and_of_refreshed_runs():
-    from turnrl.stages.compare import display_name
+    from turnrl.stages.comparison import display_name
     assert display_name("sft-final") == "SFT (final turn)"
     assert display_name("drift-refresh") == "DRIFT (refresh)"
     assert display_name("my-method") == "my-method"

@@ -195,7 +195,7 @@ def test_final_turn_mask_is_exactly_the_last_assistant_message(tokenizer):
 
 # ------------------------------------------------------------------------------------------------- multi@k
 def test_multi_at_k_curve_and_plot(tmp_path):
-    from turnrl.stages.report import multi_at_k_curves, plot_multi_at_k
+    from turnrl.stages.compare import multi_at_k_curves, plot_multi_at_k
 
     def write(method: str, solved_at: list[int | None]):
         folder = tmp_path / "eval" / method

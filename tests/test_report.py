@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from turnrl.cli import main
-from turnrl.stages.compare import CompareConfig
-from turnrl.stages.report import compare_run
+from turnrl.stages.compare import CompareConfig, compare_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -289,8 +289,7 @@ def test_rejudge_a_scored_log_with_a_second_judge_on_loopback(tmp_path, judges, 
 def test_an_evaluation_rejudged_shows_in_compare_and_the_report(tmp_path, judges):
     """Two evaluated methods judged by judge A; judge B rescores them; compare shows the agreement pooled over the
     test conversations, and the second judge's per-method means beside the first judge's."""
-    from turnrl.stages.compare import CompareConfig
-    from turnrl.stages.report import compare_run
+    from turnrl.stages.compare import CompareConfig, compare_run
 
     run = tmp_path / "run"
     write_jsonl(run / "tasks" / "test.jsonl", [task(i) for i in range(N)])

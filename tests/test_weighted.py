@@ -217,7 +217,7 @@ def test_registering_an_algorithm_is_one_function():
     """docs/design.md section 7's example: one decorated function makes an algorithm that training, the tables
     and the error messages know; its weights and diagnostics are the ones computed by hand."""
     from turnrl.algorithms.registry import get_algorithm, register_algorithm, unregister_algorithm
-    from turnrl.stages.compare import baseline_methods, default_order, display_name
+    from turnrl.stages.comparison import baseline_methods, default_order, display_name
 
     @register_algorithm("refit-correct", family="weighted", display="Refit (correct only)", paper="000 eq. 5")
     def refit_correct_weights(trajectories, cfg, diag):

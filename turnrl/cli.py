@@ -18,8 +18,7 @@ from turnrl.errors import TurnrlError
 
 
 def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
-    from turnrl.stages.compare import CompareConfig
-    from turnrl.stages.report import compare
+    from turnrl.stages.compare import CompareConfig, compare
     from turnrl.workflows.demo import DemoConfig, demo
     from turnrl.stages.evaluate import EvaluateConfig, evaluate
     from turnrl.stages.export import ExportConfig, export

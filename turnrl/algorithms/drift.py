@@ -24,7 +24,7 @@ Diagnostics for the report: the effective sample size (sum w)^2 / sum w^2 of eac
 Table 8: only mixed groups tell successes from failures through their outcome).
 
 Evaluation (004 eq. 21): ``turnrl evaluate`` records multi@k for feedback conversations; the curves and their plot
-are in the reporting layer (:func:`turnrl.stages.report.multi_at_k_curves`, :func:`turnrl.stages.report.plot_multi_at_k`).
+are in the reporting layer (:func:`turnrl.stages.compare.multi_at_k_curves`, :func:`turnrl.stages.compare.plot_multi_at_k`).
 """
 
 from __future__ import annotations

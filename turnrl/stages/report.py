@@ -19,9 +19,7 @@ the two judges' agreement per rubric item (:mod:`turnrl.stages.rejudge`).
 from __future__ import annotations
 
 import base64
-import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,182 +27,22 @@ from typing import Any
 import numpy as np
 
 from turnrl import stats
-from turnrl.stages.compare import AT_K, Comparison, CompareConfig, agreement_tables, build_comparison, \
-    default_order, describe_runs, diagnostics_table, display_name, evaluated_methods, load_method, paired_tables, \
-    results_table, settings_mismatch, write_comparison
-from turnrl.stages.rejudge import conversation_key, read_records
+from turnrl.errors import has_extra
 from turnrl.judge import METRICS as JUDGE_METRICS, SECOND
 from turnrl.layout import CONVERSATIONS, SCORED, eval_dir, plots_dir, second_judge_file, task_file, train_dir
-from turnrl.errors import InputError, has_extra
 from turnrl.records import Task, Trajectory, atomic_write_text, iter_jsonl, read_json, read_tasks, \
     read_trajectories
+from turnrl.stages.rejudge import conversation_key, read_records
+from turnrl.stages.comparison import AT_K, Comparison, display_name
+from turnrl.stages.tables import agreement_tables, describe_runs, diagnostics_table, paired_tables, results_table, \
+    settings_mismatch
+from turnrl.stages.plots import method_colors, plot_accuracy, plot_at_k, plot_rewards, plot_training, plot_weights, \
+    recorded_ess
 from turnrl.log import get_logger
 
 logger = get_logger(__name__)
 
 TEMPLATE = Path(__file__).with_name("report_template.html")
-BASE_COLOR = "#7f7f7f"
-
-
-def method_colors(methods: list[str], baseline: str = "base") -> dict[str, str]:
-    """One color per method, the same in every plot; Base in grey."""
-    from matplotlib import colormaps
-
-    palette = [colormaps["tab10"](i) for i in range(10) if i != 7]  # tab10's grey is Base's
-    others = [m for m in methods if m != baseline]
-    colors = {m: _hex(palette[i % len(palette)]) for i, m in enumerate(others)}
-    colors[baseline] = BASE_COLOR
-    return colors
-
-
-def _hex(rgba) -> str:
-    return "#" + "".join(f"{int(round(255 * v)):02x}" for v in rgba[:3])
-
-
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def plot_accuracy(comparison: Comparison, colors: dict[str, str], baseline: str = "base") -> bytes:
-    c = comparison
-    names = [c.results[m].name for m in c.methods]
-    diffs = c.paired.get(baseline, {})
-    fig = _figure(10 if diffs else 6, 0.9 + 0.4 * len(c.methods))
-    axes = fig.subplots(1, 2 if diffs else 1, sharey=True, squeeze=False)[0]
-    y = np.arange(len(c.methods))[::-1]
-    acc = [c.results[m].summary["accuracy"] for m in c.methods]
-    axes[0].barh(y, [100 * e.mean for e in acc], xerr=[100 * e.se for e in acc], capsize=3,
-                 color=[colors[m] for m in c.methods])
-    for yi, e in zip(y, acc):
-        axes[0].text(min(100 * (e.mean + e.se), 100) + 1, yi, f"{100 * e.mean:.1f}", va="center", fontsize=8)
-    axes[0].set(yticks=y, yticklabels=names, xlabel="accuracy (%), ± SE", xlim=(0, 115))
-    axes[0].set_title("Accuracy on the test questions", fontsize=10)
-    if diffs:
-        ax = axes[1]
-        ax.axvline(0, color="black", lw=0.8)
-        for yi, m in zip(y, c.methods):
-            d = diffs.get(m, {}).get("accuracy")
-            if d is None or d.n == 0:
-                continue
-            ax.errorbar([100 * d.diff], [yi], xerr=[[100 * (d.diff - d.low)], [100 * (d.high - d.diff)]],
-                        fmt="o", color=colors[m], capsize=3)
-        ax.set(xlabel="accuracy difference (points), 95% bootstrap interval")
-        ax.set_title(f"Paired against {display_name(baseline)} (same questions)", fontsize=10)
-    return _png(fig)
-
-
-def plot_rewards(logged: list[float], per_method: dict[str, list[float]], names: dict[str, str],
-                 colors: dict[str, str]) -> bytes:
-    """One histogram per source on shared bins; bar heights are shares so that sources of any size compare."""
-    sources = ([("Logged data (train)", logged, "#444444")] if logged else []) + \
-        [(f"{names[m]} (test)", v, colors[m]) for m, v in per_method.items() if v]
-    values = np.concatenate([np.asarray(v, dtype=float) for _, v, _ in sources])
-    low, high = float(values.min()), float(values.max())
-    if high - low < 1e-9:
-        low, high = low - 0.5, high + 0.5
-    bins = np.linspace(low, high, 26)
-    fig = _figure(7, 0.5 + 1.05 * len(sources))
-    axes = fig.subplots(len(sources), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, (label, v, color) in zip(axes, sources):
-        v = np.asarray(v, dtype=float)
-        ax.hist(v, bins=bins, weights=np.full(len(v), 1 / len(v)), color=color)
-        ax.axvline(v.mean(), color="black", lw=1, ls="--")
-        ax.text(0.99, 0.9, f"{label}: mean {v.mean():.3f}, n={len(v)}", transform=ax.transAxes, ha="right",
-                va="top", fontsize=8)
-        ax.set_ylabel("share", fontsize=8)
-        ax.tick_params(labelsize=8)
-    axes[0].set_title("Reward distributions (dashed: mean)", fontsize=10)
-    axes[-1].set_xlabel("reward")
-    return _png(fig)
-
-
-def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    if window <= 1 or len(values) < window:
-        return values
-    kernel = np.ones(window) / window
-    return np.convolve(values, kernel, mode="valid")
-
-
-def plot_training(logs: dict[str, list[dict[str, Any]]], names: dict[str, str], colors: dict[str, str]) -> bytes:
-    """Per algorithm: NLL per trained token (comparable from step to step, unlike the token-sum objective), the
-    objective ("loss") and the gradient norm (before clipping) of each optimizer step."""
-    from matplotlib.ticker import MaxNLocator
-
-    panels = [k for k in ("nll_per_token", "loss", "grad_norm") if any(k in r for rows in logs.values() for r in rows)]
-    fig = _figure(4.2 * len(panels), 0.6 + 1.9 * len(logs))
-    axes = fig.subplots(len(logs), len(panels), squeeze=False)
-    for row, (algo, records) in enumerate(logs.items()):
-        for col, key in enumerate(panels):
-            ax = axes[row][col]
-            points = [(r.get("step", i + 1), r[key]) for i, r in enumerate(records)
-                      if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-            if not points:
-                ax.set_axis_off()
-                continue
-            steps, values = (np.asarray(x, dtype=float) for x in zip(*points))
-            window = max(1, len(values) // 20)
-            ax.plot(steps, values, color=colors.get(algo, "black"), alpha=0.35 if window > 1 else 1.0, lw=1)
-            if window > 1:
-                ax.plot(steps[window - 1:], _moving_average(values, window), color=colors.get(algo, "black"), lw=1.5)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            label = {"nll_per_token": "NLL per token", "loss": "objective"}.get(key, key.replace("_", " "))
-            ax.set_title(f"{names.get(algo, algo)}: {label}", fontsize=9)
-            ax.tick_params(labelsize=8)
-            if row == len(logs) - 1:
-                ax.set_xlabel("optimizer step", fontsize=8)
-    return _png(fig)
-
-
-def plot_at_k(family: str, comparison: Comparison, colors: dict[str, str]) -> bytes:
-    """Mean ± SE of ``family@k`` against k, one line per method."""
-    fig = _figure(6, 4)
-    ax = fig.subplots()
-    scale = 1.0
-    for m in comparison.methods:
-        summary = comparison.results[m].summary
-        points = sorted((int(AT_K.match(k)["k"]), e) for k, e in summary.items()
-                        if AT_K.match(k) and AT_K.match(k)["family"] == family and e.n)
-        if not points:
-            continue
-        scale = 100 if all(0 <= e.mean <= 1 for _, e in points) else 1
-        ks = [k for k, _ in points]
-        ax.errorbar(ks, [scale * e.mean for _, e in points], yerr=[scale * e.se for _, e in points], marker="o",
-                    capsize=3, color=colors[m], label=comparison.results[m].name)
-        ax.set_xticks(ks)
-    ax.set(xlabel="k (turns)", ylabel=f"{family}@k" + (" (%)" if scale == 100 else ""))
-    ax.set_title(f"{family}@k: success within the first k turns, ± SE", fontsize=10)
-    ax.legend(fontsize=8)
-    return _png(fig)
-
-
-def plot_weights(diagnostics: dict[str, dict[str, Any]], names: dict[str, str], colors: dict[str, str]) -> bytes:
-    fig = _figure(4.2 * min(3, len(diagnostics)), 2.6 * math.ceil(len(diagnostics) / 3))
-    axes = fig.subplots(math.ceil(len(diagnostics) / 3), min(3, len(diagnostics)), squeeze=False).ravel()
-    for ax in axes[len(diagnostics):]:
-        ax.set_axis_off()
-    for ax, (algo, diag) in zip(axes, diagnostics.items()):
-        w = np.asarray(diag["weights"], dtype=float)
-        ax.hist(w, bins=30, color=colors.get(algo, "black"))
-        ax.set_title(f"{names.get(algo, algo)}: ESS {recorded_ess(diag):.1f} of {len(w)}", fontsize=9)
-        ax.set_xlabel("weight", fontsize=8)
-        ax.set_ylabel("trajectories", fontsize=8)
-        ax.tick_params(labelsize=8)
-    return _png(fig)
-
-
-def recorded_ess(diag: dict[str, Any]) -> float:
-    """The effective sample size as the trainer recorded it, else computed from the weights."""
-    if isinstance(diag.get("ess"), (int, float)):
-        return float(diag["ess"])
-    return stats.effective_sample_size(diag["weights"])
 
 
 # --------------------------------------------------------------------------------------------- run directory
@@ -480,61 +318,3 @@ def write_report(comparison: Comparison, baseline: str = "base") -> Path:
     out = run_dir / "report.html"
     atomic_write_text(out, page)
     return out
-
-
-def multi_at_k_curves(run_dir: str | Path, methods: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Per evaluated method: multi@k (mean, SE, n) for k = 1..T from ``eval/<method>/per_question.jsonl`` (SEs
-    as every table of the run: :mod:`turnrl.stats`), and 004 Table 6's correction rate
-    Corr = (multi@T - multi@1) / (1 - multi@1), the share of first-turn failures fixed by the feedback."""
-    run_dir = Path(run_dir)
-    curves: dict[str, dict[str, Any]] = {}
-    for method in methods or evaluated_methods(run_dir):
-        summary = load_method(run_dir, method).summary
-        points = sorted((int(m["k"]), e) for key, e in summary.items()
-                        if (m := AT_K.match(key)) and m["family"] == "multi" and e.n)
-        if not points:
-            continue
-        first, last = points[0][1].mean, points[-1][1].mean
-        curves[method] = {"k": [k for k, _ in points], "mean": [e.mean for _, e in points],
-                          "se": [e.se for _, e in points], "n": points[0][1].n,
-                          "correction_rate": (last - first) / (1 - first) if first < 1 else float("nan")}
-    return curves
-
-
-def plot_multi_at_k(run_dir: str | Path, methods: list[str] | None = None, output: str | Path = "") -> Path:
-    """multi@k against k (mean ± SE), one line per method, as a PNG (default: <run_dir>/multi_at_k.png). It is the
-    figure the run's report draws for the feedback environment (plots/multi_at_k.png), for any choice of methods."""
-    run_dir = Path(run_dir)
-    methods = methods or default_order(evaluated_methods(run_dir))
-    if not multi_at_k_curves(run_dir, methods):
-        raise InputError(f"{eval_dir(run_dir)}: no evaluation of {methods} has multi@k (env.name: feedback)")
-    comparison = build_comparison(run_dir, methods)
-    path = Path(output) if output else run_dir / "multi_at_k.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(plot_at_k("multi", comparison, method_colors(methods)))
-    tmp.replace(path)
-    return path
-
-
-def compare_run(cfg: CompareConfig) -> tuple[Comparison, Path | None]:
-    """Write the comparison files (and the report); return the comparison and the report's path."""
-    run_dir = Path(cfg.run_dir)
-    available = evaluated_methods(run_dir, cfg.split)
-    methods = cfg.methods or default_order(available, cfg.baseline)
-    if not methods:
-        raise InputError(f"{eval_dir(run_dir, '', cfg.split)}: no evaluated policies; run `turnrl evaluate` first")
-    comparison = build_comparison(run_dir, methods, cfg.baseline, cfg.baselines, cfg.bootstrap_samples,
-                                  cfg.bootstrap_seed, cfg.split)
-    write_comparison(comparison)
-    return comparison, write_report(comparison) if cfg.report else None
-
-
-def compare(cfg: CompareConfig) -> Path | None:
-    comparison, report = compare_run(cfg)
-    print(comparison.markdown)
-    run_dir = Path(cfg.run_dir)
-    logger.info(f"written: {run_dir / 'results.md'}, {run_dir / 'results.csv'}, {run_dir / 'comparison.json'}")
-    if report is not None:
-        logger.info(f"report: {report}")
-    return report

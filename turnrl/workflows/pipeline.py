@@ -261,8 +261,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     for name in cfg.refresh.algorithms:
         train_and_evaluate(f"{name}-refresh", train_with_refresh, cfg, name)
     write_json(run_dir / "skipped.json", skipped)
-    from turnrl.stages.compare import CompareConfig
-    from turnrl.stages.report import compare_run
+    from turnrl.stages.compare import CompareConfig, compare_run
 
     methods = [m for m in (["base"] if cfg.evaluate_base else []) + list(cfg.algorithms)
                + [f"{name}-refresh" for name in cfg.refresh.algorithms] if m not in skipped] + list(references)

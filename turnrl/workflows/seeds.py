@@ -87,7 +87,7 @@ def seeds_table(run_dir: Path, seeds: list[int], methods: list[str], split: str,
     """Mean over seeds with two-level bootstrap intervals, per-seed values and paired differences vs Base and of
     the reward-weighted methods vs the best baseline."""
     from turnrl.algorithms.registry import algorithms
-    from turnrl.stages.compare import baseline_methods, display_name
+    from turnrl.stages.comparison import baseline_methods, display_name
     from turnrl.stages.evaluate import letter_spread
 
     rows = {m: {s: _rows(run_dir, s, m, split) for s in seeds} for m in methods}

@@ -142,8 +142,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
         timed_stage(timings, "evaluate base", evaluate_policy, cfg, "base", cfg.model, "test")
     for name in cfg.algorithms:
         timed_stage(timings, f"evaluate {name}", evaluate_policy, cfg, name, chosen[name]["policy"], "test")
-    from turnrl.stages.compare import CompareConfig
-    from turnrl.stages.report import compare_run
+    from turnrl.stages.compare import CompareConfig, compare_run
 
     methods = (["base"] if cfg.evaluate_base else []) + list(cfg.algorithms)
     write_json(run_dir / "timings.json", timings)
