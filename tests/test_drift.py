@@ -78,7 +78,7 @@ def test_return_read_from_conversations():
 
 
 def test_scorer_records_the_return_for_feedback_conversations_only():
-    from turnrl.stages.score import RewardConfig, Scorer
+    from turnrl.rewards.scoring import RewardConfig, Scorer
 
     fb = feedback_traj("g", 0, ["The answer is B.", "The answer is C."])
     other = feedback_traj("g", 1, ["The answer is C."])

@@ -152,7 +152,7 @@ def test_metrics_multi_at_k(gsm8k_task):
 def test_evaluate_reports_multi_at_k_with_standard_errors(tmp_path):
     """`turnrl evaluate` on four questions: solved at turns 1, 2, never, 3 -> multi@k by hand."""
     from turnrl.stages.evaluate import EvaluateConfig, evaluate
-    from turnrl.stages.score import RewardConfig
+    from turnrl.rewards.scoring import RewardConfig
     from turnrl.tasks import DatasetConfig
 
     rows = [{"id": f"q{i}", "question": f"Question number {i}: which option?", "choices": ["w", "x", "y", "z"],

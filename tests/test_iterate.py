@@ -14,7 +14,7 @@ from turnrl.stages.evaluate import EvalOptions
 from turnrl.generation import BackendConfig
 from turnrl.workflows.iterate import IterateConfig, iterate
 from turnrl.records import read_json, read_trajectories
-from turnrl.stages.score import RewardConfig
+from turnrl.rewards.scoring import RewardConfig
 from turnrl.stages.simulate import RolloutOptions
 from turnrl.tasks import DatasetConfig
 from turnrl.train.config import OptimConfig

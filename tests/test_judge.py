@@ -15,7 +15,7 @@ from turnrl.errors import ConfigError
 from turnrl.generation import GenResult
 from turnrl.judge import Judge, JudgeConfig, agreement, parse_judgement, score_with_judges, user_prompt
 from turnrl.records import Task, Trajectory
-from turnrl.stages.score import RewardConfig, Scorer
+from turnrl.rewards.scoring import RewardConfig, Scorer
 
 EXACT = """Accuracy: 8
 The assistant identified the correct answer (C) early and kept to it.

@@ -397,7 +397,8 @@ def test_step_dpo_branch_rollouts_and_training(tmp_path, tiny_model_dir):
     from turnrl.envs import EnvConfig
     from turnrl.generation import BackendConfig
     from turnrl.records import read_json, read_trajectories
-    from turnrl.stages.score import RewardConfig, ScoreConfig, score
+    from turnrl.rewards.scoring import RewardConfig
+    from turnrl.stages.score import ScoreConfig, score
     from turnrl.stages.simulate import RolloutOptions, SimulateConfig, simulate
     from turnrl.tasks import DatasetConfig
     from turnrl.train import train

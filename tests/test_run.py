@@ -11,7 +11,7 @@ from turnrl.envs import EnvConfig
 from turnrl.errors import NothingToLearn
 from turnrl.generation import BackendConfig
 from turnrl.records import read_trajectories
-from turnrl.stages.score import RewardConfig
+from turnrl.rewards.scoring import RewardConfig
 from turnrl.stages.simulate import RolloutOptions
 from turnrl.tasks import DatasetConfig
 from turnrl.train import train

@@ -149,7 +149,7 @@ def test_asking_and_using_the_reply_succeeds_and_asking_only_when_needed_earns_m
 
 
 def test_conversation_shapes_and_the_earned_reward_component():
-    from turnrl.stages.score import RewardConfig, Scorer
+    from turnrl.rewards.scoring import RewardConfig, Scorer
 
     task = Task(id="mc/1", source="sciq", question="Which gas do plants absorb for photosynthesis?",
                 choices=["oxygen", "nitrogen", "carbon dioxide", "helium"], answer="C")

@@ -17,6 +17,10 @@ Every path into a run directory is spelled here (tests/test_architecture.py fail
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from turnrl.records import Task
 
 TASKS = "tasks"
 ROLLOUTS = "rollouts/trajectories.jsonl"
@@ -45,6 +49,22 @@ def task_dir(run_dir: str | Path) -> Path:
 
 def task_file(run_dir: str | Path, split: str) -> Path:
     return task_dir(run_dir) / f"{split}.jsonl"
+
+
+def run_tasks(run_dir: str | Path) -> dict[str, Task]:
+    """Every pool's tasks of a run by id (``tasks/{train,val,test}.jsonl``): what scoring and judging look the
+    conversations' questions and gold answers up in."""
+    from turnrl.errors import InputError
+    from turnrl.records import read_tasks
+
+    tasks: dict[str, Task] = {}
+    for split in ("train", "val", "test"):
+        if task_file(run_dir, split).exists():
+            tasks.update({t.id: t for t in read_tasks(task_file(run_dir, split))})
+    if not tasks:
+        raise InputError(f"{task_dir(run_dir)}: no train.jsonl, val.jsonl or test.jsonl; run `turnrl simulate` "
+                         "first")
+    return tasks
 
 
 def train_dir(run_dir: str | Path, algo: str = "") -> Path:

@@ -62,9 +62,10 @@ class EnvironmentSpec:
     """How its prompts ask for the final answer (the answer rule reads "<phrase> X")."""
     reward_components: tuple[str, ...] = ()
     """Components that only its conversations have, computed by ``turnrl score`` (besides the common ones)."""
-    components: Callable[[Any, Any], dict[str, float]] | None = None
-    """(trajectory, task) -> its ``reward_components``, each in [0, 1], which may then be weighted into the reward
-    (DRIFT's, computed from the reward config, are kept out of it)."""
+    components: Callable[[Any, Any, Any], dict[str, float]] | None = None
+    """(trajectory, task, reward config) -> its ``reward_components`` (``turnrl score`` calls it for each of its
+    conversations); each in [0, 1], which may then be weighted into the reward (DRIFT's return, whose terms the
+    reward config's ``drift`` section sets, is kept out of it)."""
 
 
 ENVIRONMENTS: dict[str, EnvironmentSpec] = {}
@@ -103,7 +104,7 @@ def _clarify(cfg: EnvConfig) -> Environment:
                       teacher_max_new_tokens=cfg.teacher_max_new_tokens)
 
 
-def _worksheet_components(trajectory, task) -> dict[str, float]:
+def _worksheet_components(trajectory, task, reward) -> dict[str, float]:
     from turnrl.envs.worksheet import reward_components
 
     return reward_components(trajectory, task)
@@ -125,8 +126,15 @@ def _ask(cfg: EnvConfig) -> Environment:
     return AskEnv(max_new_tokens=cfg.max_new_tokens, final_max_new_tokens=cfg.final_max_new_tokens or None)
 
 
+def _feedback_components(trajectory, task, reward) -> dict[str, float]:
+    from turnrl.rewards.drift_return import drift_components
+
+    return drift_components(trajectory, task, reward.drift)
+
+
 @register_environment("feedback", paper="004 Sec. 2, 5.5",
-                      reward_components=("drift_return", "turns_used", "distinct_answers"))
+                      reward_components=("drift_return", "turns_used", "distinct_answers"),
+                      components=_feedback_components)
 def _feedback(cfg: EnvConfig) -> Environment:
     from turnrl.envs.feedback import DEFAULT_TURNS, FeedbackEnv
 

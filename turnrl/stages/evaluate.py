@@ -23,7 +23,7 @@ from turnrl.layout import eval_dir, task_dir
 from turnrl.records import Task, Trajectory, atomic_write_text, read_json, read_trajectories, write_json, write_jsonl
 from turnrl.rewards import answer_changed, answers_per_turn, final_answer, uses_thinking_tags
 from turnrl.rollout import build_jobs, check_resume, log_rollouts
-from turnrl.stages.score import RewardConfig, Scorer, check_reward_fits_tasks
+from turnrl.rewards.scoring import RewardConfig, Scorer, check_reward_fits_tasks
 from turnrl.tasks import DatasetConfig, load_split, prepare_split
 from turnrl.log import get_logger
 

@@ -36,8 +36,8 @@ from typing import Any
 
 from turnrl.errors import ConfigError, InputError
 from turnrl.judge import LABELS, METRICS, PRIMARY, SECOND, Judge, JudgeConfig
-from turnrl.layout import CONVERSATIONS, SCORED, eval_dir, second_judge_file, task_dir, task_file
-from turnrl.records import ResumableJsonlWriter, Task, iter_jsonl, read_json, read_tasks, read_trajectories, \
+from turnrl.layout import CONVERSATIONS, SCORED, eval_dir, run_tasks, second_judge_file
+from turnrl.records import ResumableJsonlWriter, Task, iter_jsonl, read_json, read_trajectories, \
     write_json, write_jsonl
 from turnrl.stats import RaterAgreement, rater_agreement
 from turnrl.log import get_logger
@@ -82,18 +82,6 @@ def judge_settings(cfg: JudgeConfig) -> dict[str, Any]:
 def default_logs(run_dir: Path) -> list[Path]:
     logs = [run_dir / SCORED] if (run_dir / SCORED).exists() else []
     return logs + sorted(eval_dir(run_dir).glob(f"*/{CONVERSATIONS}"))
-
-
-def task_index(run_dir: Path) -> dict[str, Task]:
-    """Every split's tasks (the judge is shown the question, the options and the gold answer)."""
-    tasks: dict[str, Task] = {}
-    for split in ("train", "val", "test"):
-        if task_file(run_dir, split).exists():
-            tasks.update({t.id: t for t in read_tasks(task_file(run_dir, split))})
-    if not tasks:
-        raise InputError(f"{task_dir(run_dir)}: no train.jsonl, val.jsonl or test.jsonl; the judge needs the "
-                         "questions and their gold answers")
-    return tasks
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -187,7 +175,7 @@ def rejudge(cfg: RejudgeConfig) -> list[Path]:
     for log in logs:
         if not log.exists():
             raise InputError(f"{log}: file not found")
-    tasks = task_index(run_dir)
+    tasks = run_tasks(run_dir)
     judge = Judge(cfg.judge)  # one backend for every log, loaded on the first cache miss
     outputs = []
     for log in logs:

@@ -51,7 +51,8 @@ from turnrl.models import DEFAULT_MODEL
 from turnrl.records import Task, read_json, read_trajectories, write_json, write_jsonl
 from turnrl.rollout import build_jobs, log_rollouts
 from turnrl.workflows.pipeline import branch_rollouts
-from turnrl.stages.score import RewardConfig, ScoreConfig, score
+from turnrl.rewards.scoring import RewardConfig
+from turnrl.stages.score import ScoreConfig, score
 from turnrl.stages.simulate import RolloutOptions, SimulateConfig
 from turnrl.tasks import DatasetConfig, prepare_split
 from turnrl.train.config import OptimConfig

@@ -24,7 +24,8 @@ from turnrl.generation import BackendConfig
 from turnrl.models import DEFAULT_MODEL
 from turnrl.layout import BRANCHES, SCORED, SCORED_BRANCHES
 from turnrl.records import read_trajectories, write_json
-from turnrl.stages.score import RewardConfig, ScoreConfig, check_reward_fits_tasks, score
+from turnrl.rewards.scoring import RewardConfig, check_reward_fits_tasks
+from turnrl.stages.score import ScoreConfig, score
 from turnrl.stages.simulate import RolloutOptions, SimulateConfig, simulate
 from turnrl.tasks import DatasetConfig, load_split, prepare_split
 from turnrl.train.config import OptimConfig
