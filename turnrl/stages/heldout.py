@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from turnrl import stats
 from turnrl.errors import ConfigError, InputError
 from turnrl.log import get_logger
 from turnrl.records import Trajectory, atomic_write_text, read_trajectories, write_json
@@ -98,10 +99,9 @@ def conversation_logprobs(model: str, trajectories: list[Trajectory], batch_toke
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    if len(a) == 0:
-        return float("nan"), float("nan")
-    return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else float("nan")
+    """:func:`turnrl.stats.mean`, with no standard error (nan) where a single value gives none."""
+    est = stats.mean(values)
+    return est.mean, est.se if est.n > 1 else float("nan")
 
 
 def outcome_groups(rewards: list[float], max_groups: int = 5) -> dict[float, list[int]]:
