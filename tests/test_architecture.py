@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "turnrl"
 
 LAYERS = [
-    ["errors", "assets", "log", "stats", "records", "layout", "chat", "models", "sandbox"],
+    ["errors", "registry", "assets", "log", "stats", "records", "layout", "chat", "models", "sandbox"],
     ["generation", "tasks", "judge", "rewards.answers", "rewards.math_answers", "rewards.verdicts"],
     ["envs", "rewards", "filters"],
     ["algorithms", "rollout"],

@@ -118,7 +118,7 @@ def test_bad_message_role_is_named(tmp_path, capsys):
 def test_unknown_dataset(tmp_path, capsys):
     assert main(["simulate", "--run_dir", str(tmp_path), "--dataset.name", "arc-medium"]) == 2
     err = capsys.readouterr().err
-    assert "dataset.name: unknown dataset 'arc-medium'" in err and "arc-easy" in err
+    assert "dataset.name: 'arc-medium'; expected one of arc-easy" in err and "or a path to a .jsonl" in err
     assert not (tmp_path / "tasks").exists()
 
 

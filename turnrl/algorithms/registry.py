@@ -24,6 +24,7 @@ from importlib.metadata import entry_points
 from typing import Callable, Literal
 
 from turnrl.errors import ConfigError
+from turnrl.registry import Registry
 
 Family = Literal["weighted", "preference", "distillation"]
 FAMILIES = ("weighted", "preference", "distillation")
@@ -48,7 +49,7 @@ class Algorithm:
     """preference: the data are desirable and undesirable examples (KTO's loss) instead of pairs (DPO's)."""
 
 
-_REGISTRY: dict[str, Algorithm] = {}
+_REGISTRY: Registry[Algorithm] = Registry("algo.name")
 _PLUGINS_LOADED = False
 ENTRY_POINT_GROUP = "turnrl.algorithms"
 
@@ -101,8 +102,9 @@ def algorithms(family: Family | None = None) -> list[Algorithm]:
 
 def get_algorithm(name: str, family: Family | None = None) -> Algorithm:
     """The entry of ``name``; a clear error naming the known ones if it is not registered (in that family)."""
-    known = {a.name: a for a in algorithms(family)}
-    if name not in known:
-        what = f"a {family} algorithm" if family else "a registered algorithm"
-        raise ConfigError(f"algo.name: {name!r} is not {what}; expected one of {', '.join(known)}")
-    return known[name]
+    _load_plugins()
+    entry = _REGISTRY.lookup(name)
+    if family is not None and entry.family != family:
+        raise ConfigError(f"algo.name: {name!r} is not a {family} algorithm; expected one of "
+                          f"{', '.join(a.name for a in algorithms(family))}")
+    return entry

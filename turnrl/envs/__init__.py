@@ -7,6 +7,7 @@ from typing import Any, Callable, Literal
 
 from turnrl.envs.base import Environment, Episode, Prefix
 from turnrl.errors import ConfigError
+from turnrl.registry import Registry
 
 
 @dataclass
@@ -68,23 +69,21 @@ class EnvironmentSpec:
     reward config's ``drift`` section sets, is kept out of it)."""
 
 
-ENVIRONMENTS: dict[str, EnvironmentSpec] = {}
+ENVIRONMENTS: Registry[EnvironmentSpec] = Registry("env.name")
 
 
 def register_environment(name: str, *, paper: str, **declared: Any) -> Callable:
     """Register the decorated ``EnvConfig -> Environment`` constructor as environment ``name``."""
 
     def decorate(build: Callable[[EnvConfig], Environment]) -> Callable[[EnvConfig], Environment]:
-        ENVIRONMENTS[name] = EnvironmentSpec(name=name, build=build, paper=paper, **declared)
+        ENVIRONMENTS.register(name, EnvironmentSpec(name=name, build=build, paper=paper, **declared))
         return build
 
     return decorate
 
 
 def environment_spec(name: str) -> EnvironmentSpec:
-    if name not in ENVIRONMENTS:
-        raise ConfigError(f"env.name: {name!r}; expected one of {', '.join(ENVIRONMENTS)}")
-    return ENVIRONMENTS[name]
+    return ENVIRONMENTS.lookup(name)
 
 
 @register_environment("reasoning", paper="000 App. E")

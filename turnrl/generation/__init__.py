@@ -18,15 +18,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from turnrl.errors import ConfigError
+from turnrl.registry import Registry
 from turnrl.generation.base import BackendConfig, GenRequest, GenResult, Backend, Sampling, derive_seed, \
     release_sessions
 
 
-BACKENDS = {"hf": "turnrl.generation.hf:HFGenerator", "llamacpp": "turnrl.generation.llamacpp:LlamaCppGenerator",
-            "vllm": "turnrl.generation.vllm_backend:VLLMGenerator",
-            "openai": "turnrl.generation.openai_backend:OpenAIGenerator",
-            "constant": "turnrl.generation.constant:ConstantGenerator"}
+BACKENDS: Registry[str] = Registry("backend", {
+    "hf": "turnrl.generation.hf:HFGenerator", "llamacpp": "turnrl.generation.llamacpp:LlamaCppGenerator",
+    "vllm": "turnrl.generation.vllm_backend:VLLMGenerator", "openai": "turnrl.generation.openai_backend:OpenAIGenerator",
+    "constant": "turnrl.generation.constant:ConstantGenerator"}, also=("auto",))
 """name -> "module:class"; a backend's module is imported only when it is used (vLLM is an optional install)."""
 
 
@@ -44,10 +44,10 @@ def engine(cfg: BackendConfig, in_memory: bool = False) -> str:
 
 def make_generator(cfg: BackendConfig, model: Any = None, tokenizer: Any = None) -> Backend:
     """Build a backend. ``model``/``tokenizer`` reuse an already loaded HF model (e.g. one being trained)."""
-    if cfg.backend not in (*BACKENDS, "auto"):
-        raise ConfigError(f"backend: {cfg.backend!r}; expected auto, {', '.join(BACKENDS)}")
+    if cfg.backend != "auto":
+        BACKENDS.lookup(cfg.backend)
     chosen = engine(cfg, in_memory=model is not None)
-    module, name = BACKENDS[chosen].split(":")
+    module, name = BACKENDS.lookup(chosen).split(":")
     backend = getattr(importlib.import_module(module), name)
     return backend(cfg, model=model, tokenizer=tokenizer) if chosen == "hf" else backend(cfg)
 

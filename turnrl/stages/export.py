@@ -43,10 +43,10 @@ from turnrl.generation import derive_seed
 from turnrl.layout import SCORED, export_file
 from turnrl.records import Trajectory, read_trajectories, write_jsonl
 from turnrl.log import get_logger
+from turnrl.registry import Registry
 
 logger = get_logger(__name__)
 
-EXPORT_FORMATS = ("sft", "dpo", "kto", "openai")
 DEFAULT_ALGO = {"dpo": "dpo", "kto": "m-kto"}
 
 
@@ -238,20 +238,19 @@ def openai_rows(trajectories: list[Trajectory], cfg: ExportConfig) -> tuple[list
                   "expected_examples": round(expected, 3)}
 
 
-BUILDERS = {"sft": sft_rows, "dpo": dpo_rows, "kto": kto_rows, "openai": openai_rows}
+FORMATS = Registry("format", {"sft": sft_rows, "dpo": dpo_rows, "kto": kto_rows, "openai": openai_rows})
 
 
 def export(cfg: ExportConfig) -> Path:
     """Write the scored log in ``cfg.format``; return the file's path."""
-    if cfg.format not in EXPORT_FORMATS:
-        raise ConfigError(f"format: {cfg.format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    build_rows = FORMATS.lookup(cfg.format)
     run_dir = Path(cfg.run_dir)
     path = run_dir / cfg.input
     out = run_dir / cfg.output if cfg.output else export_file(run_dir, cfg.format)
     trajectories = read_trajectories(path)
     if not trajectories:
         raise InputError(f"{path}: no trajectories to export; {out} is left as it was")
-    rows, diag = BUILDERS[cfg.format](trajectories, cfg)
+    rows, diag = build_rows(trajectories, cfg)
     if not rows:
         raise InputError(f"{path}: nothing to export as {cfg.format} ({diag}); {out} is left as it was")
     write_jsonl(out, rows)
