@@ -188,7 +188,7 @@ def generation_check(model, tokenizer, args, dtype) -> dict:
 
     model = model.to(dtype).eval()
     model.config.use_cache = True
-    env = make_env(EnvConfig(name="reasoning", turns=3, max_new_tokens=args.max_new_tokens))
+    env = make_env(EnvConfig(name="reasoning", max_turns=3, max_new_tokens=args.max_new_tokens))
     tasks = [Task(id=f"q{i}", source="gpu-check", question=f"Which option names the number {i % 4 + 1}?",
                   answer="ABCD"[i % 4], choices=["one", "two", "three", "four"]) for i in range(args.conversations)]
     generator = HFGenerator(BackendConfig(batch_size=args.conversations), model=model, tokenizer=tokenizer)

@@ -71,3 +71,26 @@ def test_every_option_reaches_the_stage(name, tmp_path, monkeypatch):
     lost = {k: (want[k], got.get(k)) for k in want if got.get(k) != want[k]}
     assert not lost, f"turnrl {name}: options that did not reach the stage (wanted, received): {lost}"
     assert len(want) >= 2
+
+
+@pytest.mark.parametrize("command, old, new", [("simulate", ["env", "turns"], "env.max_turns"),
+                                               ("score", ["reward", "reference"], "reward.likelihood_model"),
+                                               ("run", ["reward", "reference_dtype"], "reward.likelihood_dtype"),
+                                               ("compare", ["baseline"], "compare_against")])
+def test_a_renamed_option_names_its_new_name(command, old, new, tmp_path, capsys):
+    """The old name of a renamed option, as a flag or a YAML key, stops before any work and says the new one;
+    the new name is an option of the command."""
+    flag = "--" + ".".join(old)
+    assert cli.main([command, flag, "3"]) == 2
+    assert f"option '{flag}' is now '--{new}'" in capsys.readouterr().err
+    config = tmp_path / "old.yaml"
+    nested: dict = {old[-1]: 3}
+    for part in reversed(old[:-1]):
+        nested = {part: nested}
+    config.write_text(yaml.safe_dump(nested))
+    assert cli.main([command, "--config", str(config)]) == 2
+    assert f"option '{'.'.join(old)}' is now '{new}'" in capsys.readouterr().err
+    cls = cli._commands()[command][0]
+    for part in new.split(".")[:-1]:
+        cls = typing.get_type_hints(cls)[part]
+    assert new.split(".")[-1] in {f.name for f in dataclasses.fields(cls)}

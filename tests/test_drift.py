@@ -247,7 +247,7 @@ def test_run_with_rollout_refresh(tmp_path, tiny_model_dir):
                                         "answer": "A"}) + "\n" for i in range(3)))
     run = tmp_path / "run"
     assert main(["run", "--run_dir", str(run), "--model", str(tiny_model_dir), "--dataset.name", str(data),
-                 "--dataset.n_train", "2", "--dataset.n_test", "1", "--env", "feedback", "--env.turns", "2",
+                 "--dataset.n_train", "2", "--dataset.n_test", "1", "--env", "feedback", "--env.max_turns", "2",
                  "--env.max_new_tokens", "4", "--rollout.samples", "2", "--rollout.temperatures", "[1.0]",
                  "--reward.weights", "{accuracy: 1.0}", "--algorithms", "[]", "--refresh.algorithms", "[drift]",
                  "--evaluate_base", "false", "--optim.batch_size", "2", "--optim.precision", "fp32",

@@ -61,7 +61,7 @@ def roles(messages) -> list[str]:
 def test_defaults_differ_by_environment():
     assert make_env(EnvConfig(name="feedback")).settings()["turns"] == 5  # 004's T
     assert make_env(EnvConfig(name="reasoning")).settings()["turns"] == 3  # 000's n
-    assert make_env(EnvConfig(name="feedback", turns=2)).settings()["turns"] == 2
+    assert make_env(EnvConfig(name="feedback", max_turns=2)).settings()["turns"] == 2
     assert make_env(EnvConfig(name="feedback")).settings()["feedback_message"] == "Incorrect. Please think again."
 
 
@@ -80,7 +80,7 @@ def test_multiple_choice_stops_on_the_correct_answer():
 
 
 def test_turn_limit_and_custom_feedback():
-    env = make_env(EnvConfig(name="feedback", turns=3, feedback_message="Wrong. Try again."))
+    env = make_env(EnvConfig(name="feedback", max_turns=3, feedback_message="Wrong. Try again."))
     # Turn 2 names two letters: ambiguous, so wrong (the project's answer rule), and answered with feedback.
     policy = ScriptedPolicy({MC.question: ["The answer is A.", "The answer is B. Or the answer is C.",
                                            "I do not know.", "never asked"]})
@@ -97,7 +97,7 @@ def test_first_turn_success_is_one_turn():
 
 
 def test_numeric_task(gsm8k_task):
-    env = make_env(EnvConfig(name="feedback", turns=4))
+    env = make_env(EnvConfig(name="feedback", max_turns=4))
     policy = ScriptedPolicy({gsm8k_task.question: [
         "16 - 3 - 4 = 9 eggs, so she makes 9 * 2 = \\boxed{16} dollars.",
         "Sorry, I cannot tell.",
@@ -113,7 +113,7 @@ def test_numeric_task(gsm8k_task):
 
 
 def test_conversations_in_one_batch_end_independently(gsm8k_task):
-    env = make_env(EnvConfig(name="feedback", turns=3))
+    env = make_env(EnvConfig(name="feedback", max_turns=3))
     policy = ScriptedPolicy({MC.question: ["The answer is C."],
                              gsm8k_task.question: ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}"]})
     mc, math_ep = roll(env, [MC, gsm8k_task], policy)
@@ -122,7 +122,7 @@ def test_conversations_in_one_batch_end_independently(gsm8k_task):
 
 
 def test_continues_a_logged_prefix():
-    env = make_env(EnvConfig(name="feedback", turns=3))
+    env = make_env(EnvConfig(name="feedback", max_turns=3))
     prefix = Prefix(messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": MC.question},
                               {"role": "assistant", "content": "The answer is A."},
                               {"role": "user", "content": DEFAULT_FEEDBACK}],
@@ -164,7 +164,7 @@ def test_evaluate_reports_multi_at_k_with_standard_errors(tmp_path):
                "Question number 2": ["The answer is A."] * 3,
                "Question number 3": ["The answer is D.", "The answer is C.", "The answer is B."]}
     cfg = EvaluateConfig(run_dir=str(tmp_path / "run"), name="scripted", split="test",
-                         env=EnvConfig(name="feedback", turns=3, shuffle_options=False),
+                         env=EnvConfig(name="feedback", max_turns=3, shuffle_options=False),
                          dataset=DatasetConfig(name=str(data), n_train=0, n_test=4),
                          reward=RewardConfig(weights={"accuracy": 1.0}))
     result = evaluate(cfg, generator=ScriptedPolicy(scripts))

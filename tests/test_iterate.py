@@ -33,11 +33,11 @@ def config(tmp_path, model: str, **over) -> IterateConfig:
     cfg = IterateConfig(
         run_dir=str(tmp_path / "run"), model=model, split="test",
         dataset=DatasetConfig(name=str(write_tasks(tmp_path / "tasks.jsonl")), n_train=6, n_test=2),
-        env=EnvConfig(name="reasoning", turns=2, max_new_tokens=6),
+        env=EnvConfig(name="reasoning", max_turns=2, max_new_tokens=6),
         generation=BackendConfig(dtype="float32", batch_size=16),
         rollout=RolloutOptions(samples=3, temperatures=[1.0]),
         previous_samples=1,
-        reward=RewardConfig(weights={"gold_likelihood": 1.0}, reference_dtype="float32"),
+        reward=RewardConfig(weights={"gold_likelihood": 1.0}, likelihood_dtype="float32"),
         # The random tiny model is never right; the gold answer's likelihood still ranks its conversations.
         algo=AlgoConfig(name="m-dpo", pairing="best-vs-worst"),
         optim=OptimConfig(learning_rate=1e-3, batch_size=2, precision="fp32", warmup_ratio=0.0, save_every=1),

@@ -24,7 +24,7 @@ def trajectories(env, tasks, samples, seed, policy):
 
 
 def test_each_sample_sees_its_own_order_and_the_gold_moves_with_its_option():
-    env = make_env(EnvConfig(name="reasoning", turns=1))
+    env = make_env(EnvConfig(name="reasoning", max_turns=1))
     jobs, trajs = trajectories(env, [PLANTS], 24, 0, make_generator(BackendConfig(backend="constant",
                                                                                    model="always-b")))
     orders = [tuple(t.option_orders[-1]) for t in trajs]
@@ -46,11 +46,11 @@ def test_a_constant_letter_scores_one_in_k():
     tasks = [replace(PLANTS, id=f"mc/{i}", choices=["carbon dioxide", "oxygen", "nitrogen", "helium"], answer="A")
              for i in range(400)]
     always_a = make_generator(BackendConfig(backend="constant", model="always-a"))
-    fixed = make_env(EnvConfig(name="reasoning", turns=1, shuffle_options=False))
+    fixed = make_env(EnvConfig(name="reasoning", max_turns=1, shuffle_options=False))
     _, plain = trajectories(fixed, tasks, 1, 1234, always_a)
     assert all(t.option_orders == [] for t in plain)
     assert sum(cheap_components(t, tasks[0])["accuracy"] for t in plain) == 400
-    shuffled = make_env(EnvConfig(name="reasoning", turns=1))
+    shuffled = make_env(EnvConfig(name="reasoning", max_turns=1))
     _, trajs = trajectories(shuffled, tasks, 1, 1234, always_a)
     accuracy = [cheap_components(t, tasks[0])["accuracy"] for t in trajs]
     expected = [float(t.option_orders[-1][0] == 0) for t in trajs]  # the gold (option 0) shown first
@@ -73,7 +73,7 @@ def test_evaluation_orders_are_fixed_by_question_and_seed():
 def test_each_retry_shows_a_new_order_and_the_verifier_reads_it():
     """always-a in the feedback environment: turn t is right exactly where its own order shows the gold first,
     and each retry's message lists the options in that turn's order."""
-    env = make_env(EnvConfig(name="feedback", turns=5))
+    env = make_env(EnvConfig(name="feedback", max_turns=5))
     tasks = [replace(PLANTS, id=f"mc/{i}") for i in range(60)]
     _, trajs = trajectories(env, tasks, 1, 0, make_generator(BackendConfig(backend="constant", model="always-a")))
     gold = PLANTS.choices.index("carbon dioxide")

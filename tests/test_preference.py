@@ -409,10 +409,10 @@ def test_step_dpo_branch_rollouts_and_training(tmp_path, tiny_model_dir):
     (tmp_path / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     sim = SimulateConfig(run_dir=str(tmp_path), dataset=DatasetConfig(name=str(tmp_path / "tasks.jsonl"), n_train=2,
                                                                       n_test=1),
-                         env=EnvConfig(turns=2, max_new_tokens=5),
+                         env=EnvConfig(max_turns=2, max_new_tokens=5),
                          policy=BackendConfig(model=str(tiny_model_dir), dtype="float32"),
                          rollout=RolloutOptions(samples=1, temperatures=[1.0]))
-    reward = RewardConfig(weights={"gold_likelihood": 1.0}, reference_dtype="float32")
+    reward = RewardConfig(weights={"gold_likelihood": 1.0}, likelihood_dtype="float32")
     simulate(sim)
     score(ScoreConfig(run_dir=str(tmp_path), reward=reward))
     scored = branch_rollouts(str(tmp_path), "scored/trajectories.jsonl", sim, reward)

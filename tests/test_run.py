@@ -27,7 +27,7 @@ def test_run_skips_an_algorithm_with_nothing_to_learn(tmp_path, tiny_model_dir, 
     (tmp_path / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = RunConfig(run_dir=str(tmp_path / "run"), model=str(tiny_model_dir),
                     dataset=DatasetConfig(name=str(tmp_path / "tasks.jsonl"), n_train=2, n_test=1),
-                    env=EnvConfig(turns=1, max_new_tokens=4), generation=BackendConfig(dtype="float32"),
+                    env=EnvConfig(max_turns=1, max_new_tokens=4), generation=BackendConfig(dtype="float32"),
                     rollout=RolloutOptions(samples=2, temperatures=[1.0]),
                     reward=RewardConfig(weights={"accuracy": 1.0}),
                     algorithms=["refit", "sft"], optim=OptimConfig(batch_size=2, precision="fp32"),
@@ -58,7 +58,7 @@ def test_the_same_run_twice_is_byte_identical_and_seeds_make_one_table(tmp_path,
     def config(out: str) -> RunConfig:
         return RunConfig(run_dir=str(tmp_path / out), model=str(tiny_model_dir),
                          dataset=DatasetConfig(name=str(tmp_path / "tasks.jsonl"), n_train=3, n_test=3),
-                         env=EnvConfig(turns=1, max_new_tokens=4), generation=BackendConfig(dtype="float32"),
+                         env=EnvConfig(max_turns=1, max_new_tokens=4), generation=BackendConfig(dtype="float32"),
                          rollout=RolloutOptions(samples=2, temperatures=[1.0]),
                          reward=RewardConfig(weights={"accuracy": 1.0}), algorithms=["sft"],
                          optim=OptimConfig(batch_size=2, precision="fp32"), split="test", seeds=[0, 1])

@@ -114,6 +114,31 @@ def _config_files(argv: list[str]) -> list[str]:
         [value for flag, value in zip(argv, argv[1:]) if flag == "--config"]
 
 
+RENAMED = {("EnvConfig", "turns"): "max_turns", ("RewardConfig", "reference"): "likelihood_model",
+           ("RewardConfig", "reference_dtype"): "likelihood_dtype", ("CompareConfig", "baseline"): "compare_against"}
+"""Options renamed (class, old name) -> new name: a config or flag with the old name is told the new one."""
+
+
+def _renamed_flag(cls: type, argv: list[str]) -> str | None:
+    """A command-line flag under an old option name, e.g. --env.turns, with the name it has now."""
+    import typing
+
+    def renamed(kind: type, parts: list[str], prefix: str) -> str | None:
+        if not is_dataclass(kind) or not parts:
+            return None
+        if (kind.__name__, parts[0]) in RENAMED and len(parts) == 1:
+            return f"{prefix}{RENAMED[kind.__name__, parts[0]]}"
+        hints = typing.get_type_hints(kind)
+        inner = hints.get(parts[0])
+        inner = inner if is_dataclass(inner) else next((a for a in typing.get_args(inner) if is_dataclass(a)), None)
+        return renamed(inner, parts[1:], f"{prefix}{parts[0]}.") if inner is not None else None
+
+    for arg in argv:
+        if arg.startswith("--") and (new := renamed(cls, arg[2:].split("=", 1)[0].split("."), "")) is not None:
+            return f"option '{arg.split('=', 1)[0]}' is now '--{new}'"
+    return None
+
+
 def _unknown_key(cls: type, argv: list[str]) -> str | None:
     """A key of a --config YAML file that the command does not take, named with its file, line and column and the
     nearest known option (the parser would name the option but not where it is)."""
@@ -134,6 +159,9 @@ def _unknown_key(cls: type, argv: list[str]) -> str | None:
         known = [f.name for f in fields(kind)]
         for key, value in node.value:
             name = key.value
+            if (kind.__name__, name) in RENAMED:
+                return (f"{path}:{key.start_mark.line + 1}:{key.start_mark.column + 1}: option '{prefix}{name}' is "
+                        f"now '{prefix}{RENAMED[kind.__name__, name]}'")
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; {kind.__name__} takes " + \
@@ -228,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = _expand_shorthands(argv)
     problem = _import_extensions(modules) or _yaml_problem(argv)
     if problem is None and argv and argv[0] in commands:
-        problem = _unknown_key(commands[argv[0]][0], argv)
+        problem = _renamed_flag(commands[argv[0]][0], argv) or _unknown_key(commands[argv[0]][0], argv)
     if problem is not None:
         print(f"turnrl {argv[0] if argv else ''}: error: {problem}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ class EnvConfig:
     ask (a scripted user who reveals the deciding fact when asked), feedback (004) or tool (003)."""
     mode: Literal["standard", "thinking"] = "standard"
     """reasoning/clarify: standard or thinking (000's two modes)."""
-    turns: int = 0
+    max_turns: int = 0
     """reasoning: the number of assistant turns n (up to 10). feedback: the most turns T. 0: the environment's
     own default (reasoning 3, as 000; feedback 5, as 004)."""
     max_new_tokens: int = 96
@@ -90,7 +90,7 @@ def environment_spec(name: str) -> EnvironmentSpec:
 def _reasoning(cfg: EnvConfig) -> Environment:
     from turnrl.envs.reasoning import ReasoningEnv
 
-    return ReasoningEnv(mode=cfg.mode, turns=cfg.turns or 3, max_new_tokens=cfg.max_new_tokens,
+    return ReasoningEnv(mode=cfg.mode, turns=cfg.max_turns or 3, max_new_tokens=cfg.max_new_tokens,
                         final_max_new_tokens=cfg.final_max_new_tokens or None)
 
 
@@ -137,7 +137,7 @@ def _feedback_components(trajectory, task, reward) -> dict[str, float]:
 def _feedback(cfg: EnvConfig) -> Environment:
     from turnrl.envs.feedback import DEFAULT_TURNS, FeedbackEnv
 
-    return FeedbackEnv(turns=cfg.turns or DEFAULT_TURNS, max_new_tokens=cfg.max_new_tokens,
+    return FeedbackEnv(turns=cfg.max_turns or DEFAULT_TURNS, max_new_tokens=cfg.max_new_tokens,
                        feedback_message=cfg.feedback_message)
 
 

@@ -26,7 +26,7 @@ options again in a new order drawn from the conversation's seed, after the feedb
 reads the retry's letter in that order: a policy that keeps stating one letter, or walks through the letters,
 gains nothing from the order. Each turn's order is recorded in the trajectory (``option_orders``).
 
-The default T is 5 (004) where the reasoning environment's n is 3 (000): ``EnvConfig.turns = 0`` means "the
+The default T is 5 (004) where the reasoning environment's n is 3 (000): ``EnvConfig.max_turns = 0`` means "the
 environment's own default", so ``env.name: feedback`` alone gives 004's protocol.
 """
 

@@ -24,10 +24,11 @@ class RewardConfig:
 
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARD))
     """Component -> weight; non-negative, summing to 1. Components: accuracy, format, thinking, turn_accuracy,
-    gold_likelihood, judge_overall (and the other judge_* scores), earned (worksheet environment). The default is graded (see docs/rewards.md for why)."""
-    reference: str = ""
+    gold_likelihood, judge_overall (and the other judge_* scores), earned (worksheet environment). The default is
+    graded (see docs/rewards.md for why)."""
+    likelihood_model: str = ""
     """Model for gold_likelihood (default: the model that generated the trajectory, i.e. the logging policy)."""
-    reference_dtype: str = "auto"
+    likelihood_dtype: str = "auto"
     batch_size: int = 16
     drift: DriftReturnConfig = field(default_factory=DriftReturnConfig)
     """feedback environment: the terms of DRIFT's return, recorded as the drift_return component (kept out of
@@ -77,16 +78,16 @@ class Scorer:
         self.cfg = cfg
         self.judge_summary: dict[str, Any] = {}
         """Failure counts and agreement of the last judged batch (empty when the judge did not run)."""
-        self._reference: dict[str, Any] = {}
+        self._likelihood_models: dict[str, Any] = {}
 
-    def _reference_model(self, name: str):
-        if name not in self._reference:
+    def _likelihood_model(self, name: str):
+        if name not in self._likelihood_models:
             from turnrl.models import default_device, load_model, load_tokenizer, resolve
 
             resolved = resolve(name)
-            self._reference[name] = (load_model(resolved, dtype=self.cfg.reference_dtype, device=default_device()),
+            self._likelihood_models[name] = (load_model(resolved, dtype=self.cfg.likelihood_dtype, device=default_device()),
                                      load_tokenizer(resolved))
-        return self._reference[name]
+        return self._likelihood_models[name]
 
     def score(self, trajectories: list[Trajectory], tasks: dict[str, Task], desc: str | None = None) -> None:
         """Fill ``rewards`` and ``reward`` of each trajectory in place."""
@@ -103,9 +104,9 @@ class Scorer:
 
             by_model: dict[str, list[Trajectory]] = {}
             for traj in trajectories:
-                by_model.setdefault(self.cfg.reference or traj.policy.get("model", ""), []).append(traj)
+                by_model.setdefault(self.cfg.likelihood_model or traj.policy.get("model", ""), []).append(traj)
             for name, group in by_model.items():
-                model, tokenizer = self._reference_model(name)
+                model, tokenizer = self._likelihood_model(name)
                 values = gold_likelihoods(model, tokenizer, group, tasks, batch_size=self.cfg.batch_size, desc=desc)
                 for traj, value in zip(group, values):
                     traj.rewards["gold_likelihood"] = value

@@ -50,7 +50,7 @@ class CompareConfig:
     """Methods to compare, in table order (folders under eval/; default: all evaluated, Base first)."""
     split: str = "test"
     """The pool whose evaluations are compared: test (eval/) or val (eval-val/)."""
-    baseline: str = "base"
+    compare_against: str = "base"
     """The reference of the first paired comparison (000's Base: the logging policy before training)."""
     baselines: list[str] = field(default_factory=baseline_methods)
     """The methods among which the best baseline (highest accuracy) is picked for the second paired comparison."""
@@ -61,7 +61,7 @@ class CompareConfig:
     """Also draw the plots (plots/*.png) and write report.html."""
 
 
-def build_comparison(run_dir: Path, methods: list[str], baseline: str = "base",
+def build_comparison(run_dir: Path, methods: list[str], compare_against: str = "base",
                      baselines: list[str] | None = None, samples: int = 10_000, seed: int = 0,
                      split: str = "test") -> Comparison:
     run_dir = Path(run_dir)
@@ -75,13 +75,13 @@ def build_comparison(run_dir: Path, methods: list[str], baseline: str = "base",
     best = pick_best_baseline(results, baseline_methods() if baselines is None else baselines)
     metrics = [k for k in PAIRED_METRICS if any(k in r.summary and r.summary[k].n for r in results.values())]
     comparisons: dict[str, dict[str, dict[str, stats.PairedDiff]]] = {}
-    for reference in dict.fromkeys(r for r in (baseline, best) if r in results and len(methods) > 1):
+    for reference in dict.fromkeys(r for r in (compare_against, best) if r in results and len(methods) > 1):
         comparisons[reference] = {m: {k: paired(results[m], results[reference], k, samples, seed) for k in metrics}
                                   for m in methods if m != reference}
     comparison = Comparison(run_dir, methods, results, columns, diagnostics, marks, best, comparisons,
                             {"samples": samples, "seed": seed, "level": 0.95},
                             agreements(run_dir, methods, samples, seed, split), split=split)
-    comparison.markdown = markdown(comparison, baseline)
+    comparison.markdown = markdown(comparison, compare_against)
     return comparison
 
 
@@ -89,10 +89,10 @@ def compare_run(cfg: CompareConfig) -> tuple[Comparison, Path | None]:
     """Write the comparison files (and the report); return the comparison and the report's path."""
     run_dir = Path(cfg.run_dir)
     available = evaluated_methods(run_dir, cfg.split)
-    methods = cfg.methods or default_order(available, cfg.baseline)
+    methods = cfg.methods or default_order(available, cfg.compare_against)
     if not methods:
         raise InputError(f"{eval_dir(run_dir, '', cfg.split)}: no evaluated policies; run `turnrl evaluate` first")
-    comparison = build_comparison(run_dir, methods, cfg.baseline, cfg.baselines, cfg.bootstrap_samples,
+    comparison = build_comparison(run_dir, methods, cfg.compare_against, cfg.baselines, cfg.bootstrap_samples,
                                   cfg.bootstrap_seed, cfg.split)
     write_comparison(comparison)
     return comparison, write_report(comparison) if cfg.report else None

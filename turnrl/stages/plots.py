@@ -17,14 +17,14 @@ from turnrl.stages.comparison import AT_K, Comparison, display_name
 BASE_COLOR = "#7f7f7f"
 
 
-def method_colors(methods: list[str], baseline: str = "base") -> dict[str, str]:
+def method_colors(methods: list[str], compare_against: str = "base") -> dict[str, str]:
     """One color per method, the same in every plot; Base in grey."""
     from matplotlib import colormaps
 
     palette = [colormaps["tab10"](i) for i in range(10) if i != 7]  # tab10's grey is Base's
-    others = [m for m in methods if m != baseline]
+    others = [m for m in methods if m != compare_against]
     colors = {m: _hex(palette[i % len(palette)]) for i, m in enumerate(others)}
-    colors[baseline] = BASE_COLOR
+    colors[compare_against] = BASE_COLOR
     return colors
 
 
@@ -44,10 +44,10 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def plot_accuracy(comparison: Comparison, colors: dict[str, str], baseline: str = "base") -> bytes:
+def plot_accuracy(comparison: Comparison, colors: dict[str, str], compare_against: str = "base") -> bytes:
     c = comparison
     names = [c.results[m].name for m in c.methods]
-    diffs = c.paired.get(baseline, {})
+    diffs = c.paired.get(compare_against, {})
     fig = _figure(10 if diffs else 6, 0.9 + 0.4 * len(c.methods))
     axes = fig.subplots(1, 2 if diffs else 1, sharey=True, squeeze=False)[0]
     y = np.arange(len(c.methods))[::-1]
@@ -68,7 +68,7 @@ def plot_accuracy(comparison: Comparison, colors: dict[str, str], baseline: str 
             ax.errorbar([100 * d.diff], [yi], xerr=[[100 * (d.diff - d.low)], [100 * (d.high - d.diff)]],
                         fmt="o", color=colors[m], capsize=3)
         ax.set(xlabel="accuracy difference (points), 95% bootstrap interval")
-        ax.set_title(f"Paired against {display_name(baseline)} (same questions)", fontsize=10)
+        ax.set_title(f"Paired against {display_name(compare_against)} (same questions)", fontsize=10)
     return _png(fig)
 
 

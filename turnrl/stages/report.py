@@ -191,7 +191,7 @@ def _judge_texts(traj: Trajectory) -> dict[str, str]:
     return texts
 
 
-def conversation_data(comparison: Comparison, files: RunFiles, baseline: str = "base") -> dict[str, Any]:
+def conversation_data(comparison: Comparison, files: RunFiles, compare_against: str = "base") -> dict[str, Any]:
     """The browser's data: the questions, and per method and question its test conversations."""
     strings = StringTable()
     conversations: dict[str, dict[str, list]] = {}
@@ -220,7 +220,7 @@ def conversation_data(comparison: Comparison, files: RunFiles, baseline: str = "
         task = files.tasks.get(task_id)
         questions.append({"id": task_id, "q": strings(task.question) if task else None,
                           "choices": task.choices if task else [], "gold": task.answer if task else None})
-    return {"strings": strings.items, "questions": questions, "baseline": baseline,
+    return {"strings": strings.items, "questions": questions, "baseline": compare_against,
             "methods": [{"key": m, "name": comparison.results[m].name} for m in comparison.methods],
             "conv": conversations,
             "accuracy": {m: comparison.results[m].values("accuracy") for m in comparison.methods}}
@@ -243,13 +243,13 @@ class Plot:
         return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
 
 
-def make_plots(comparison: Comparison, files: RunFiles, baseline: str = "base") -> list[Plot]:
+def make_plots(comparison: Comparison, files: RunFiles, compare_against: str = "base") -> list[Plot]:
     c = comparison
     everyone = list(dict.fromkeys(c.methods + list(files.logs) + list(files.diagnostics)))
     names = {m: display_name(m) for m in everyone}
-    colors = method_colors(everyone, baseline)
+    colors = method_colors(everyone, compare_against)
     plots = [Plot("accuracy", "Accuracy", "Accuracy ± SE per method; right: paired difference against Base on the "
-                  "same questions with its 95% bootstrap interval.", plot_accuracy(c, colors, baseline))]
+                  "same questions with its 95% bootstrap interval.", plot_accuracy(c, colors, compare_against))]
     logged = _rewards(files.logged)
     per_method = {m: _rewards(trajectories) for m, trajectories in files.conversations.items()}
     if logged or any(per_method.values()):
@@ -285,14 +285,14 @@ def write_plots(run_dir: Path, plots: list[Plot]) -> None:
         tmp.replace(folder / f"{plot.key}.png")
 
 
-def write_report(comparison: Comparison, baseline: str = "base") -> Path:
+def write_report(comparison: Comparison, compare_against: str = "base") -> Path:
     """Write plots/*.png and report.html in the run directory; return the report's path."""
     import jinja2
     from markupsafe import Markup
 
     run_dir = comparison.run_dir
     files = read_run(comparison)
-    plots = make_plots(comparison, files, baseline) if has_extra("plots") else []
+    plots = make_plots(comparison, files, compare_against) if has_extra("plots") else []
     if not plots:
         logger.info("report: no plots (matplotlib is not installed: pip install 'turnrl[plots]')")
     write_plots(run_dir, plots)
@@ -304,7 +304,7 @@ def write_report(comparison: Comparison, baseline: str = "base") -> Path:
         runs=describe_runs(comparison),
         results=results_table(comparison),
         mismatch=settings_mismatch(comparison),
-        paired=paired_tables(comparison, baseline),
+        paired=paired_tables(comparison, compare_against),
         diagnostics=diagnostics_table(comparison),
         agreement=agreement_tables(comparison),
         best_baseline=display_name(comparison.best_baseline) if comparison.best_baseline else None,
@@ -313,7 +313,7 @@ def write_report(comparison: Comparison, baseline: str = "base") -> Path:
         logged=logged_summary(files.logged),
         config=json.dumps(files.config, indent=2, ensure_ascii=False) if files.config is not None else None,
         timings=files.timings,
-        data=Markup(_script_json(conversation_data(comparison, files, baseline))),
+        data=Markup(_script_json(conversation_data(comparison, files, compare_against))),
     )
     out = run_dir / "report.html"
     atomic_write_text(out, page)

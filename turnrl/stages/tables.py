@@ -40,7 +40,7 @@ def results_table(c: Comparison) -> Table:
                  "(always-a) is not ranked.")
 
 
-def paired_tables(c: Comparison, baseline: str = "base") -> list[Table]:
+def paired_tables(c: Comparison, compare_against: str = "base") -> list[Table]:
     """One table per reference; a difference whose interval excludes 0 is marked "best" (shown in bold)."""
     tables = []
     for reference, by_method in c.paired.items():
@@ -60,7 +60,7 @@ def paired_tables(c: Comparison, baseline: str = "base") -> list[Table]:
                 row += [(diff, "best" if d.excludes_zero() else ""), (interval, ""),
                         (f"{d.won} / {d.lost} / {d.tied}", "")]
             rows.append(row + [(str(max(d.n for d in diffs.values())), "")])
-        title = "Base" if reference == baseline else f"the best baseline, {display_name(reference)}"
+        title = "Base" if reference == compare_against else f"the best baseline, {display_name(reference)}"
         tables.append(Table(
             f"Paired differences against {title}", header + ["n"], rows,
             f"Method minus {display_name(reference)} on the questions both answered (percentages in points); "
@@ -138,7 +138,7 @@ def describe_runs(comparison: Comparison) -> str:
     return f"{'/'.join(map(str, runs))} runs per question, averaged per question first"
 
 
-def markdown(comparison: Comparison, baseline: str = "base") -> str:
+def markdown(comparison: Comparison, compare_against: str = "base") -> str:
     c = comparison
     main = results_table(c)
     pool = "Test" if c.split == "test" else "Validation" if c.split == "val" else c.split.capitalize()
@@ -151,7 +151,7 @@ def markdown(comparison: Comparison, baseline: str = "base") -> str:
     mismatch = settings_mismatch(c)
     if mismatch:
         lines += ["", f"**Not evaluated alike:** {mismatch}."]
-    for table in paired_tables(c, baseline):
+    for table in paired_tables(c, compare_against):
         lines += ["", f"## {table.title}", ""] + _md_table(table) + ["", table.note]
     if c.best_baseline is None:
         lines += ["", "No baseline (" + ", ".join(display_name(b) for b in baseline_methods()) + ") was evaluated."]

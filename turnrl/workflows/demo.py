@@ -48,7 +48,7 @@ def sized(cfg: DemoConfig, run_dir: str) -> RunConfig:
 def demo_config(cfg: DemoConfig) -> RunConfig:
     """000's protocol at the sizes a 2-core CPU runs in about a quarter of an hour (measured: docs/results.md)."""
     run_cfg = sized(cfg, cfg.out)
-    run_cfg.env.turns = 3
+    run_cfg.env.max_turns = 3
     # Set by hand from earlier development runs, not searched on the validation pool: the coolest temperatures gave
     # the most correct logged conversations, every reward term depends on the final turn; lr 1e-4 for one epoch
     # was the better of the two points (1 and 2 epochs at lr 1e-4) compared on validation
@@ -77,7 +77,7 @@ def describe(cfg: RunConfig) -> str:
     explore = f" ({r.explore:.0%} opened by a scripted question)" if r.explore else ""
     return (f"{cfg.model} on {d.name}, {e.name} environment, {d.n_train} train / {d.n_test} test questions; "
             f"{r.samples} conversations per question at temperatures {r.temperatures}{explore}; "
-            f"{f'{e.turns} turns' if e.turns else 'turns'} of at most {e.max_new_tokens} tokens "
+            f"{f'{e.max_turns} turns' if e.max_turns else 'turns'} of at most {e.max_new_tokens} tokens "
             f"(final {e.final_max_new_tokens or e.max_new_tokens}); "
             f"reward {cfg.reward.weights}; algorithms {cfg.algorithms}; "
             f"{'LoRA' if o.lora else 'full'} fine-tuning, lr {o.learning_rate:g}, batch {o.batch_size}, "

@@ -240,7 +240,7 @@ def iterate(cfg: IterateConfig) -> dict[str, Any]:
 def _iterate(cfg: IterateConfig, run_dir: Path, prompts: list[Task], trackers: StandaloneTrackers) -> dict[str, Any]:
     env = make_env(cfg.env)
     # One fixed scorer for every policy: gold_likelihood by pi_0, not by whichever policy wrote the trajectory.
-    reward = replace(cfg.reward, reference=cfg.reward.reference or cfg.model)
+    reward = replace(cfg.reward, likelihood_model=cfg.reward.likelihood_model or cfg.model)
     history: list[dict[str, Any]] = []
     base_dir = run_dir / "iter_0"
     if (base_dir / "iteration.json").exists():

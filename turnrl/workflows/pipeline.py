@@ -192,7 +192,7 @@ def evaluate_policy(cfg: RunConfig, name: str, model: str, split: str | None = N
 def evaluate_reference(cfg: RunConfig, name: str) -> dict[str, Any]:
     """A degenerate reference policy (``always-a``) on the run's pool; a reward that needs a model to read the
     conversation (gold likelihood) reads it with Base."""
-    reward = replace(cfg.reward, reference=cfg.reward.reference or cfg.model)
+    reward = replace(cfg.reward, likelihood_model=cfg.reward.likelihood_model or cfg.model)
     return evaluate(EvaluateConfig(run_dir=cfg.run_dir, name=name, policy=BackendConfig(backend="constant", model=name),
                                    teacher=cfg.teacher, dataset=cfg.dataset, env=cfg.env, reward=reward,
                                    evaluation=cfg.evaluation, split=cfg.split))
