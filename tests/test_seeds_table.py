@@ -43,3 +43,20 @@ def test_right_of_stated_and_the_best_baseline(tmp_path):
     assert table["vs_best_baseline"]["refit"]["mean"] == pytest.approx((3 / 4 + 4 / 4) / 2 - (2 / 4 + 3 / 4) / 2)
     assert "| Refit | +25.0 [" in table["markdown"] and "Against the best baseline, STaR-GATE" in table["markdown"]
     assert "| 7 / 7 |" in table["markdown"]
+
+
+def test_the_environment_measures_beside_accuracy_get_their_own_tables(tmp_path):
+    """multi@1 .. multi@(T-1) (multi@T is accuracy) and earned, where the evaluations hold them; the table of one
+    is the mean over seeds of that measure (here computed by hand)."""
+    from turnrl.workflows.seeds import task_metrics
+
+    for seed in (0, 1):
+        folder = tmp_path / f"seed{seed}" / "eval" / "base"
+        folder.mkdir(parents=True)
+        rows = [{"task_id": f"q{i}", "accuracy": 1.0, "multi@1": float(i == seed), "multi@2": 1.0, "multi@3": 1.0,
+                 "earned": 0.8, "stated": ["A"], "gold": "A"} for i in range(4)]
+        (folder / "per_question.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert task_metrics(tmp_path, [0, 1], ["base"], "test") == ["multi@1", "multi@2", "earned"]
+    table = seeds_table(tmp_path, [0, 1], ["base"], "test", metric="multi@1", n_boot=200)
+    assert table["methods"]["base"]["estimate"]["per_seed"] == pytest.approx([0.25, 0.25])
+    assert "| Base | 25.0 [" in table["markdown"]

@@ -47,11 +47,31 @@ def run_seeds(cfg, run: Callable[[Any], dict[str, Any]], machine: dict[str, Any]
         per_seed[seed] = run(seed_config(cfg, seed))
     methods = list(dict.fromkeys(m for r in per_seed.values() for m in r["methods"]))
     table = seeds_table(run_dir, cfg.seeds, methods, cfg.split)
-    atomic_write_text(run_dir / "results.md", table["markdown"])
+    # The environment's own measures of success beside accuracy (multi@k of the feedback environment, whose
+    # accuracy is multi@T; earned of the worksheet task), each in a table of the same kind.
+    others = {m: seeds_table(run_dir, cfg.seeds, methods, cfg.split, metric=m)
+              for m in task_metrics(run_dir, cfg.seeds, methods, cfg.split)}
+    markdown = "\n".join([table["markdown"], *(o["markdown"].replace("# Results over", f"## {m}: results over", 1)
+                                              for m, o in others.items())])
+    atomic_write_text(run_dir / "results.md", markdown)
     atomic_write_text(run_dir / "results.csv", table["csv"])
-    write_json(run_dir / "seeds.json", {k: v for k, v in table.items() if k not in ("markdown", "csv")})
-    print(table["markdown"])
-    return {"table": table["markdown"], "per_seed": per_seed, "methods": methods}
+    write_json(run_dir / "seeds.json", {**{k: v for k, v in table.items() if k not in ("markdown", "csv")},
+                                        "by_metric": {m: {k: v for k, v in o.items() if k not in ("markdown", "csv")}
+                                                      for m, o in others.items()}})
+    print(markdown)
+    return {"table": markdown, "per_seed": per_seed, "methods": methods}
+
+
+def task_metrics(run_dir: Path, seeds: list[int], methods: list[str], split: str) -> list[str]:
+    """The per-question measures beside accuracy that the evaluations hold and a table over seeds reports:
+    ``multi@k`` (k = 1..T-1; multi@T is accuracy) and ``earned``, in that order."""
+    keys: set[str] = set()
+    for m in methods:
+        for s in seeds:
+            for row in (_rows(run_dir, s, m, split) or {}).values():
+                keys.update(k for k, v in row.items() if isinstance(v, (int, float)))
+    multi = sorted((int(k.split("@")[1]), k) for k in keys if k.startswith("multi@") and k.split("@")[1].isdigit())
+    return [k for _, k in multi[:-1]] + (["earned"] if "earned" in keys else [])
 
 
 def _rows(run_dir: Path, seed: int, method: str, split: str) -> dict[str, dict[str, Any]] | None:
