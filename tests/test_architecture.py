@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "turnrl"
 
 LAYERS = [
     ["errors", "registry", "assets", "log", "stats", "records", "layout", "chat", "models", "sandbox"],
-    ["generation", "tasks", "judge", "rewards.answers", "rewards.math_answers", "rewards.verdicts"],
+    ["generation", "tasks", "sources", "judge", "rewards.answers", "rewards.math_answers", "rewards.verdicts"],
     ["envs", "rewards", "filters"],
     ["algorithms", "rollout"],
     ["train"],

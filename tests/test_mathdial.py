@@ -17,7 +17,8 @@ from turnrl.errors import ConfigError, InputError
 from turnrl.layout import SCORED
 from turnrl.records import Trajectory, read_trajectories
 from turnrl.stages.importer import MATHDIAL_OPENING, MATHDIAL_SYSTEM
-from turnrl.tasks import LETTERS, DatasetConfig, load_tasks, mathdial_distractors
+from turnrl.sources.mathdial import mathdial_distractors
+from turnrl.tasks import LETTERS, DatasetConfig, load_tasks
 
 MATHDIAL_TEST = Path("/work/shared/data/mathdial/test.jsonl")
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

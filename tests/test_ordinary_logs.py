@@ -87,7 +87,7 @@ def test_broken_json_is_named_at_its_line_and_column(tmp_path, capsys):
     array = tmp_path / "rated.json"
     array.write_text('[\n  {"reward": 1.0,\n   "messages" []}\n]\n')
     assert main(["import", "--source", str(array), "--run_dir", str(tmp_path / "run2")]) == 2
-    assert f"{array}:3:15: not a valid JSON array" in capsys.readouterr().err
+    assert f"{array}:3:15: not valid JSON" in capsys.readouterr().err
 
 
 def test_a_config_key_typo_is_named_with_file_line_and_the_nearest_option(tmp_path, capsys):

@@ -357,6 +357,8 @@ def read_json(path: str | Path) -> Any:
         raise InputError(f"{path}: file not found")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; JSON files are UTF-8") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
 

