@@ -88,6 +88,11 @@ def test_scorer_records_the_return_for_feedback_conversations_only():
     assert "drift_return" not in other.rewards
     with pytest.raises(ConfigError, match="reward.drift.denominator"):
         Scorer(RewardConfig(weights={"accuracy": 1.0}, drift=DriftReturnConfig(denominator="steps")))
+    # The return is recorded beside the reward, never weighted into it (it is not in [0, 1]).
+    for component in ("drift_return", "turns_used", "distinct_answers"):
+        with pytest.raises(ConfigError, match=f"unknown component '{component}'"):
+            Scorer(RewardConfig(weights={component: 1.0}))
+    Scorer(RewardConfig(weights={"earned": 1.0}))  # the worksheet's own component may be weighted
 
 
 # ----------------------------------------------------------------------------------------------- the weights

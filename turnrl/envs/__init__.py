@@ -63,6 +63,9 @@ class EnvironmentSpec:
     """How its prompts ask for the final answer (the answer rule reads "<phrase> X")."""
     reward_components: tuple[str, ...] = ()
     """Components that only its conversations have, computed by ``turnrl score`` (besides the common ones)."""
+    weighable: bool = True
+    """Whether ``reward.weights`` may weight its components into the scalar reward (DRIFT's return is recorded
+    beside the reward, never in it)."""
     components: Callable[[Any, Any, Any], dict[str, float]] | None = None
     """(trajectory, task, reward config) -> its ``reward_components`` (``turnrl score`` calls it for each of its
     conversations); each in [0, 1], which may then be weighted into the reward (DRIFT's return, whose terms the
@@ -133,7 +136,7 @@ def _feedback_components(trajectory, task, reward) -> dict[str, float]:
 
 @register_environment("feedback", paper="004 Sec. 2, 5.5",
                       reward_components=("drift_return", "turns_used", "distinct_answers"),
-                      components=_feedback_components)
+                      components=_feedback_components, weighable=False)
 def _feedback(cfg: EnvConfig) -> Environment:
     from turnrl.envs.feedback import DEFAULT_TURNS, FeedbackEnv
 

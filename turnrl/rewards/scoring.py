@@ -40,7 +40,7 @@ class RewardConfig:
 
 
 KNOWN = set(CHEAP) | {"gold_likelihood"} | set(JUDGE_COMPONENTS) | \
-    {c for spec in ENVIRONMENTS.values() if spec.components for c in spec.reward_components}
+    {c for spec in ENVIRONMENTS.values() if spec.weighable for c in spec.reward_components}
 
 
 def validate_weights(weights: dict[str, float]) -> None:
