@@ -119,18 +119,24 @@ RENAMED = {("EnvConfig", "turns"): "max_turns", ("RewardConfig", "reference"): "
 """Options renamed (class, old name) -> new name: a config or flag with the old name is told the new one."""
 
 
+def _dataclass_of(tp: Any) -> type | None:
+    """The config class an option's type holds (``EnvConfig`` of ``EnvConfig | None``), if any."""
+    import typing
+
+    if is_dataclass(tp):
+        return tp
+    return next((a for a in typing.get_args(tp) if is_dataclass(a)), None)
+
+
 def _renamed_flag(cls: type, argv: list[str]) -> str | None:
     """A command-line flag under an old option name, e.g. --env.turns, with the name it has now."""
     import typing
 
     def renamed(kind: type, parts: list[str], prefix: str) -> str | None:
-        if not is_dataclass(kind) or not parts:
-            return None
-        if (kind.__name__, parts[0]) in RENAMED and len(parts) == 1:
-            return f"{prefix}{RENAMED[kind.__name__, parts[0]]}"
-        hints = typing.get_type_hints(kind)
-        inner = hints.get(parts[0])
-        inner = inner if is_dataclass(inner) else next((a for a in typing.get_args(inner) if is_dataclass(a)), None)
+        if len(parts) == 1:
+            new = RENAMED.get((kind.__name__, parts[0]))
+            return None if new is None else f"{prefix}{new}"
+        inner = _dataclass_of(typing.get_type_hints(kind).get(parts[0]))
         return renamed(inner, parts[1:], f"{prefix}{parts[0]}.") if inner is not None else None
 
     for arg in argv:
@@ -146,11 +152,6 @@ def _unknown_key(cls: type, argv: list[str]) -> str | None:
     import typing
 
     import yaml
-
-    def dataclass_of(tp: Any) -> type | None:
-        if is_dataclass(tp):
-            return tp
-        return next((a for a in typing.get_args(tp) if is_dataclass(a)), None)
 
     def walk(node: Any, kind: type, prefix: str, path: str) -> str | None:
         if not isinstance(node, yaml.MappingNode):
@@ -168,7 +169,7 @@ def _unknown_key(cls: type, argv: list[str]) -> str | None:
                     ", ".join(known)
                 return (f"{path}:{key.start_mark.line + 1}:{key.start_mark.column + 1}: unknown option "
                         f"'{prefix}{name}'{hint}")
-            inner = dataclass_of(hints.get(name))
+            inner = _dataclass_of(hints.get(name))
             if inner is not None and (problem := walk(value, inner, f"{prefix}{name}.", path)):
                 return problem
         return None

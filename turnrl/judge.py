@@ -35,6 +35,7 @@ rescored by a second judge afterwards, beside the first's scores, with ``turnrl 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from turnrl.errors import ConfigError
-from turnrl.generation import BackendConfig, GenRequest, GenResult, Sampling, derive_seed, make_generator
+from turnrl.generation import BackendConfig, GenRequest, GenResult, Sampling, derive_seed, engine, make_generator
 from turnrl.records import Task, Trajectory, atomic_write_text, shown_task
 
 METRICS = ("accuracy", "reasoning", "comprehensiveness", "pedagogical", "confidence", "overall")
@@ -224,10 +225,10 @@ class Judge:
         self.calls = 0
         """Requests sent to the backend (cache misses) by this judge."""
 
-    @property
+    @functools.cached_property
     def identity(self) -> dict[str, str]:
-        from turnrl.generation import engine
-
+        """What the cache keys a call by: the engine that answers, the model and its weights' revision (fixed for
+        the judge's life, so worked out once)."""
         ident = {"backend": engine(self.backend), "model": self.backend.model}
         if ident["backend"] in ("hf", "llamacpp", "vllm"):
             from turnrl.models import resolve

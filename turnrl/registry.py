@@ -3,7 +3,7 @@ generation backends (``backend``), datasets (``dataset.name``) and export format
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from turnrl.errors import ConfigError
 
@@ -11,9 +11,8 @@ T = TypeVar("T")
 
 
 class Registry(dict[str, T]):
-    """name -> entry, for the option ``option`` that chooses among them. Entries are added with
-    :meth:`register` (directly or as a decorator) or as items; :meth:`lookup` returns one or raises the error that
-    names the option and the choices (``also``: choices that are not entries, e.g. ``auto``; ``hint``: what else
+    """name -> entry, for the option ``option`` that chooses among them. Entries are added with :meth:`register`
+    or as items; :meth:`lookup` returns one or raises the error that names the option and the choices (``also``: choices that are not entries, e.g. ``auto``; ``hint``: what else
     the option accepts)."""
 
     def __init__(self, option: str, entries: dict[str, T] | None = None, also: tuple[str, ...] = (),
@@ -21,17 +20,9 @@ class Registry(dict[str, T]):
         super().__init__(entries or {})
         self.option, self.also, self.hint = option, also, hint
 
-    def register(self, name: str, entry: T | None = None) -> Callable[[T], T] | T:
-        """``registry.register(name, entry)``, or ``@registry.register(name)`` over the entry."""
-        if entry is not None:
-            self[name] = entry
-            return entry
-
-        def decorate(value: T) -> T:
-            self[name] = value
-            return value
-
-        return decorate
+    def register(self, name: str, entry: T) -> T:
+        self[name] = entry
+        return entry
 
     def choices(self) -> list[str]:
         return [*self.also, *self]

@@ -44,8 +44,6 @@ def engine(cfg: BackendConfig, in_memory: bool = False) -> str:
 
 def make_generator(cfg: BackendConfig, model: Any = None, tokenizer: Any = None) -> Backend:
     """Build a backend. ``model``/``tokenizer`` reuse an already loaded HF model (e.g. one being trained)."""
-    if cfg.backend != "auto":
-        BACKENDS.lookup(cfg.backend)
     chosen = engine(cfg, in_memory=model is not None)
     module, name = BACKENDS.lookup(chosen).split(":")
     backend = getattr(importlib.import_module(module), name)

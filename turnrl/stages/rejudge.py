@@ -148,7 +148,7 @@ def rejudge_log(log: Path, judge: Judge, tasks: dict[str, Task], cfg: RejudgeCon
         for number, chunk in enumerate(todo, start=1):
             records = judge.judge(chunk, tasks, desc=f"rejudge {label} [{number}/{len(todo)}]")
             writer.write({"id": t.id, "task_id": t.task_id, "conversation": keys[t.id],
-                          "backend": judge.backend.backend, **rec} for t, rec in zip(chunk, records))
+                          "backend": judge.identity["backend"], **rec} for t, rec in zip(chunk, records))
     finally:
         writer.close()
     records = read_records(out)

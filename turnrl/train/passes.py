@@ -9,7 +9,6 @@ import os
 from typing import Any, Callable
 
 
-
 def collective_passes(accelerator) -> bool:
     """Whether every forward and backward pass through the model is a collective operation across processes:
     under FSDP each layer's weights are gathered for its forward and its backward pass, under DeepSpeed ZeRO the

@@ -70,7 +70,9 @@ def task_metrics(run_dir: Path, seeds: list[int], methods: list[str], split: str
         for s in seeds:
             for row in (_rows(run_dir, s, m, split) or {}).values():
                 keys.update(k for k, v in row.items() if isinstance(v, (int, float)))
-    multi = sorted((int(k.split("@")[1]), k) for k in keys if k.startswith("multi@") and k.split("@")[1].isdigit())
+    from turnrl.stages.comparison import AT_K
+
+    multi = sorted((int(m["k"]), k) for k in keys if (m := AT_K.match(k)) and m["family"] == "multi")
     return [k for _, k in multi[:-1]] + (["earned"] if "earned" in keys else [])
 
 
