@@ -6,7 +6,7 @@ First (once, then reused) it logs a few dozen real conversations: SmolLM2-135M-I
 reasoning environment, ``--tasks`` questions x 3 samples, scored with the default reward. M-DPO pairs them best
 vs worst (so that every question with unequal rewards gives a pair). Then every variant trains one epoch in a
 fresh process, so that each peak RSS is its own: the reference computed in one pass before training
-(``precompute_reference: true``) or by a reference forward pass in every step (false), for full fine-tuning
+(``algo.preference.precompute_reference: true``) or by a reference forward pass in every step (false), for full fine-tuning
 (where the latter keeps a frozen copy of the model) and LoRA (where it disables the adapter). Time is the whole
 ``train`` call (loading, reference pass, the epoch, saving); peak RSS is the process's maximum resident set.
 Results go to <out>/results.json and a markdown table on stdout.
@@ -44,12 +44,14 @@ def log_conversations(out: Path, tasks: int) -> None:
 
 
 def child(out: Path, name: str, lora: bool, precompute: bool) -> None:
-    from turnrl.algorithms.weighted import AlgoConfig
+    from turnrl.algorithms.config import AlgoConfig
+    from turnrl.algorithms.preference import PreferenceParams
     from turnrl.records import read_json
     from turnrl.train import train
     from turnrl.train.config import OptimConfig
 
-    algo = AlgoConfig(name="m-dpo", pairing="best-vs-worst", precompute_reference=precompute)
+    algo = AlgoConfig(name="m-dpo", preference=PreferenceParams(pairing="best-vs-worst",
+                                                                 precompute_reference=precompute))
     optim = OptimConfig(lora=lora, learning_rate=5e-6, epochs=1.0, batch_size=8, warmup_ratio=0.0)
     folder = "train/bench-" + name.replace(", ", "-").replace(" ", "-")
     start = time.perf_counter()

@@ -24,7 +24,8 @@ from pathlib import Path
 
 
 def load_items(path: Path, n: int, max_length: int):
-    from turnrl.algorithms.weighted import AlgoConfig, build_weighted_examples
+    from turnrl.algorithms.config import AlgoConfig
+    from turnrl.algorithms.weighted import build_weighted_examples
     from turnrl.models import DEFAULT_MODEL, load_tokenizer, stop_token_ids
     from turnrl.records import read_trajectories
     from turnrl.train.config import OptimConfig

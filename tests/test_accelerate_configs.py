@@ -186,7 +186,7 @@ def test_fsdp_engine_lora_dpo_with_the_reference_through_the_policy(tmp_path, ti
     pairs = [traj(g, k, float(k == 0), f"The answer is {'AB'[k]}. " + "More. " * (i % 3), float(k == 0))
              for i, g in enumerate("abcde") for k in (0, 1)]
     _write_run(tmp_path, tiny_model_dir, pairs)
-    args = ["train", "--run_dir", str(tmp_path), "--algo.name", "m-dpo", "--algo.precompute_reference", "false",
+    args = ["train", "--run_dir", str(tmp_path), "--algo.name", "m-dpo", "--algo.preference.precompute_reference", "false",
             "--optim.lora", "true", "--optim.lora_dropout", "0", "--optim.precision", "fp32", "--optim.batch_size",
             "3", "--optim.micro_batch_tokens", "60", "--optim.learning_rate", "1e-3", "--optim.warmup_ratio", "0"]
     one = subprocess.run([sys.executable, "-m", "turnrl.cli", *args, "--output", "one"], env=env(),

@@ -31,9 +31,16 @@ def modules() -> dict[str, Path]:
 
 
 def imports(path: Path, known: set[str]) -> set[str]:
-    """Every turnrl module ``path`` imports, at the top or inside a function."""
+    """Every turnrl module ``path`` imports, at the top or inside a function; not those under ``if TYPE_CHECKING:``,
+    which name a type for annotations and import nothing when the program runs."""
+    tree = ast.parse(path.read_text())
+    type_only = {id(n) for block in ast.walk(tree)
+                 if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+                 for stmt in block.body for n in ast.walk(stmt)}
     out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "turnrl":
             base = node.module.removeprefix("turnrl").lstrip(".")
             for alias in node.names:

@@ -76,7 +76,10 @@ def test_every_option_reaches_the_stage(name, tmp_path, monkeypatch):
 @pytest.mark.parametrize("command, old, new", [("simulate", ["env", "turns"], "env.max_turns"),
                                                ("score", ["reward", "reference"], "reward.likelihood_model"),
                                                ("run", ["reward", "reference_dtype"], "reward.likelihood_dtype"),
-                                               ("compare", ["baseline"], "compare_against")])
+                                               ("compare", ["baseline"], "compare_against"),
+                                               ("train", ["algo", "drift_beta"], "algo.drift.beta"),
+                                               ("run", ["algo", "negative_floor"], "algo.swift.floor"),
+                                               ("iterate", ["algo", "reference"], "algo.preference.ref_policy")])
 def test_a_renamed_option_names_its_new_name(command, old, new, tmp_path, capsys):
     """The old name of a renamed option, as a flag or a YAML key, stops before any work and says the new one;
     the new name is an option of the command."""
@@ -94,3 +97,14 @@ def test_a_renamed_option_names_its_new_name(command, old, new, tmp_path, capsys
     for part in new.split(".")[:-1]:
         cls = typing.get_type_hints(cls)[part]
     assert new.split(".")[-1] in {f.name for f in dataclasses.fields(cls)}
+
+
+def test_train_help_shows_each_algorithms_own_options(capsys):
+    """Each algorithm's parameters are a section of algo with its own options and their help."""
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--algo.swift.floor", "--algo.drift.beta", "--algo.star_gate.top_k", "--algo.m_kto.lambda_d",
+                   "--algo.preference.beta", "--algo.star_gate_d.temperature", "--algo.dpo.context"):
+        assert option in out
+    assert "--algo.drift_beta" not in out and "--algo.negative_floor" not in out

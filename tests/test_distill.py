@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from turnrl.algorithms.weighted import AlgoConfig
+from turnrl.algorithms.config import AlgoConfig
 from turnrl.records import read_json, write_jsonl
 from turnrl.train.config import OptimConfig
-from turnrl.algorithms.distillation import selected_examples
+from turnrl.algorithms.star_gate_d import selected_examples
 from turnrl.train.distill import DistillLM, distill_step_loss
 from turnrl.train.weighted import tokenize_examples
 

@@ -11,8 +11,9 @@ import math
 
 import pytest
 
-from turnrl.algorithms.drift import group_weights
-from turnrl.algorithms.weighted import AlgoConfig, build_weighted_examples
+from turnrl.algorithms.drift import DriftParams, group_weights
+from turnrl.algorithms.config import AlgoConfig
+from turnrl.algorithms.weighted import build_weighted_examples
 from turnrl.errors import ConfigError
 from turnrl.records import Task, Trajectory, TurnInfo
 from turnrl.rewards.drift_return import DriftReturnConfig, drift_components, shaped_return
@@ -151,9 +152,9 @@ def test_drift_weights_diagnostics_and_turns():
     assert expected_a == pytest.approx(1.0014, abs=1e-4)
     assert (diag["group_ess"]["b"], diag["group_ess"]["c"]) == pytest.approx((4.0, 2.0))
     assert diag["group_sizes"] == {"2": 1, "4": 1, "16": 1}
-    all_turns, _ = build_weighted_examples(trajectories, AlgoConfig(name="drift", turns="all"))
+    all_turns, _ = build_weighted_examples(trajectories, AlgoConfig(name="drift", trained_turns="all"))
     assert {e.turns for e in all_turns} == {"all"}
-    sharper, _ = build_weighted_examples(trajectories[:16], AlgoConfig(name="drift", drift_beta=1.0))
+    sharper, _ = build_weighted_examples(trajectories[:16], AlgoConfig(name="drift", drift=DriftParams(beta=1.0)))
     assert sharper[0].weight == pytest.approx(16 * math.e / (math.e + 15))
 
 
@@ -164,8 +165,8 @@ def test_drift_needs_the_return_and_sft_final_does_not():
         build_weighted_examples(trajectories, AlgoConfig(name="drift"))
     examples, _ = build_weighted_examples(trajectories, AlgoConfig(name="sft-final"))  # SFT-5turn
     assert [(e.weight, e.turns) for e in examples] == [(1.0, "final"), (1.0, "final")]
-    with pytest.raises(ConfigError, match="drift_beta"):
-        build_weighted_examples([feedback_traj("a", 0, ["x"], 0.0)], AlgoConfig(name="drift", drift_beta=0.0))
+    with pytest.raises(ConfigError, match="drift.beta"):
+        build_weighted_examples([feedback_traj("a", 0, ["x"], 0.0)], AlgoConfig(name="drift", drift=DriftParams(beta=0.0)))
 
 
 # ------------------------------------------------------------------------------------------- the loss's mask
@@ -188,7 +189,7 @@ def test_final_turn_mask_is_exactly_the_last_assistant_message(tokenizer):
 
     spans = [span(i) for i in t.assistant_indices()]
     for turns, chosen in (("final", spans[-1:]), ("all", spans)):
-        examples, _ = build_weighted_examples([t], AlgoConfig(name="drift", turns=turns))
+        examples, _ = build_weighted_examples([t], AlgoConfig(name="drift", trained_turns=turns))
         (item,), _ = tokenize_examples(examples, tokenizer, [eot], OptimConfig())
         expected = [int(any(a <= p < b for a, b in chosen)) for p in range(len(full))]
         assert item.seq.input_ids == full

@@ -101,7 +101,7 @@ def test_dpo_is_best_vs_worst_final_answer_after_the_middle_turns(run):
     rows = load(run / "export" / "dpo.jsonl")
     assert rows == expected_dpo("history")
     assert rows[0]["chosen"][1] == {"role": "user", "content": "Why might the other options be wrong?"}
-    assert export(run, "--format", "dpo", "--algo.dpo_context", "question") == 0
+    assert export(run, "--format", "dpo", "--algo.dpo.context", "question") == 0
     assert load(run / "export" / "dpo.jsonl") == expected_dpo("question")
 
 
@@ -134,7 +134,7 @@ def test_m_dpo_pairs_carry_the_whole_conversation_after_the_prompt(run):
 
 
 def test_kto_from_m_kto_pairs_and_by_threshold(run):
-    assert export(run, "--format", "kto", "--algo.pairing", "best-vs-worst", "--metadata", "true") == 0
+    assert export(run, "--format", "kto", "--algo.preference.pairing", "best-vs-worst", "--metadata", "true") == 0
     rows = load(run / "export" / "kto.jsonl")
     log = {t.id: t for t in trajectories()}
     assert {r["id"]: r["label"] for r in rows} == {"q1#0": True, "q1#1": False, "q2#1": True, "q2#0": False}

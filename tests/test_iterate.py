@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from turnrl.algorithms.weighted import AlgoConfig
+from turnrl.algorithms.config import AlgoConfig
+from turnrl.algorithms.preference import PreferenceParams
 from turnrl.envs import EnvConfig
 from turnrl.errors import ConfigError
 from turnrl.stages.evaluate import EvalOptions
@@ -39,7 +40,7 @@ def config(tmp_path, model: str, **over) -> IterateConfig:
         previous_samples=1,
         reward=RewardConfig(weights={"gold_likelihood": 1.0}, likelihood_dtype="float32"),
         # The random tiny model is never right; the gold answer's likelihood still ranks its conversations.
-        algo=AlgoConfig(name="m-dpo", pairing="best-vs-worst"),
+        algo=AlgoConfig(name="m-dpo", preference=PreferenceParams(pairing="best-vs-worst")),
         optim=OptimConfig(learning_rate=1e-3, batch_size=2, precision="fp32", warmup_ratio=0.0, save_every=1),
         iterations=2, heldout=2, selection="reward", evaluation=EvalOptions())
     for key, value in over.items():

@@ -38,6 +38,8 @@ def test_every_checkpoint_has_a_card_and_push_to_hub_uploads_it(tmp_path, tiny_m
     assert "Refit" in card.text and "000 eq. 5" in card.text
     assert "4 logged conversations (4 with a reward, mean reward 0.450)" in card.text  # (1 + .2 + 0 + .6) / 4
     assert "accuracy, turn_accuracy" in card.text and "| optim.learning_rate | 0.001 |" in card.text
+    # refit's own parameters, not every algorithm's
+    assert "| algo.refit.shift_negative | False |" in card.text and "algo.swift" not in card.text
     assert "Not evaluated yet" in card.text
     # Uploaded through huggingface_hub's client: repository created, every file of the checkpoint sent.
     assert "my-org/tiny-refit" in hub.repos and hub.card_metadata[-1]["library_name"] == "transformers"

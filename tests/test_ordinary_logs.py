@@ -55,7 +55,7 @@ def test_kto_and_m_dpo_export_pair_best_vs_worst_when_the_log_has_no_accuracy(im
 
 
 def test_insisting_on_correct_vs_incorrect_without_accuracy_is_an_error(imported, capsys):
-    assert main(["export", "--run_dir", str(imported), "--format", "kto", "--algo.pairing",
+    assert main(["export", "--run_dir", str(imported), "--format", "kto", "--algo.preference.pairing",
                  "correct-vs-incorrect"]) == 2
     assert "needs the accuracy reward component" in capsys.readouterr().err
 

@@ -18,9 +18,10 @@ MODULE = '''
 from turnrl.algorithms.registry import register_algorithm
 
 
-@register_algorithm("{name}", family="weighted", display="Refit (rewards of at least 0.5)", paper="000 eq. 5")
+@register_algorithm("{name}", family="weighted", display="Refit (rewards of at least a threshold)", paper="000 eq. 5")
 def weights(trajectories, cfg, diag):
-    weights = [float(t.reward) if t.reward >= 0.5 else 0.0 for t in trajectories]
+    threshold = cfg.extra.get("threshold", 0.5)
+    weights = [float(t.reward) if t.reward >= threshold else 0.0 for t in trajectories]
     diag["kept"] = sum(w > 0 for w in weights)
     return weights
 '''
@@ -47,6 +48,12 @@ def test_import_from_the_command_line_trains_the_new_algorithm(tmp_path, tiny_mo
     diagnostics = json.loads((run / "train" / "refit-half" / "diagnostics.json").read_text())
     assert diagnostics["kept"] == 4  # 0.9, 0.5, 0.7 and 1.0, by hand
     assert (run / "train" / "refit-half" / "checkpoint" / "config.json").exists()
+    # Its own parameter, from the command line.
+    assert main(["--import", "my_algos", "train", "--run_dir", str(run), "--algo.name", "refit-half",
+                 "--algo.extra", '{"threshold": 0.8}', "--output", "strict", "--optim.precision", "fp32",
+                 "--optim.batch_size", "4", "--optim.micro_batch_tokens", "120"]) == 0
+    assert json.loads((run / "strict" / "diagnostics.json").read_text())["kept"] == 2  # 0.9 and 1.0
+    assert "| algo.extra.threshold | 0.8 |" in (run / "strict" / "checkpoint" / "README.md").read_text()
 
 
 def test_a_module_that_fails_to_import_is_one_line(plugin_folder, capsys):

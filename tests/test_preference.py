@@ -13,8 +13,10 @@ import math
 import pytest
 import torch
 
-from turnrl.algorithms.preference import build_preference_data, step_pairs, PairingStats
-from turnrl.algorithms.weighted import AlgoConfig
+from turnrl.algorithms.dpo import DPOParams
+from turnrl.algorithms.preference import PairingStats, PreferenceParams, build_preference_data
+from turnrl.algorithms.step_dpo import step_pairs
+from turnrl.algorithms.config import AlgoConfig
 from turnrl.errors import ConfigError, InputError
 from turnrl.records import Task, Trajectory, TurnInfo, write_jsonl
 from turnrl.stages.simulate import continue_jobs
@@ -109,7 +111,7 @@ def test_dpo_pairs_best_vs_worst_on_hand_made_groups():
     assert p.chosen.messages == logged[1].messages and p.rejected.messages == logged[2].messages
     assert p.chosen.train_turns == [1] and (p.chosen.reward, p.rejected.reward) == (0.9, 0.1)
     # 000's literal DPO: the original question (system + first user turn) answered by the final message alone.
-    pairs, _ = build_preference_data(logged, AlgoConfig(name="dpo", dpo_context="question"))
+    pairs, _ = build_preference_data(logged, AlgoConfig(name="dpo", dpo=DPOParams(context="question")))
     p = pairs[0]
     assert p.chosen.messages == logged[1].messages[:2] + [{"role": "assistant", "content": "The answer is B."}]
     assert p.rejected.messages == logged[2].messages[:2] + [{"role": "assistant", "content": "The answer is C."}]
@@ -120,7 +122,7 @@ def test_m_dpo_correct_vs_incorrect_random_pairs():
     logged = [traj("a", k, 0.5, accuracy=float(k < 2)) for k in range(5)]  # correct: a#0, a#1
     logged += [traj("b", k, 0.9, accuracy=1.0) for k in range(3)]  # all correct: skipped
     logged += [traj("c", k, 0.1, accuracy=0.0) for k in range(2)]  # all incorrect: skipped
-    cfg = AlgoConfig(name="m-dpo", pairs_per_group=4)
+    cfg = AlgoConfig(name="m-dpo", preference=PreferenceParams(pairs_per_group=4))
     pairs, diag = build_preference_data(logged, cfg)
     combos = [(p.chosen.source, p.rejected.source) for p in pairs]
     assert len(combos) == 4 and len(set(combos)) == 4
@@ -137,7 +139,7 @@ def test_m_dpo_correct_vs_incorrect_random_pairs():
     assert diag["pairing"] == "best-vs-worst" and "no accuracy component" in diag["pairing_chosen_because"]
     with pytest.raises(ConfigError, match="accuracy reward component"):
         build_preference_data([traj("x", 0, 1.0), traj("x", 1, 0.0)],
-                              AlgoConfig(name="m-dpo", pairing="correct-vs-incorrect"))
+                              AlgoConfig(name="m-dpo", preference=PreferenceParams(pairing="correct-vs-incorrect")))
 
 
 def test_m_kto_examples_are_the_pairs_sides():
@@ -369,7 +371,7 @@ def test_train_preference_end_to_end(tmp_path, tiny_model_dir, name, lora, preco
 
     logged = [traj(g, k, float(k == 0), f"The answer is {'AB'[k]}. {g}", float(k == 0)) for g in "abc" for k in (0, 1)]
     run = _write_run(tmp_path, tiny_model_dir, logged)
-    algo = AlgoConfig(name=name, precompute_reference=precompute)
+    algo = AlgoConfig(name=name, preference=PreferenceParams(precompute_reference=precompute))
     optim = OptimConfig(lora=lora, learning_rate=1e-3, batch_size=2, precision="fp32", warmup_ratio=0.0)
     checkpoint = train(str(run), "", algo, optim)
     assert (checkpoint / "turnrl_train.json").exists()

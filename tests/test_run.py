@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from turnrl.algorithms.weighted import AlgoConfig
+from turnrl.algorithms.config import AlgoConfig
 from turnrl.envs import EnvConfig
 from turnrl.errors import NothingToLearn
 from turnrl.generation import BackendConfig
@@ -89,3 +89,24 @@ def test_the_same_run_twice_is_byte_identical_and_seeds_make_one_table(tmp_path,
     # The seeds draw different logs: the logged conversations' option orders differ.
     logs = [read_trajectories(tmp_path / f"a/seed{s}/scored/trajectories.jsonl") for s in (0, 1)]
     assert [t.option_orders for t in logs[0]] != [t.option_orders for t in logs[1]]
+
+
+def test_per_algorithm_overrides_reach_one_algorithm_and_its_sections():
+    """A per_algorithm override changes that algorithm's settings only, a nested mapping going into its section;
+    an unknown key names where it is."""
+    from turnrl.errors import ConfigError
+    from turnrl.workflows.pipeline import algorithm_settings
+
+    cfg = RunConfig(algorithms=["swift", "refit"], optim=OptimConfig(learning_rate=1e-5),
+                    per_algorithm={"swift": {"algo": {"swift": {"floor": -1.0}, "kl_coef": 0.1},
+                                             "optim": {"learning_rate": 3e-5}}})
+    swift_algo, swift_optim = algorithm_settings(cfg, "swift")
+    refit_algo, refit_optim = algorithm_settings(cfg, "refit")
+    assert (swift_algo.name, swift_algo.swift.floor, swift_algo.kl_coef, swift_optim.learning_rate) == \
+        ("swift", -1.0, 0.1, 3e-5)
+    assert (refit_algo.name, refit_algo.swift.floor, refit_algo.kl_coef, refit_optim.learning_rate) == \
+        ("refit", 0.0, 0.0, 1e-5)
+    assert cfg.algo.swift.floor == 0.0  # the run's own config is not changed
+    bad = RunConfig(algorithms=["swift"], per_algorithm={"swift": {"algo": {"swift": {"flor": 1}}}})
+    with pytest.raises(ConfigError, match=r"per_algorithm\.swift\.algo\.swift\.flor: unknown option"):
+        algorithm_settings(bad, "swift")

@@ -113,7 +113,7 @@ def test_sweep_validates_every_grid_point_and_tests_only_the_chosen_policy(swept
 
 def test_an_epoch_snapshot_is_the_policy_of_the_shorter_run(swept, tiny_model_dir):
     """The epoch-1 snapshot of the 2-epoch run equals a separate 1-epoch run (same seed, order and warm-up)."""
-    from turnrl.algorithms.weighted import AlgoConfig
+    from turnrl.algorithms.config import AlgoConfig
     from turnrl.train import train
     from turnrl.train.config import OptimConfig
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from turnrl.algorithms.weighted import AlgoConfig
+from turnrl.algorithms.config import AlgoConfig
 from turnrl.errors import ConfigError
 from turnrl.train import train
 from turnrl.train.config import OptimConfig

@@ -8,7 +8,11 @@ import math
 import pytest
 import torch
 
-from turnrl.algorithms.weighted import AlgoConfig, build_weighted_examples
+from turnrl.algorithms.config import AlgoConfig
+from turnrl.algorithms.weighted import build_weighted_examples
+from turnrl.algorithms.refit import RefitParams
+from turnrl.algorithms.star_gate import StarGateParams
+from turnrl.algorithms.swift import SwiftParams
 from turnrl.errors import ConfigError
 from turnrl.records import Trajectory, TurnInfo
 from turnrl.train.config import OptimConfig
@@ -109,13 +113,13 @@ def test_swift_weights_by_hand():
     floored, diag = build_weighted_examples(trajectories, AlgoConfig(name="swift"))
     assert [e.weight for e in floored] == pytest.approx([1.0, 0.0, 0.0, 0, 0, 0, 0.0, 0.3 / s])
     assert diag["floored"] == 2 and diag["negative"] == 0
-    unfloored, _ = build_weighted_examples(trajectories, AlgoConfig(name="swift", negative_floor=-10.0))
+    unfloored, _ = build_weighted_examples(trajectories, AlgoConfig(name="swift", swift=SwiftParams(floor=-10.0)))
     assert [e.weight for e in unfloored] == pytest.approx([e.weight for e in examples])
 
 
 def test_swift_floor_and_kl_anchor():
     trajectories = [traj("a", 0, 1.0), traj("a", 1, 0.0), traj("a", 2, 0.5)]
-    examples, diag = build_weighted_examples(trajectories, AlgoConfig(name="swift", negative_floor=-0.5, kl_coef=0.1))
+    examples, diag = build_weighted_examples(trajectories, AlgoConfig(name="swift", swift=SwiftParams(floor=-0.5), kl_coef=0.1))
     assert [e.weight for e in examples] == pytest.approx([1.1, -0.4, 0.1])
     assert diag["floored"] == 1
 
@@ -127,7 +131,7 @@ def test_star_gate_keeps_the_best_of_each_group():
     weights, diag = build_weighted_examples(trajectories, AlgoConfig(name="star-gate"))
     assert [e.weight for e in weights] == [0, 1, 0, 0, 0, 1, 0]
     assert diag["groups_without_selection"] == 1
-    thresholded, diag = build_weighted_examples(trajectories, AlgoConfig(name="star-gate", min_reward=0.5))
+    thresholded, diag = build_weighted_examples(trajectories, AlgoConfig(name="star-gate", star_gate=StarGateParams(min_reward=0.5)))
     assert [e.weight for e in thresholded] == [0, 1, 0, 0, 0, 0, 0]
     assert diag["groups_without_selection"] == 2
 
@@ -136,7 +140,7 @@ def test_refit_refuses_negative_rewards():
     trajectories = [traj("a", 0, 0.5), traj("a", 1, -0.25)]
     with pytest.raises(ConfigError, match=r"refit needs rewards >= 0.*a#1.*-0.25"):
         build_weighted_examples(trajectories, AlgoConfig(name="refit"))
-    shifted, diag = build_weighted_examples(trajectories, AlgoConfig(name="refit", shift_negative=True))
+    shifted, diag = build_weighted_examples(trajectories, AlgoConfig(name="refit", refit=RefitParams(shift_negative=True)))
     assert [e.weight for e in shifted] == pytest.approx([0.75, 0.0])
 
 

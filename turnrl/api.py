@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from turnrl.algorithms.weighted import AlgoConfig
+from turnrl.algorithms.config import AlgoConfig
 from turnrl.train.config import OptimConfig
 from turnrl.train.loop import train_callbacks, TrainerCallback
 
@@ -45,7 +45,8 @@ class TrainerArgs:
     """Every other optimisation setting (its learning_rate, epochs, batch_size, lora and seed are replaced by the
     fields above)."""
     algo: AlgoConfig | None = None
-    """Algorithm parameters (e.g. negative_floor, dpo_beta); its name is the trainer's."""
+    """Algorithm parameters (e.g. ``AlgoConfig(preference=PreferenceParams(beta=0.2))``); its name is the
+    trainer's."""
     reward_column: str = "reward"
     group_column: str = ""
     """The column naming each conversation's context x (default: a hash of its system and first user message)."""

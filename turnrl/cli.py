@@ -115,7 +115,17 @@ def _config_files(argv: list[str]) -> list[str]:
 
 
 RENAMED = {("EnvConfig", "turns"): "max_turns", ("RewardConfig", "reference"): "likelihood_model",
-           ("RewardConfig", "reference_dtype"): "likelihood_dtype", ("CompareConfig", "baseline"): "compare_against"}
+           ("RewardConfig", "reference_dtype"): "likelihood_dtype", ("CompareConfig", "baseline"): "compare_against",
+           **{("AlgoConfig", old): new for old, new in (
+               ("turns", "trained_turns"), ("top_k", "star_gate.top_k"), ("min_reward", "star_gate.min_reward"),
+               ("shift_negative", "refit.shift_negative"), ("negative_floor", "swift.floor"),
+               ("drift_beta", "drift.beta"), ("dpo_beta", "preference.beta"), ("pairing", "preference.pairing"),
+               ("pairs_per_group", "preference.pairs_per_group"),
+               ("mask_observations", "preference.mask_observations"), ("reference", "preference.ref_policy"),
+               ("precompute_reference", "preference.precompute_reference"), ("dpo_context", "dpo.context"),
+               ("branches", "step_dpo.branches"), ("kto_lambda_d", "m_kto.lambda_d"),
+               ("kto_lambda_u", "m_kto.lambda_u"), ("teacher", "star_gate_d.teacher"),
+               ("distill_alpha", "star_gate_d.alpha"), ("distill_temperature", "star_gate_d.temperature"))}}
 """Options renamed (class, old name) -> new name: a config or flag with the old name is told the new one."""
 
 

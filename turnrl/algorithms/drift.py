@@ -15,8 +15,8 @@ which the paper keeps (Table 8). They are computed through log-sum-exp, so retur
 
 The loss (eq. 14-15) is the weighted NLL of each conversation's final assistant turn given its whole history,
 ``turns: final`` in the weighted trainer (:mod:`turnrl.train.weighted`, which sums a turn's token log-probs as
-eq. 15 does; ``optim.normalization: mean`` is closer to the released code's per-token mean); ``algo.turns: all``
-puts the weight on every assistant turn instead (004's ablation, Fig. 3). SFT-5turn (004's baseline) is the same
+eq. 15 does; ``optim.normalization: mean`` is closer to the released code's per-token mean); ``algo.trained_turns:
+all`` puts the weight on every assistant turn instead (004's ablation, Fig. 3). SFT-5turn (004's baseline) is the same
 data with every weight 1: ``algo: sft-final``.
 
 Diagnostics for the report: the effective sample size (sum w)^2 / sum w^2 of each group (K for uniform weights,
@@ -32,11 +32,25 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from turnrl.algorithms.registry import register_algorithm
-from turnrl.algorithms.weighted import AlgoConfig, groups_of
+from turnrl.algorithms.weighted import groups_of
 from turnrl.errors import ConfigError
 from turnrl.records import Trajectory
 from turnrl.stats import effective_sample_size
+
+if TYPE_CHECKING:
+    from turnrl.algorithms.config import AlgoConfig
+
+
+@dataclass
+class DriftParams:
+    """drift: the importance weights' temperature."""
+
+    beta: float = 0.1
+    """beta of eq. 13 (004: 0.1; its released code 0.2): lower puts more weight on the highest returns."""
 
 
 def group_weights(returns: list[float], beta: float) -> np.ndarray:
@@ -45,10 +59,12 @@ def group_weights(returns: list[float], beta: float) -> np.ndarray:
     return np.exp(z - logsumexp(z) + np.log(len(z)))
 
 
-@register_algorithm("drift", family="weighted", display="DRIFT", paper="004 eq. 13", turns="final")
+@register_algorithm("drift", family="weighted", display="DRIFT", paper="004 eq. 13", turns="final",
+                    sections=("drift",))
 def drift_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -> list[float]:
-    if not cfg.drift_beta > 0:
-        raise ConfigError(f"algo.drift_beta: {cfg.drift_beta}; the temperature of the weights must be > 0")
+    beta = cfg.drift.beta
+    if not beta > 0:
+        raise ConfigError(f"algo.drift.beta: {beta}; the temperature of the weights must be > 0")
     for t in trajectories:
         if "drift_return" not in t.rewards:
             raise ConfigError(
@@ -59,7 +75,7 @@ def drift_weights(trajectories: list[Trajectory], cfg: AlgoConfig, diag: dict) -
     outcomes = {"all_fail": 0, "all_success": 0, "mixed": 0}
     sizes: dict[int, int] = {}
     for group_id, group in groups_of(trajectories).items():
-        w = group_weights([float(t.rewards["drift_return"]) for t in group], cfg.drift_beta)
+        w = group_weights([float(t.rewards["drift_return"]) for t in group], beta)
         weights.update({t.id: float(x) for t, x in zip(group, w)})
         group_ess[group_id] = round(effective_sample_size(list(w)), 4)
         solved = [bool(t.rewards.get("accuracy")) for t in group]

@@ -1,10 +1,12 @@
 """The algorithm registry: each algorithm declares what it is once, beside its math (docs/design.md, "Registries").
 
-An entry names the algorithm's family (which trainer runs it), the function that turns the scored log into its
-training data, how tables name it, whether it is a baseline (not reward-weighted RL: a candidate for "best
-baseline" in comparisons) and, for weighted fine-tuning, which assistant turns carry the weight by default.
+An entry names the algorithm's family (which trainer, and so which loss, runs it), the function that turns the
+scored log into its training data, how tables name it, whether it is a baseline (not reward-weighted RL: a
+candidate for "best baseline" in comparisons), the sections of ``algo`` that hold its parameters (each a small
+dataclass beside the algorithm, e.g. ``algo.refit.shift_negative``) and, for weighted fine-tuning, which assistant
+turns carry the weight by default. Each built-in algorithm is one module of this package:
 
-    @register_algorithm("refit", family="weighted", display="Refit", paper="000 eq. 5")
+    @register_algorithm("refit", family="weighted", display="Refit", paper="000 eq. 5", sections=("refit",))
     def refit_weights(trajectories, cfg, diag) -> list[float]: ...
 
 The builder's signature is the family's: weighted ``(trajectories, cfg, diag) -> weights``; preference
@@ -14,7 +16,7 @@ The builder's signature is the family's: weighted ``(trajectories, cfg, diag) ->
 Algorithms outside turnrl register when their module is imported: from the command line with ``turnrl --import
 MODULE ...``, or for an installed package through the entry-point group ``turnrl.algorithms``
 (``[project.entry-points."turnrl.algorithms"] my-algo = "my_package.algos"``), loaded the first time the registry
-is read.
+is read. Their parameters come from ``algo.extra`` (a mapping any YAML file or ``--algo.extra '{...}'`` sets).
 """
 
 from __future__ import annotations
@@ -41,8 +43,11 @@ class Algorithm:
     paper: str
     """Where its math is, e.g. "000 eq. 9"."""
     baseline: bool = False
+    sections: tuple[str, ...] = ()
+    """The sections of ``algo`` (fields of :class:`turnrl.algorithms.config.AlgoConfig`) it reads its parameters
+    from, e.g. ("preference", "dpo"); model cards and the train record show these."""
     turns: Literal["all", "final"] = "all"
-    """weighted: the assistant turns that carry the weight unless ``algo.turns`` says otherwise."""
+    """weighted: the assistant turns that carry the weight unless ``algo.trained_turns`` says otherwise."""
     needs_branches: bool = False
     """preference: trains on branch rollouts from every step of the log (StepDPO), a stage run before training."""
     unpaired: bool = False
@@ -68,8 +73,8 @@ def _load_plugins() -> None:
 
 
 def register_algorithm(name: str, *, family: Family, display: str, paper: str, baseline: bool = False,
-                       turns: Literal["all", "final"] = "all", needs_branches: bool = False,
-                       unpaired: bool = False) -> Callable:
+                       sections: tuple[str, ...] = (), turns: Literal["all", "final"] = "all",
+                       needs_branches: bool = False, unpaired: bool = False) -> Callable:
     """Register the decorated function as the builder of algorithm ``name``; returns the function unchanged."""
     if family not in FAMILIES:
         raise ValueError(f"algorithm {name!r}: family {family!r}; expected one of {', '.join(FAMILIES)}")
@@ -79,7 +84,7 @@ def register_algorithm(name: str, *, family: Family, display: str, paper: str, b
             raise ValueError(f"algorithm {name!r} is registered twice ({_REGISTRY[name].build.__module__} and "
                              f"{build.__module__})")
         _REGISTRY[name] = Algorithm(name=name, family=family, build=build, display=display, paper=paper,
-                                    baseline=baseline, turns=turns, needs_branches=needs_branches,
+                                    baseline=baseline, sections=sections, turns=turns, needs_branches=needs_branches,
                                     unpaired=unpaired)
         return build
 

@@ -10,7 +10,7 @@ Formats, each one JSON object per line:
   is the messages both sides share before an assistant message (never past the first one that carries the loss);
   chosen and rejected are the rest of each side's conversation. For dpo (000 Sec. 4) that is the system and
   first user turns, and each side's conversation from its first assistant message to its final one (with
-  ``--algo.dpo_context question``, the final assistant message alone); for m-dpo likewise, observations included.
+  ``--algo.dpo.context question``, the final assistant message alone); for m-dpo likewise, observations included.
   TRL trains every completion token: for multi-turn sides that is 003's single-turn baseline, not M-DPO's
   masking, nor turnrl's DPO, which trains the final message only.
 - ``kto``: TRL's conversational unpaired format, ``{"prompt": [...], "completion": [...], "label": bool}``: the
@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from turnrl.algorithms.preference import Completion, build_preference_data, prompt_length
 from turnrl.algorithms.registry import get_algorithm
-from turnrl.algorithms.weighted import AlgoConfig
+from turnrl.algorithms.config import AlgoConfig
 from turnrl.errors import ConfigError, InputError
 from turnrl.generation import derive_seed
 from turnrl.layout import SCORED, export_file
@@ -66,7 +66,7 @@ class ExportConfig:
     """sft: keep only trajectories with reward >= this (default: every trajectory)."""
     algo: AlgoConfig = field(default_factory=lambda: AlgoConfig(name=""))
     """dpo and kto: the preference algorithm whose pairs to export and its pairing options, as for `turnrl train`
-    (default: dpo for dpo, m-kto for kto; e.g. --algo.name m-dpo, --algo.pairing best-vs-worst)."""
+    (default: dpo for dpo, m-kto for kto; e.g. --algo.name m-dpo, --algo.preference.pairing best-vs-worst)."""
     kto_threshold: float | None = None
     """kto: label every trajectory, desirable where reward >= this, instead of m-kto's pairs."""
     scale: float = 1.0
@@ -124,7 +124,7 @@ def _preference_algo(cfg: ExportConfig) -> AlgoConfig:
 def _branches(cfg: ExportConfig, algo: AlgoConfig) -> list[Trajectory] | None:
     if not get_algorithm(algo.name).needs_branches:
         return None
-    path = Path(cfg.run_dir) / algo.branches
+    path = Path(cfg.run_dir) / algo.step_dpo.branches
     if not path.exists():
         raise ConfigError(f"{path}: missing; {algo.name} pairs logged actions with branch rollouts (`turnrl "
                           "simulate --continue_from`, then `turnrl score`), which a run must have before export")

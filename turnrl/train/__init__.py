@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from turnrl.algorithms.registry import get_algorithm
-from turnrl.algorithms.weighted import AlgoConfig
+from turnrl.algorithms.config import AlgoConfig
 from turnrl.train.config import OptimConfig, TrainConfig
 
 

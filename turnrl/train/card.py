@@ -74,9 +74,9 @@ def model_card(checkpoint: Path) -> str:
     name = algo.get("name", "")
     try:
         algorithm = get_algorithm(name)
-        display, paper = algorithm.display, algorithm.paper
+        display, paper, sections = algorithm.display, algorithm.paper, (*algorithm.sections, "extra")
     except Exception:  # an extension algorithm not registered in this process
-        display, paper = name, ""
+        display, paper, sections = name, "", ("extra",)
     base = record.get("model", "")
     base_hub = hub_id(base)
     adapter = (checkpoint / "adapter_config.json").exists()
@@ -105,7 +105,12 @@ def model_card(checkpoint: Path) -> str:
             value = f"{diag[key]:.1f}" if isinstance(diag[key], float) else diag[key]
             lines.append(f"- {label}: {value}")
     lines += ["", "## Training", "", "| setting | value |", "|---|---|"]
-    shown = {"algorithm": name, **{k: v for k, v in algo.items() if k not in ("name", "extra") and v not in ("", None)}}
+    shown = {"algorithm": name}
+    for key, value in algo.items():  # the algorithm's own sections, not every algorithm's
+        if isinstance(value, dict):
+            shown.update({f"algo.{key}.{k}": v for k, v in value.items() if key in sections and v not in ("", None)})
+        elif key != "name" and value not in ("", None):
+            shown[f"algo.{key}"] = value
     for key in ("learning_rate", "epochs", "batch_size", "schedule", "warmup_ratio", "weight_decay", "precision",
                 "lora", "lora_r", "lora_alpha", "max_length", "seed"):
         if key in optim:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from turnrl.algorithms.weighted import AlgoConfig
+from turnrl.algorithms.config import AlgoConfig
 from turnrl.errors import ConfigError
 from turnrl.layout import SCORED, train_dir
 from turnrl.records import Trajectory, read_json, read_trajectories, write_json

@@ -135,15 +135,16 @@ def train_distill(cfg: TrainConfig, teacher_optim: OptimConfig | None = None) ->
     algo, optim = cfg.algo, cfg.optim
     if (done := checkpoint_or_start(cfg)) is not None:
         return done
-    if not 0.0 <= algo.distill_alpha <= 1.0:
-        raise ConfigError(f"algo.distill_alpha: {algo.distill_alpha}; expected a value in [0, 1]")
-    if algo.distill_temperature <= 0:
-        raise ConfigError(f"algo.distill_temperature: {algo.distill_temperature}; expected > 0")
+    params = algo.star_gate_d
+    if not 0.0 <= params.alpha <= 1.0:
+        raise ConfigError(f"algo.star_gate_d.alpha: {params.alpha}; expected a value in [0, 1]")
+    if params.temperature <= 0:
+        raise ConfigError(f"algo.star_gate_d.temperature: {params.temperature}; expected > 0")
     teacher_dir = train_dir(cfg.run_dir, TEACHER)
-    teacher = algo.teacher or str(teacher_dir / "checkpoint")
-    if algo.teacher and not Path(algo.teacher).exists():
-        raise InputError(f"algo.teacher: {algo.teacher}: no such checkpoint")
-    if not algo.teacher and not (Path(teacher) / "turnrl_train.json").exists():
+    teacher = params.teacher or str(teacher_dir / "checkpoint")
+    if params.teacher and not Path(params.teacher).exists():
+        raise InputError(f"algo.star_gate_d.teacher: {params.teacher}: no such checkpoint")
+    if not params.teacher and not (Path(teacher) / "turnrl_train.json").exists():
         logger.info(f"train {algo.name}: no STaR-GATE teacher in {teacher_dir}; training it first")
         train_weighted(TrainConfig(run_dir=cfg.run_dir, model=cfg.model, input=cfg.input,
                                    algo=replace(algo, name=TEACHER), optim=teacher_optim or optim))
@@ -159,18 +160,18 @@ def train_distill(cfg: TrainConfig, teacher_optim: OptimConfig | None = None) ->
         raise ConfigError(f"{algo.name}: the teacher {teacher} has a {sizes[1]}-token vocabulary and the student "
                           f"{model_name} {sizes[0]}; distillation needs the same tokenizer")
     items, dropped = tokenize_examples(examples, tokenizer, stop_token_ids(tokenizer, lm), optim)
-    diagnostics.update({"dropped": dropped, "teacher": teacher, "alpha": algo.distill_alpha,
-                        "temperature": algo.distill_temperature})
+    diagnostics.update({"dropped": dropped, "teacher": teacher, "alpha": params.alpha,
+                        "temperature": params.temperature})
     if not items:
         raise ConfigError(f"{algo.name}: every selected trajectory was dropped ({dropped})")
     steps = epoch_steps(items, optim.batch_size, optim.epochs, optim.seed)
     loop = TrainLoop(lm, tokenizer, optim, cfg.out_dir, model_name, steps,
-                     wrap=lambda student: DistillLM(student, teacher_lm, algo.distill_temperature))
+                     wrap=lambda student: DistillLM(student, teacher_lm, params.temperature))
     teacher_lm.to(loop.accelerator.device)
     write_training_files(loop, {"diagnostics.json": diagnostics})
     loop.accelerator.print(f"train {algo.name}: {len(items)} trajectories distilled from {teacher}, {len(steps)} "
                            f"steps, dropped {dropped}")
-    history = loop.run(distill_step_loss(algo.distill_alpha, algo.distill_temperature, optim.normalization,
+    history = loop.run(distill_step_loss(params.alpha, params.temperature, optim.normalization,
                                          optim.micro_batch_tokens, tokenizer.pad_token_id),
                        -(-len(items) // optim.batch_size))
     return finish_training(loop, cfg, model_name, history, diagnostics)

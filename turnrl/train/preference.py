@@ -15,10 +15,10 @@ never counted (they cancel between pi and pi_ref, 003 Sec. 2.2). With r(y) = log
 z0 is the KL reference point, estimated on mismatched (prompt, completion) pairs: each example's prompt with the
 previous example's completion in the step (TRL's cycling by one). beta is 003's eta (0.1); label smoothing is off.
 
-The reference pi_ref is the policy training starts from (or ``algo.reference``). Its log-probabilities are
-computed once before training by default (``algo.precompute_reference``), each in the micro-batch its step will
-run it in, and kept in ``reference_logps.json``, so a resumed run uses the values of the original start; otherwise
-each step runs the reference too -- the base with the LoRA adapter disabled when training a fresh adapter, a frozen
+The reference pi_ref is the policy training starts from (or ``algo.preference.ref_policy``). Its log-probabilities
+are computed once before training by default (``algo.preference.precompute_reference``), each in the micro-batch its
+step will run it in, and kept in ``reference_logps.json``, so a resumed run uses the values of the original start;
+otherwise each step runs the reference too -- the base with the LoRA adapter disabled when training a fresh adapter, a frozen
 copy otherwise. The reference always runs in eval mode (no dropout), which is what makes the two ways equal.
 """
 
@@ -441,12 +441,12 @@ def _reference_values(loop: TrainLoop, ref_lm, steps: list[list[Any]], out_dir: 
 
 
 def _load_branches(cfg: TrainConfig) -> list:
-    path = Path(cfg.run_dir) / cfg.algo.branches
+    path = Path(cfg.run_dir) / cfg.algo.step_dpo.branches
     if not path.exists():
         raise ConfigError(
             f"{path}: missing. step-dpo trains on branch rollouts; with the logging run's settings, run "
             f"`turnrl simulate --continue_from {cfg.input}` (writes {BRANCHES}) and `turnrl score --input "
-            f"{BRANCHES} --output {cfg.algo.branches}` first (`turnrl run` and `turnrl iterate` do this themselves)")
+            f"{BRANCHES} --output {cfg.algo.step_dpo.branches}` first (`turnrl run` and `turnrl iterate` do this themselves)")
     return read_trajectories(path)
 
 
@@ -456,8 +456,9 @@ def train_preference(cfg: TrainConfig) -> Path:
     if (done := checkpoint_or_start(cfg)) is not None:
         return done
     algorithm = get_algorithm(algo.name, family="preference")
-    if algo.dpo_beta <= 0:
-        raise ConfigError(f"algo.dpo_beta: {algo.dpo_beta}; expected > 0")
+    params = algo.preference
+    if params.beta <= 0:
+        raise ConfigError(f"algo.preference.beta: {params.beta}; expected > 0")
     if algorithm.unpaired and optim.batch_size < 2:
         raise ConfigError(f"optim.batch_size: {algo.name} needs at least 2 examples per step (z0 is estimated on "
                           "mismatched pairs within the step)")
@@ -471,22 +472,22 @@ def train_preference(cfg: TrainConfig) -> Path:
     lm, tokenizer, resolved = load_for_training(model_name, optim)
     eot = stop_token_ids(tokenizer, lm)
     kto = algorithm.unpaired
-    items, dropped = (tokenize_kto if kto else tokenize_pairs)(data, tokenizer, eot, optim, algo.mask_observations)
+    items, dropped = (tokenize_kto if kto else tokenize_pairs)(data, tokenizer, eot, optim, params.mask_observations)
     diagnostics["dropped"] = dropped
     if not items:
         raise ConfigError(f"{algo.name}: every pair was dropped ({dropped}); raise optim.max_length?")
     steps = epoch_steps(items, optim.batch_size, optim.epochs, optim.seed)
     if kto:
-        steps = kto_steps(steps, tokenizer, eot, algo.mask_observations)
+        steps = kto_steps(steps, tokenizer, eot, params.mask_observations)
     steps_per_epoch = -(-len(items) // optim.batch_size)
-    ref_lm, ref_name = reference_model(algo.reference, lm, optim.lora and not resolved.adapter,
-                                       algo.precompute_reference)
-    diagnostics.update({"reference": ref_name, "precompute_reference": algo.precompute_reference})
+    ref_lm, ref_name = reference_model(params.ref_policy, lm, optim.lora and not resolved.adapter,
+                                       params.precompute_reference)
+    diagnostics.update({"reference": ref_name, "precompute_reference": params.precompute_reference})
     loop = TrainLoop(lm, tokenizer, optim, cfg.out_dir, model_name, steps, wrap=MaskedLogprobLM)
     write_training_files(loop, {"examples.jsonl" if kto else "pairs.jsonl": [asdict(d) for d in data],
                                 "diagnostics.json": diagnostics})
     pad = tokenizer.pad_token_id
-    if algo.precompute_reference:
+    if params.precompute_reference:
         reference = Reference(values=_reference_values(loop, ref_lm, steps, cfg.out_dir, pad,
                                                        optim.micro_batch_tokens))
         del ref_lm
@@ -496,13 +497,13 @@ def train_preference(cfg: TrainConfig) -> Path:
                               else None)
     loop.accelerator.print(f"train {algo.name}: {len(items)} {'examples' if kto else 'pairs'} "
                            f"({diagnostics['skipped_ties']} tied groups skipped, dropped {dropped}), {len(steps)} "
-                           f"steps, reference: {ref_name}{' (precomputed)' if algo.precompute_reference else ''}"
+                           f"steps, reference: {ref_name}{' (precomputed)' if params.precompute_reference else ''}"
                            + (f"; {diagnostics['pairing_chosen_because']}" if "pairing_chosen_because" in diagnostics
                               else ""))
     if kto:
-        step_fn = kto_step_loss(algo.dpo_beta, algo.kto_lambda_d, algo.kto_lambda_u, optim.micro_batch_tokens, pad,
-                                reference)
+        step_fn = kto_step_loss(params.beta, algo.m_kto.lambda_d, algo.m_kto.lambda_u, optim.micro_batch_tokens,
+                                pad, reference)
     else:
-        step_fn = dpo_step_loss(algo.dpo_beta, optim.micro_batch_tokens, pad, reference)
+        step_fn = dpo_step_loss(params.beta, optim.micro_batch_tokens, pad, reference)
     history = loop.run(step_fn, steps_per_epoch)
     return finish_training(loop, cfg, model_name, history, diagnostics)

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from turnrl.algorithms.preference import build_preference_data
 from turnrl.algorithms.registry import get_algorithm
-from turnrl.algorithms.weighted import AlgoConfig
+from turnrl.algorithms.config import AlgoConfig
 from turnrl.envs import EnvConfig, make_env
 from turnrl.errors import ConfigError
 from turnrl.stages.evaluate import EvalOptions, EvaluateConfig, evaluate
@@ -199,7 +199,7 @@ def _train(cfg: IterateConfig, it_dir: Path, t: int, current: str, reward: Rewar
 
     algo = cfg.algo
     if cfg.fixed_reference and t > 1:
-        algo = replace(algo, reference=cfg.model)
+        algo = replace(algo, preference=replace(algo.preference, ref_policy=cfg.model))
     algorithm = get_algorithm(algo.name)
     if algorithm.family != "preference":
         return str(train(str(it_dir), current, algo, cfg.optim, input=log, report_to=cfg.report_to)), {}
@@ -207,7 +207,7 @@ def _train(cfg: IterateConfig, it_dir: Path, t: int, current: str, reward: Rewar
     if algorithm.needs_branches:
         simulate_cfg = SimulateConfig(dataset=cfg.dataset, env=cfg.env, policy=replace(cfg.generation, model=current),
                                       teacher=cfg.teacher, rollout=replace(cfg.rollout, seed=seed))
-        branches = read_trajectories(branch_rollouts(str(it_dir), log, simulate_cfg, reward, output=algo.branches))
+        branches = read_trajectories(branch_rollouts(str(it_dir), log, simulate_cfg, reward, output=algo.step_dpo.branches))
     _, diagnostics = build_preference_data(read_trajectories(it_dir / log), algo, branches)
     if not diagnostics["pairs"]:
         logger.info(f"iterate: iteration {t} found no pairs ({diagnostics}); the policy carries over unchanged")
@@ -271,7 +271,7 @@ def _iterate(cfg: IterateConfig, run_dir: Path, prompts: list[Task], trackers: S
         # Code-running environments (tool): 003's filters before pairing.
         log, filtered = _tool_filters(cfg, it_dir, current) if getattr(env, "run_code", None) else (SCORED, None)
         policy, pairing = _train(cfg, it_dir, t, current, reward, seed, log)
-        reference = cfg.model if cfg.fixed_reference else (cfg.algo.reference or current)
+        reference = cfg.model if cfg.fixed_reference else (cfg.algo.preference.ref_policy or current)
         sampled_from = {"current": current, "previous": previous if cfg.previous_samples else None}
         record = {"iteration": t, "policy": policy, "started_from": current, "reference": reference,
                   "sampled_from": sampled_from, "prompts": len(tasks), "filtered": filtered, "pairing": pairing,

@@ -11,12 +11,12 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from turnrl.algorithms.registry import get_algorithm
-from turnrl.algorithms.weighted import AlgoConfig
+from turnrl.algorithms.config import AlgoConfig
 from turnrl.envs import EnvConfig
 from turnrl.errors import ConfigError, NothingToLearn
 from turnrl.stages.evaluate import EvalOptions, EvaluateConfig, evaluate
@@ -65,7 +65,8 @@ class RunConfig:
     """Algorithm parameters shared by all algorithms (the name is set per algorithm)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     per_algorithm: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Overrides for one algorithm, e.g. {swift: {optim: {learning_rate: 5.0e-6}, algo: {negative_floor: -1.0}}}."""
+    """Overrides for one algorithm, e.g. {swift: {optim: {learning_rate: 5.0e-6}, algo: {kl_coef: 0.1}}}. An algorithm's own
+    parameters need none: each section of ``algo`` is read only by the algorithms it belongs to."""
     evaluation: EvalOptions = field(default_factory=EvalOptions)
     evaluate_base: bool = True
     refresh: RefreshOptions = field(default_factory=RefreshOptions)
@@ -82,10 +83,14 @@ class RunConfig:
 
 
 def _override(obj: Any, updates: dict[str, Any], where: str) -> Any:
+    """A copy of the config ``obj`` with ``updates`` set, a nested mapping going into its section
+    ({"swift": {"floor": -1.0}} sets obj.swift.floor)."""
     obj = copy.deepcopy(obj)
     for key, value in updates.items():
         if not hasattr(obj, key):
             raise ConfigError(f"{where}.{key}: unknown option")
+        if isinstance(value, dict) and is_dataclass(getattr(obj, key)):
+            value = _override(getattr(obj, key), value, f"{where}.{key}")
         setattr(obj, key, value)
     return obj
 
@@ -124,7 +129,7 @@ def train_one(run_dir: str, model: str, algo: AlgoConfig, optim: OptimConfig, ru
         policy = _override(run.generation, {"model": run.model}, "generation")
         branch_rollouts(run_dir, SCORED, SimulateConfig(run_dir=run_dir, dataset=run.dataset, env=run.env,
                                                         policy=policy, teacher=run.teacher, rollout=run.rollout),
-                        run.reward, output=algo.branches)
+                        run.reward, output=algo.step_dpo.branches)
     if run is not None and algorithm.family == "distillation":
         teacher_optim = algorithm_settings(run, "star-gate")[1]
     return train(run_dir=run_dir, model=model, algo=algo, optim=optim, teacher_optim=teacher_optim)
