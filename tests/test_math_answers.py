@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from turnrl.rewards.math_answers import (extract_math_answer, last_boxed, math_equal, normalize_answer,
-                                         symbolic_equal, symbolic_timeouts, to_number)
+from turnrl.rewards.math_answers import extract_math_answer, last_boxed, math_equal, normalize_answer, to_number
+from turnrl.rewards.symbolic import symbolic_equal, symbolic_timeouts
 
 EXTRACTION = [
     ("So the total is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),

@@ -16,7 +16,7 @@ from turnrl.cli import main
 from turnrl.errors import ConfigError, InputError
 from turnrl.layout import SCORED
 from turnrl.records import Trajectory, read_trajectories
-from turnrl.stages.importer import MATHDIAL_OPENING, MATHDIAL_SYSTEM
+from turnrl.stages.import_mathdial import MATHDIAL_OPENING, MATHDIAL_SYSTEM
 from turnrl.sources.mathdial import mathdial_distractors
 from turnrl.tasks import LETTERS, DatasetConfig, load_tasks
 

@@ -23,8 +23,9 @@ from turnrl.stages.simulate import continue_jobs
 from turnrl.train.config import OptimConfig
 from turnrl.train.data import pad_batch
 from turnrl.train.logprobs import MaskedLogprobLM, sequence_logprobs
-from turnrl.train.preference import (Reference, dpo_step_loss, kto_step_loss, kto_steps, reference_model,
-                                     precompute_reference, tokenize_kto, tokenize_pairs)
+from turnrl.train.preference import dpo_step_loss, kto_step_loss
+from turnrl.train.preference_data import kto_steps, tokenize_kto, tokenize_pairs
+from turnrl.train.reference import Reference, precompute_reference, reference_model
 
 SYSTEM = {"role": "system", "content": "Be brief."}
 

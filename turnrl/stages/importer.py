@@ -1,7 +1,7 @@
 """``turnrl import``: logged conversations from elsewhere as the run's scored log (docs/import-export.md).
 
 Reads JSONL, JSON, Parquet, CSV or a Hugging Face dataset (a ``save_to_disk`` folder, a folder of data files or a
-hub id, loaded with ``datasets``) in the shapes logs come in:
+hub id, loaded with ``datasets``; :mod:`turnrl.stages.import_sources`) in the shapes logs come in:
 
 - TRL conversational and OpenAI chat / fine-tuning logs: a ``messages`` list of ``{role, content}`` (OpenAI's
   ``developer`` role is read as ``system``, its legacy ``function`` role as ``tool``; ``content`` may be a list of
@@ -11,7 +11,7 @@ hub id, loaded with ``datasets``) in the shapes logs come in:
   assistant / system (``observation`` and ``function`` as ``tool``);
 - TRL prompt-completion: ``prompt`` and ``completion`` lists of messages, joined into one conversation;
 - MathDial (``--format mathdial``): its rows of teacher-student tutoring dialogues, the teacher as the assistant,
-  with the reward read from the teacher's rating of the outcome (:func:`mathdial_row`).
+  with the reward read from the teacher's rating of the outcome (:func:`turnrl.stages.import_mathdial.mathdial_row`).
 
 Each row becomes one :class:`~turnrl.records.Trajectory` with its scalar ``reward`` from one column
 (``reward_column``) or a weighted sum of several (``reward_columns`` with ``reward_weights``: non-negative,
@@ -34,16 +34,17 @@ import decimal
 import hashlib
 import json
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from turnrl.errors import ConfigError, InputError
 from turnrl.layout import SCORED
-from turnrl.records import Trajectory, atomic_write_text, dumps, iter_jsonl, read_json
+from turnrl.records import Trajectory, atomic_write_text, dumps
 from turnrl.log import get_logger
+from turnrl.stages.import_mathdial import MATHDIAL_FIELDS, MATHDIAL_REWARD, mathdial_row
+from turnrl.stages.import_sources import open_source, Row
 
 logger = get_logger(__name__)
 
@@ -56,8 +57,6 @@ ROLE_NAMES = {
 """The roles (and ShareGPT ``from`` values) read, and the turnrl role each becomes."""
 
 FORMATS = ("auto", "messages", "sharegpt", "prompt-completion", "mathdial")
-TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet"}
-JSON_SUFFIXES = (".jsonl", ".json")
 KEPT_MESSAGE_KEYS = ("name", "tool_calls", "tool_call_id", "function_call", "weight")
 """Keys of a message kept beside role and content (OpenAI's tool calls, fine-tuning weights)."""
 
@@ -102,91 +101,6 @@ class ImportConfig:
     """The log to write, in the run directory."""
     overwrite: bool = False
     """Replace an existing output with different content (otherwise refused)."""
-
-
-@dataclass
-class Row:
-    number: int
-    """1-based, in file order."""
-    where: str
-    """How errors name it: file and row (and line, for JSON lines)."""
-    data: dict[str, Any]
-
-
-@dataclass
-class Source:
-    label: str
-    rows: Iterator[Row]
-    columns: list[str] | None
-    """Every row's columns (tables and datasets); None for JSON lines, whose rows may differ."""
-    typed: bool
-    """False for CSV, whose cells are text: numeric strings are then read as numbers."""
-
-
-# ------------------------------------------------------------------------------------------------------ reading
-
-def _json_rows(path: Path) -> Iterator[Row]:
-    with path.open("rb") as fh:
-        start = fh.read(4096).lstrip()
-    if path.suffix == ".json" and start.startswith(b"["):  # a JSON array of rows; otherwise JSON lines
-        data = read_json(path)
-        for i, obj in enumerate(data, start=1):
-            yield Row(i, f"{path}: row {i}", obj)
-        return
-    for i, (lineno, obj) in enumerate(iter_jsonl(path), start=1):
-        yield Row(i, f"{path}: row {i} (line {lineno})", obj)
-
-
-def _dataset_rows(ds, label: str) -> Iterator[Row]:
-    for i, obj in enumerate(ds, start=1):
-        yield Row(i, f"{label}: row {i}", obj)
-
-
-def _pick_split(ds, label: str, split: str):
-    import datasets
-
-    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        if split not in ds:
-            raise InputError(f"{label}: no split {split!r}; splits are {', '.join(ds)} (choose one with --split)")
-        return ds[split]
-    return ds
-
-
-def open_source(cfg: ImportConfig) -> Source:
-    """The rows of ``cfg.source``, each with how an error names it."""
-    if not cfg.source:
-        raise ConfigError("source: not given; name a .jsonl/.json/.parquet/.csv file, a dataset folder or a hub id")
-    path = Path(cfg.source)
-    if path.is_file():
-        if path.suffix in JSON_SUFFIXES:
-            return Source(str(path), _json_rows(path), None, typed=True)
-        kind = TABLE_SUFFIXES.get(path.suffix)
-        if kind is None:
-            raise InputError(f"{path}: unsupported file type {path.suffix!r}; expected .jsonl, .json, .parquet or "
-                             ".csv, a Hugging Face dataset folder or a hub id")
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
-        except Exception as exc:  # datasets raises many types for malformed files
-            raise InputError(f"{path}: could not read as {kind}: {exc}") from None
-        return Source(str(path), _dataset_rows(ds, str(path)), list(ds.column_names), typed=kind != "csv")
-    if path.suffix in JSON_SUFFIXES + tuple(TABLE_SUFFIXES) and not path.exists():
-        raise InputError(f"{path}: file not found")
-    import datasets
-
-    label = f"{cfg.source} [{cfg.split}]"
-    try:
-        if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
-            ds = _pick_split(datasets.load_from_disk(str(path)), label, cfg.split)
-        else:
-            ds = datasets.load_dataset(cfg.source, cfg.subset or None, split=cfg.split)
-    except InputError:
-        raise
-    except Exception as exc:
-        where = "folder" if path.is_dir() else "path or hub dataset"
-        raise InputError(f"{cfg.source}: could not load this {where} with datasets: {exc}") from None
-    return Source(label, _dataset_rows(ds, label), list(ds.column_names), typed=True)
 
 
 # ----------------------------------------------------------------------------------------------- normalising
@@ -373,100 +287,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-# -------------------------------------------------------------------------------------------------- MathDial
-
-MATHDIAL_SEPARATOR = "|EOM|"
-MATHDIAL_OUTCOMES = {"Yes": 1.0, "Yes, but I had to reveal the answer": 0.5, "No": 0.0}
-"""The teacher's answer to "did the student get to the correct solution?" (MathDial's ``self-correctness``) ->
-reward: solved, solved only once the teacher told the answer, not solved."""
-MATHDIAL_REWARD = "self_correctness"
-"""The reward component a MathDial import writes."""
-MATHDIAL_FIELDS = ("qid", "question", "student_incorrect_solution", "conversation", "self-correctness")
-MATHDIAL_SYSTEM = (
-    "You are a math teacher tutoring a student one to one. The student tried to solve the problem below and made a "
-    "mistake. Help the student find and fix the mistake: ask questions that make them think, and do not just tell "
-    "them the answer.\n\nProblem: {question}")
-MATHDIAL_OPENING = "Here is my solution:\n{solution}"
-_MOVE = re.compile(r"^\(([A-Za-z_ -]+)\)\s*")
-
-
-def mathdial_turns(row: Row) -> list[tuple[str, str, str]]:
-    """(speaker, move, text) of each turn of a MathDial ``conversation``, the labels stripped."""
-    text = row.data["conversation"]
-    if not isinstance(text, str) or not text.strip():
-        raise InputError(f"{row.where}: field 'conversation' is {text!r}; expected the dialogue as text, its turns "
-                         f"separated by {MATHDIAL_SEPARATOR}")
-    profile = row.data.get("student_profile")
-    name = profile.split()[0] if isinstance(profile, str) and profile.split() else None
-    turns = []
-    for j, raw in enumerate(text.split(MATHDIAL_SEPARATOR)):
-        label, sep, body = raw.partition(":")
-        label = label.strip()
-        if not sep or label not in ("Teacher", "Student", name):
-            raise InputError(f"{row.where}: field 'conversation' turn {j + 1} starts {raw.strip()[:40]!r}; expected "
-                             "'Teacher:', 'Student:' or the student's name from student_profile, then a colon")
-        move = ""
-        if label == "Teacher" and (m := _MOVE.match(body.strip())):
-            move, body = m.group(1), body.strip()[m.end():]
-        turns.append(("teacher" if label == "Teacher" else "student", move, body.strip()))
-    return turns
-
-
-def mathdial_row(row: Row, skip_unrated: bool = False) -> Row | None:
-    """One MathDial row as a row of the ``messages`` format, or None for an unrated row that is skipped.
-
-    - system: tutoring instructions with the problem (``question``); the student's incorrect solution is the first
-      user message (MathDial's first recorded turn is the teacher's, and the prompt x is the system and user
-      messages before the first assistant message);
-    - then each ``Teacher:`` turn of ``conversation`` (split at ``|EOM|``) is an assistant message, each
-      ``Student:`` (or student's name) turn a user message, their labels stripped; the teacher's move label
-      (``(focus)``, ``(probing)``, ``(telling)``, ``(generic)``) goes to ``meta.teacher_moves``, one list per
-      assistant message. Turns with no text after their labels are left out (their move too), and consecutive
-      turns of one speaker are joined into one message with a blank line between them;
-    - ``self_correctness``, the reward: :data:`MATHDIAL_OUTCOMES` of ``self-correctness``.
-
-    The other fields but ``conversation`` stay in the row, so they end up in ``meta``.
-    """
-    for name in MATHDIAL_FIELDS:
-        if name not in row.data:
-            raise InputError(f"{row.where}: field {name!r} is missing; expected a MathDial row "
-                             f"({', '.join(MATHDIAL_FIELDS)})")
-    rating = row.data["self-correctness"]
-    if rating is None or (isinstance(rating, str) and not rating.strip()):
-        if skip_unrated:
-            return None
-        raise InputError(f"{row.where}: field 'self-correctness' is empty, so the conversation has no reward (pass "
-                         "--skip_unrated true to leave such rows out)")
-    if not isinstance(rating, str) or rating.strip() not in MATHDIAL_OUTCOMES:
-        raise InputError(f"{row.where}: field 'self-correctness' is {rating!r}; expected one of "
-                         f"{', '.join(repr(k) for k in MATHDIAL_OUTCOMES)}")
-    for name in ("question", "student_incorrect_solution"):
-        if not isinstance(row.data[name], str) or not row.data[name].strip():
-            raise InputError(f"{row.where}: field {name!r} is {row.data[name]!r}; expected text")
-    messages: list[dict[str, Any]] = [
-        {"role": "system", "content": MATHDIAL_SYSTEM.format(question=row.data["question"].strip())},
-        {"role": "user", "content": MATHDIAL_OPENING.format(solution=row.data["student_incorrect_solution"].strip())}]
-    moves: list[list[str]] = []
-    for speaker, move, text in mathdial_turns(row):
-        if not text:
-            continue
-        role = "assistant" if speaker == "teacher" else "user"
-        if messages[-1]["role"] == role:
-            messages[-1]["content"] += "\n\n" + text
-        else:
-            messages.append({"role": role, "content": text})
-            if role == "assistant":
-                moves.append([])
-        if role == "assistant" and move:
-            moves[-1].append(move)
-    if not moves:
-        raise InputError(f"{row.where}: field 'conversation' has no teacher turn with text; there is no action to "
-                         "learn from")
-    data = {k: v for k, v in row.data.items() if k != "conversation"}
-    data.update({"messages": messages, MATHDIAL_REWARD: MATHDIAL_OUTCOMES[rating.strip()], "teacher_moves": moves})
-    return Row(row.number, row.where, data)
-
-
 def mathdial_config(cfg: ImportConfig) -> ImportConfig:
     """The defaults of a MathDial import: the reward is the self-correctness rating and the group the qid (its
     conversations about one problem and one incorrect solution share their context x), unless set otherwise."""
@@ -479,7 +299,7 @@ def mathdial_config(cfg: ImportConfig) -> ImportConfig:
 
 def read_conversations(cfg: ImportConfig) -> list[Trajectory]:
     """Every row of the source as a scored trajectory; the first bad row raises, naming file, row and field."""
-    source = open_source(cfg)
+    source = open_source(cfg.source, cfg.split, cfg.subset)
     mathdial = cfg.format == "mathdial"
     if mathdial:
         cfg = mathdial_config(cfg)

@@ -35,7 +35,7 @@ from turnrl.train.data import epoch_steps, micro_batches, pad_batch, process_sha
 from turnrl.train.loop import finish_training, load_for_training, set_seed, TrainLoop, write_training_files
 from turnrl.train.passes import accumulate
 from turnrl.train.logprobs import _base_lm, no_split_modules
-from turnrl.train.preference import freeze
+from turnrl.train.reference import freeze
 from turnrl.train.weighted import tokenize_examples, train_weighted
 from turnrl.log import get_logger
 

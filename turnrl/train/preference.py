@@ -15,39 +15,33 @@ never counted (they cancel between pi and pi_ref, 003 Sec. 2.2). With r(y) = log
 z0 is the KL reference point, estimated on mismatched (prompt, completion) pairs: each example's prompt with the
 previous example's completion in the step (TRL's cycling by one). beta is 003's eta (0.1); label smoothing is off.
 
-The reference pi_ref is the policy training starts from (or ``algo.preference.ref_policy``). Its log-probabilities
-are computed once before training by default (``algo.preference.precompute_reference``), each in the micro-batch its
-step will run it in, and kept in ``reference_logps.json``, so a resumed run uses the values of the original start;
-otherwise each step runs the reference too -- the base with the LoRA adapter disabled when training a fresh adapter, a frozen
-copy otherwise. The reference always runs in eval mode (no dropout), which is what makes the two ways equal.
+The reference pi_ref is the policy training starts from (or ``algo.preference.ref_policy``): log-probabilities
+computed once before training by default, or a reference pass in every step (:mod:`turnrl.train.reference`). The
+pairs and KTO examples become token sequences and micro-batches in :mod:`turnrl.train.preference_data`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import gc
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from turnrl.algorithms.preference import Completion, KTOExample, PreferencePair, build_preference_data, prompt_length
+from turnrl.algorithms.preference import build_preference_data
 from turnrl.algorithms.registry import get_algorithm
-from turnrl.chat import encode_conversation
 from turnrl.errors import ConfigError, NothingToLearn
 from turnrl.layout import BRANCHES
-from turnrl.models import load_model, resolve, stop_token_ids
-from turnrl.records import read_json, read_trajectories, write_json
-from turnrl.train.config import checkpoint_or_start, OptimConfig, read_log, TrainConfig
-from turnrl.train.data import epoch_steps, micro_batches, pad_batch, process_share, TokenizedSequence
+from turnrl.models import stop_token_ids
+from turnrl.records import read_trajectories
+from turnrl.train.config import checkpoint_or_start, read_log, TrainConfig
+from turnrl.train.data import epoch_steps, pad_batch, process_share
 from turnrl.train.loop import finish_training, load_for_training, set_seed, TrainLoop, write_training_files
 from turnrl.train.passes import accumulate, collective_passes, idle_forward
+from turnrl.train.preference_data import (KTOStepItem, PairItem, kto_batches, kto_steps, pair_batches, pair_sequences,
+                                          tokenize_kto, tokenize_pairs)
+from turnrl.train.reference import Reference, reference_model, reference_values
 from turnrl.train.logprobs import MaskedLogprobLM, sequence_logprobs
 
 
@@ -72,237 +66,6 @@ def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: tor
     r = policy_logps - ref_logps
     return torch.where(desirable, lambda_d * (1 - torch.sigmoid(beta * (r - z0))),
                        lambda_u * (1 - torch.sigmoid(beta * (z0 - r))))
-
-
-# ------------------------------------------------------------------------------------------------ tokenisation
-
-@dataclass
-class PairItem:
-    id: str
-    chosen: TokenizedSequence
-    rejected: TokenizedSequence
-
-    @property
-    def width(self) -> int:
-        return max(len(self.chosen.input_ids), len(self.rejected.input_ids))
-
-
-@dataclass
-class KTOItem:
-    id: str
-    seq: TokenizedSequence
-    desirable: bool
-    completion: Completion
-
-
-@dataclass
-class KTOStepItem:
-    """A KTO example and its mismatched sequence (its prompt, the previous example's completion) for z0."""
-
-    item: KTOItem
-    mismatched: TokenizedSequence
-
-
-def tokenize_completion(c: Completion, name: str, tokenizer, eot_ids: list[int],
-                        mask_observations: bool = True) -> TokenizedSequence:
-    """Token ids and the trained-token mask of a completion, from the chat template (docs/design.md section 3).
-
-    With ``mask_observations`` off (003's single-turn baseline), everything from the first to the last trained
-    assistant token counts, observations included; the prompt stays masked either way.
-    """
-    enc = encode_conversation(tokenizer, c.messages, eot_ids)
-    mask = enc.loss_mask(c.train_turns, mask_eot=c.truncated)
-    if not mask_observations and c.train_turns:
-        first, last = enc.assistant_spans[c.train_turns[0]], enc.assistant_spans[c.train_turns[-1]]
-        for p in range(first[0], last[1]):
-            mask[p] = 1
-        for i in c.train_turns:  # a capped turn never emitted its end-of-turn token
-            if c.truncated[i] and enc.eot_included[i]:
-                mask[enc.assistant_spans[i][1] - 1] = 0
-    digest = hashlib.sha1(json.dumps([enc.input_ids, mask]).encode()).hexdigest()[:12]
-    return TokenizedSequence(enc.input_ids, mask, f"{name}:{digest}")
-
-
-def _usable(c: Completion, seq: TokenizedSequence, optim: OptimConfig, dropped: dict[str, int]) -> bool:
-    if optim.truncated_turns == "drop" and any(c.truncated[i] for i in c.train_turns):
-        dropped["truncated"] += 1
-        return False
-    if len(seq.input_ids) > optim.max_length:
-        dropped["too_long"] += 1
-        return False
-    if not any(seq.label_mask):
-        dropped["no_tokens"] += 1
-        return False
-    return True
-
-
-def tokenize_pairs(pairs: list[PreferencePair], tokenizer, eot_ids: list[int], optim: OptimConfig,
-                   mask_observations: bool = True) -> tuple[list[PairItem], dict[str, int]]:
-    """Tokenised pairs; a pair with an unusable side is left out and counted."""
-    items, dropped = [], {"too_long": 0, "truncated": 0, "no_tokens": 0}
-    for p in pairs:
-        chosen = tokenize_completion(p.chosen, f"{p.id}:chosen", tokenizer, eot_ids, mask_observations)
-        rejected = tokenize_completion(p.rejected, f"{p.id}:rejected", tokenizer, eot_ids, mask_observations)
-        if _usable(p.chosen, chosen, optim, dropped) and _usable(p.rejected, rejected, optim, dropped):
-            items.append(PairItem(p.id, chosen, rejected))
-    return items, dropped
-
-
-def tokenize_kto(examples: list[KTOExample], tokenizer, eot_ids: list[int], optim: OptimConfig,
-                 mask_observations: bool = True) -> tuple[list[KTOItem], dict[str, int]]:
-    items, dropped = [], {"too_long": 0, "truncated": 0, "no_tokens": 0}
-    for e in examples:
-        seq = tokenize_completion(e.completion, e.id, tokenizer, eot_ids, mask_observations)
-        if _usable(e.completion, seq, optim, dropped):
-            items.append(KTOItem(e.id, seq, e.desirable, e.completion))
-    return items, dropped
-
-
-def mismatched(prompt_of: Completion, completion_of: Completion) -> Completion:
-    """One conversation's prompt followed by another's completion (its assistant and observation turns)."""
-    a, b = prompt_length(prompt_of.messages), prompt_length(completion_of.messages)
-    return Completion(messages=prompt_of.messages[:a] + completion_of.messages[b:],
-                      train_turns=completion_of.train_turns, truncated=completion_of.truncated,
-                      source=f"{prompt_of.source}|{completion_of.source}", reward=float("nan"))
-
-
-def kto_steps(steps: list[list[KTOItem]], tokenizer, eot_ids: list[int],
-              mask_observations: bool = True) -> list[list[KTOStepItem]]:
-    """Attach to every example its mismatched sequence: its prompt with the completion of the example before it
-    in the step (TRL's cycling by one); a step of one borrows the neighbouring step's first example."""
-    if sum(len(s) for s in steps) < 2:
-        raise ConfigError("m-kto needs at least two examples (z0 is estimated on mismatched pairs)")
-    out = []
-    for s, step in enumerate(steps):
-        partners = step[-1:] + step[:-1] if len(step) > 1 else [steps[s - 1 if s > 0 else s + 1][0]]
-        out.append([KTOStepItem(it, tokenize_completion(mismatched(it.completion, other.completion),
-                                                        f"kl:{it.id}|{other.id}", tokenizer, eot_ids,
-                                                        mask_observations))
-                    for it, other in zip(step, partners)])
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- micro-batches
-
-def pair_batches(step: list[PairItem], max_tokens: int) -> list[list[PairItem]]:
-    """A DPO step's micro-batches: whole pairs, each run as its chosen rows followed by its rejected rows."""
-    return micro_batches(step, lambda p: 2 * p.width, max_tokens)
-
-
-def pair_sequences(micro: list[PairItem]) -> list[TokenizedSequence]:
-    return [p.chosen for p in micro] + [p.rejected for p in micro]
-
-
-def kto_batches(step: list[KTOStepItem], max_tokens: int) -> tuple[list[list[TokenizedSequence]],
-                                                                   list[list[KTOStepItem]]]:
-    """A KTO step's micro-batches: first the mismatched sequences (for z0), then the examples."""
-    return (micro_batches([s.mismatched for s in step], lambda s: len(s.input_ids), max_tokens),
-            micro_batches(step, lambda s: len(s.item.seq.input_ids), max_tokens))
-
-
-def step_sequences(step: list[Any], max_tokens: int) -> list[list[TokenizedSequence]]:
-    """Every forward pass of one step, as the rows it runs together (what the reference must see too)."""
-    if step and isinstance(step[0], KTOStepItem):
-        mismatched, examples = kto_batches(step, max_tokens)
-        return mismatched + [[s.item.seq for s in micro] for micro in examples]
-    return [pair_sequences(micro) for micro in pair_batches(step, max_tokens)]
-
-
-# -------------------------------------------------------------------------------------------- reference policy
-
-@torch.no_grad()
-def precompute_reference(module, steps: list[list[Any]], pad_id: int, accelerator, max_tokens: int,
-                         desc: str | None = None, collective: bool = False) -> dict[str, float]:
-    """log pi_ref(y | x) of every sequence of the run under ``module`` (a :class:`MaskedLogprobLM`), in eval mode.
-
-    Each sequence is computed in the very micro-batch (same rows, same padding) the training step will run it in
-    first, so that under bf16 autocast the reference matches the starting policy bit for bit rather than up to
-    shape-dependent rounding; later epochs reuse the values. Under data parallelism each process computes its
-    own share and every process gets all the values. ``collective``: ``module`` is the sharded policy (FSDP,
-    DeepSpeed), whose every pass every process must join: each runs as many passes as the process with the most
-    and computes every pass of its share."""
-    from accelerate.utils import gather_object
-
-    was_training = module.training
-    module.eval()
-    values: dict[str, float] = {}
-    for step in tqdm(steps, desc=desc, unit="step", disable=desc is None or not accelerator.is_main_process):
-        own = step_sequences(process_share(step, accelerator), max_tokens)
-        passes = max(len(step_sequences(process_share(step, accelerator, rank), max_tokens))
-                     for rank in range(accelerator.num_processes)) if collective else len(own)
-        for k in range(passes):
-            if k >= len(own):
-                idle_forward(accelerator, module)
-                continue
-            seqs = own[k]
-            if all(s.key in values for s in seqs) and not collective:
-                continue
-            batch = pad_batch(seqs, pad_id, accelerator.device)
-            with accelerator.autocast():
-                logprobs, rows = module(**batch)
-            for s, v in zip(seqs, sequence_logprobs(logprobs.float(), rows, len(seqs)).tolist()):
-                values.setdefault(s.key, v)
-    module.train(was_training)
-    if accelerator.num_processes > 1:
-        values = {k: v for part in gather_object([values]) for k, v in part.items()}
-    return values
-
-
-@contextlib.contextmanager
-def adapters_off(lm):
-    """The policy's LoRA adapters switched off for a pass (the base model: the reference of a fresh adapter).
-
-    Not PEFT's ``disable_adapter()``: that also clears and then sets the adapter weights' ``requires_grad``, and
-    under FSDP2 a pass after such a flip finds the adapters frozen ("element 0 of tensors does not require grad").
-    Only the layers' switch is flipped here; under ``no_grad`` the pass is the same.
-    """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    kinds: tuple[type, ...] = (BaseTunerLayer,)
-    try:
-        from peft.utils.other import AuxiliaryTrainingWrapper  # modules_to_save, trainable tokens
-
-        kinds += (AuxiliaryTrainingWrapper,)
-    except ImportError:
-        pass
-    layers = [m for m in lm.modules() if isinstance(m, kinds)]
-    before = [m._disable_adapters for m in layers]
-    for m in layers:
-        m._disable_adapters = True
-    try:
-        yield
-    finally:
-        for m, was in zip(layers, before):
-            m._disable_adapters = was
-
-
-class Reference:
-    """log pi_ref of a micro-batch: looked up from the precomputed values, or computed now by a frozen model or by
-    the policy with its LoRA adapter disabled (``module=None``)."""
-
-    def __init__(self, values: dict[str, float] | None = None, module=None):
-        self.values, self.module = values, module
-
-    @property
-    def through_policy(self) -> bool:
-        """Whether a reference pass is a pass through the (possibly sharded) policy."""
-        return self.values is None and self.module is None
-
-    @torch.no_grad()
-    def __call__(self, seqs: list[TokenizedSequence], batch: dict[str, Any], accelerator, model) -> torch.Tensor:
-        if self.values is not None:
-            return torch.tensor([self.values[s.key] for s in seqs], device=accelerator.device)
-        if self.module is not None:
-            with accelerator.autocast():
-                logprobs, rows = self.module(**batch)
-        else:
-            policy = accelerator.unwrap_model(model)
-            was_training = policy.training
-            policy.eval()
-            with adapters_off(policy.lm), accelerator.autocast():
-                logprobs, rows = model(**batch)
-            policy.train(was_training)
-        return sequence_logprobs(logprobs.float(), rows, len(seqs))
 
 
 # ----------------------------------------------------------------------------------------------- step losses
@@ -398,48 +161,6 @@ def kto_step_loss(beta: float, lambda_d: float, lambda_u: float, micro_batch_tok
 
 # --------------------------------------------------------------------------------------------------- training
 
-def freeze(lm):
-    """A model for inference only: LoRA merged in, no gradients, eval mode."""
-    if hasattr(lm, "merge_and_unload"):
-        lm = lm.merge_and_unload()
-    lm.requires_grad_(False)
-    return lm.eval()
-
-
-def reference_model(reference: str, lm, fresh_adapter: bool, precompute: bool):
-    """The frozen reference model, or None where the policy itself serves: a fresh LoRA adapter (disabled, it
-    is the base) or a precomputation before the first step (the policy then is the start policy)."""
-    if reference:
-        return freeze(load_model(resolve(reference), dtype="float32")), reference
-    if fresh_adapter:
-        return None, "the base model (LoRA adapter disabled)"
-    if precompute:
-        return None, "the starting policy"
-    return freeze(copy.deepcopy(lm)), "a frozen copy of the starting policy"
-
-
-def _reference_values(loop: TrainLoop, ref_lm, steps: list[list[Any]], out_dir: Path, pad_id: int,
-                      micro_batch_tokens: int) -> dict[str, float]:
-    """The precomputed reference log-probabilities: computed now, or, when resuming, those of the original start."""
-    cache = out_dir / "reference_logps.json"
-    needed = {s.key for step in steps for seqs in step_sequences(step, micro_batch_tokens) for s in seqs}
-    if (loop.state_dir / "trainer_state.json").exists():
-        values = read_json(cache) if cache.exists() else {}
-        missing = needed - set(values)
-        if missing:
-            raise ConfigError(f"{out_dir}: resuming, but the saved reference log-probabilities ({cache}) lack "
-                              f"{len(missing)} of this run's sequences (the data or settings changed); "
-                              "train again with --overwrite true")
-        return values
-    module = MaskedLogprobLM(ref_lm).to(loop.accelerator.device) if ref_lm is not None else loop.model
-    values = precompute_reference(module, steps, pad_id, loop.accelerator, micro_batch_tokens,
-                                  desc="reference log-probs",
-                                  collective=ref_lm is None and collective_passes(loop.accelerator))
-    if loop.accelerator.is_main_process:
-        write_json(cache, values)
-    return values
-
-
 def _load_branches(cfg: TrainConfig) -> list:
     path = Path(cfg.run_dir) / cfg.algo.step_dpo.branches
     if not path.exists():
@@ -488,7 +209,7 @@ def train_preference(cfg: TrainConfig) -> Path:
                                 "diagnostics.json": diagnostics})
     pad = tokenizer.pad_token_id
     if params.precompute_reference:
-        reference = Reference(values=_reference_values(loop, ref_lm, steps, cfg.out_dir, pad,
+        reference = Reference(values=reference_values(loop, ref_lm, steps, cfg.out_dir, pad,
                                                        optim.micro_batch_tokens))
         del ref_lm
         gc.collect()
