@@ -11,7 +11,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from turnrl.layout import eval_dir, run_tasks
+from turnrl.layout import RunDir
 from turnrl.records import read_trajectories, shown_task
 
 
@@ -19,10 +19,10 @@ def summarise(run: Path, method: str) -> dict | None:
     seeds = sorted(p for p in run.glob("seed*") if p.is_dir()) or [run]
     first, gold_first, repeats, retries, solved_first, conversations = Counter(), Counter(), 0, 0, 0, 0
     for seed_dir in seeds:
-        path = eval_dir(seed_dir, method) / "conversations.jsonl"
+        path = RunDir(seed_dir).conversations(method)
         if not path.exists():
             continue
-        tasks = run_tasks(seed_dir)
+        tasks = RunDir(seed_dir).tasks_by_id()
         for traj in read_trajectories(path):
             task, answers = tasks[traj.task_id], traj.meta.get("answers") or []
             if not answers:

@@ -99,17 +99,23 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
-RUN_DIR_PARTS = {"tasks", "rollouts", "scored", "branches", "filtered", "train", "eval", "plots", "export"}
+RUN_DIR_PARTS = {"tasks", "rollouts", "scored", "branches", "filtered", "train", "eval", "plots", "export", "refresh",
+                 "sweep", "lm-eval"}
+RUN_DIR_FILES = {"results.json", "results.md", "results.csv", "comparison.json", "report.html", "per_question.jsonl",
+                 "metrics.json", "run_config.json", "timings.json", "diagnostics.json", "train_log.jsonl"}
+RUN_DIR_FOLDER_STARTS = ("seed", "iter_", "eval-")
+"""f-strings that start a run directory's folder: seed<s>/, iter_<t>/, refresh/<algo>/round<r>/, eval-<split>/."""
 NOT_RUN_DIR_PATHS = {
     ("stages/harness.py", "tasks"),  # the folder inside lm-eval/ that the harness's --include_path reads
+    ("stages/harness.py", "results.json"),  # the harness's own results layout, inside lm-eval/
     ("train/loop.py", "train/"),  # the trackers' metric prefix
     ("workflows/iterate.py", "filtered/"),  # likewise
 }
 
 
 def test_run_directory_paths_are_spelled_in_the_layout_module_only():
-    """A path into a run directory ("scored/...", run_dir / "eval") spelled outside turnrl/layout.py; docstrings
-    may describe the layout."""
+    """A path into a run directory ("scored/...", run_dir / "eval", "results.md", f"seed{s}") spelled outside
+    turnrl/layout.py (its RunDir and the relative names configs take); docstrings may describe the layout."""
     found = []
     for module, path in modules().items():
         if module == "layout":
@@ -122,8 +128,13 @@ def test_run_directory_paths_are_spelled_in_the_layout_module_only():
                     and isinstance(node.right.value, str) and node.right.value.split("/")[0] in RUN_DIR_PARTS:
                 literal = node.right.value
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings \
-                    and node.value.split("/")[0] in RUN_DIR_PARTS | {"eval-"} and "/" in node.value:
+                    and ((node.value.split("/")[0] in RUN_DIR_PARTS | {"eval-"} and "/" in node.value)
+                         or node.value.split("/")[-1] in RUN_DIR_FILES):
                 literal = node.value
+            elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant) \
+                    and (node.values[0].value in RUN_DIR_FOLDER_STARTS
+                         or str(node.values[0].value).split("/")[0] in RUN_DIR_PARTS):
+                literal = f"f{str(node.values[0].value)!r}..."
             else:
                 continue
             if (where, literal) not in NOT_RUN_DIR_PATHS:

@@ -227,12 +227,12 @@ def load_split(cfg: DatasetConfig, run_dir: Path, split: str) -> list[Task]:
     if split not in SPLITS:
         raise ConfigError(f"split: {split!r}; expected one of {', '.join(SPLITS)}")
     prepare_split(cfg, run_dir)
-    return read_tasks(layout.task_file(run_dir, split))
+    return read_tasks(layout.RunDir(run_dir).task_file(split))
 
 
 def prepare_split(cfg: DatasetConfig, run_dir: Path) -> tuple[list[Task], list[Task]]:
     """Create ``tasks/{train,test}.jsonl`` in the run directory, or reuse them if they match the config."""
-    task_dir = layout.task_dir(run_dir)
+    task_dir = layout.RunDir(run_dir).tasks
     spec = {"pools": POOLS_SALT, "name": cfg.name, "source": cfg.source, "support": cfg.support,
             "subjects": cfg.subjects,
             "columns": cfg.columns, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed,

@@ -30,7 +30,7 @@ from typing import Any
 
 from turnrl import stats
 from turnrl.errors import ConfigError, InputError
-from turnrl.layout import eval_dir
+from turnrl.layout import RunDir
 from turnrl.stages.comparison import agreements, AT_K, baseline_methods, Comparison, default_order, \
     evaluated_methods, load_method, paired, PAIRED_METRICS, pick_best_baseline, rank_marks, table_columns
 from turnrl.stages.tables import markdown, write_comparison
@@ -91,7 +91,7 @@ def compare_run(cfg: CompareConfig) -> tuple[Comparison, Path | None]:
     available = evaluated_methods(run_dir, cfg.split)
     methods = cfg.methods or default_order(available, cfg.compare_against)
     if not methods:
-        raise InputError(f"{eval_dir(run_dir, '', cfg.split)}: no evaluated policies; run `turnrl evaluate` first")
+        raise InputError(f"{RunDir(run_dir).eval('', cfg.split)}: no evaluated policies; run `turnrl evaluate` first")
     comparison = build_comparison(run_dir, methods, cfg.compare_against, cfg.baselines, cfg.bootstrap_samples,
                                   cfg.bootstrap_seed, cfg.split)
     write_comparison(comparison)
@@ -101,8 +101,8 @@ def compare_run(cfg: CompareConfig) -> tuple[Comparison, Path | None]:
 def compare(cfg: CompareConfig) -> Path | None:
     comparison, report = compare_run(cfg)
     print(comparison.markdown)
-    run_dir = Path(cfg.run_dir)
-    logger.info(f"written: {run_dir / 'results.md'}, {run_dir / 'results.csv'}, {run_dir / 'comparison.json'}")
+    run = RunDir(cfg.run_dir)
+    logger.info(f"written: {run.results_md}, {run.results_csv}, {run.comparison_json}")
     if report is not None:
         logger.info(f"report: {report}")
     return report
@@ -133,7 +133,7 @@ def plot_multi_at_k(run_dir: str | Path, methods: list[str] | None = None, outpu
     run_dir = Path(run_dir)
     methods = methods or default_order(evaluated_methods(run_dir))
     if not multi_at_k_curves(run_dir, methods):
-        raise InputError(f"{eval_dir(run_dir)}: no evaluation of {methods} has multi@k (env.name: feedback)")
+        raise InputError(f"{RunDir(run_dir).eval()}: no evaluation of {methods} has multi@k (env.name: feedback)")
     comparison = build_comparison(run_dir, methods)
     path = Path(output) if output else run_dir / "multi_at_k.png"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from typing import Any
 from turnrl import stats
 from turnrl.algorithms.registry import algorithms
 from turnrl.errors import InputError
-from turnrl.layout import CONVERSATIONS, SCORED, eval_dir
+from turnrl.layout import CONVERSATIONS, METRICS_FILE, PER_QUESTION, RunDir, SCORED
 from turnrl.records import iter_jsonl, read_json
 from turnrl.stages.evaluate import METRICS, summarise
 from turnrl.stages.rejudge import JudgeAgreement, judge_agreement, read_judged_log, second_judge_per_question
@@ -145,8 +145,8 @@ def default_order(methods: list[str], baseline: str = "base") -> list[str]:
 
 
 def load_method(run_dir: Path, method: str, split: str = "test") -> MethodResult:
-    folder = eval_dir(run_dir, method, split)
-    path = folder / "per_question.jsonl"
+    folder = RunDir(run_dir).eval(method, split)
+    path = folder / PER_QUESTION
     if not path.exists():
         raise InputError(f"{path}: missing; evaluate {method!r} first (`turnrl evaluate --name {method}`)")
     rows = []
@@ -164,8 +164,8 @@ def load_method(run_dir: Path, method: str, split: str = "test") -> MethodResult
                 del row[key]
             row.update(second.get(row["task_id"], {}))
     info = {}
-    if (folder / "metrics.json").exists():
-        info = {k: v for k, v in read_json(folder / "metrics.json").items() if k != "metrics"}
+    if (folder / METRICS_FILE).exists():
+        info = {k: v for k, v in read_json(folder / METRICS_FILE).items() if k != "metrics"}
     summary = {k: stats.Estimate(**v) for k, v in summarise(rows).items()}
     return MethodResult(method, rows, summary, info)
 
@@ -236,7 +236,7 @@ def agreements(run_dir: Path, methods: list[str], samples: int, seed: int,
     """The two judges' agreement on the methods' test conversations (pooled) and on the logged data, where a
     second judge scored them."""
     out = []
-    tested = {m: read_judged_log(eval_dir(run_dir, m, split) / CONVERSATIONS) for m in methods}
+    tested = {m: read_judged_log(RunDir(run_dir).conversations(m, split)) for m in methods}
     tested = {m: log for m, log in tested.items() if log is not None}
     if tested:
         names = ", ".join(display_name(m) for m in tested)
@@ -261,4 +261,4 @@ Cell = tuple[str, str]
 
 
 def evaluated_methods(run_dir: Path, split: str = "test") -> list[str]:
-    return [p.name for p in sorted(eval_dir(run_dir, "", split).glob("*")) if (p / "per_question.jsonl").exists()]
+    return [p.name for p in sorted(RunDir(run_dir).eval("", split).glob("*")) if (p / PER_QUESTION).exists()]

@@ -19,7 +19,7 @@ from turnrl.envs import EnvConfig, make_env
 from turnrl.errors import ConfigError
 from turnrl.generation import BackendConfig, make_generator
 from turnrl.judge import LABELS as JUDGE_LABELS, summary_markdown as judge_markdown
-from turnrl.layout import eval_dir, task_dir
+from turnrl.layout import METRICS_FILE, PER_QUESTION, RunDir
 from turnrl.records import Task, Trajectory, atomic_write_text, read_json, read_trajectories, write_json, write_jsonl
 from turnrl.rewards import answer_changed, answers_per_turn, final_answer, uses_thinking_tags
 from turnrl.rollout import build_jobs, check_resume, log_rollouts
@@ -192,12 +192,12 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
     check_reward_fits_tasks(cfg.reward.weights, train + test)
     tasks = load_split(cfg.dataset, run_dir, cfg.split)
     if not tasks:
-        raise ConfigError(f"{task_dir(run_dir)}: the {cfg.split} split is empty (dataset.n_{cfg.split} is 0)")
+        raise ConfigError(f"{RunDir(run_dir).tasks}: the {cfg.split} split is empty (dataset.n_{cfg.split} is 0)")
     if ev.limit:
         tasks = tasks[: ev.limit]
     task_index = {t.id: t for t in tasks}
     name = policy_label(cfg)
-    out_dir = eval_dir(run_dir, name, cfg.split)
+    out_dir = RunDir(run_dir).eval(name, cfg.split)
     env = make_env(cfg.env)
     settings = env.settings()
     jobs = build_jobs(tasks, settings, ev.runs, [ev.temperature], ev.top_p, 0, ev.seed)
@@ -215,14 +215,14 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
     write_jsonl(conversations, trajectories)
     rows = per_question(trajectories, task_index, env)
     summary = summarise(rows)
-    write_jsonl(out_dir / "per_question.jsonl", rows)
+    write_jsonl(out_dir / PER_QUESTION, rows)
     result = {"name": name, "model": cfg.policy.model, "backend": getattr(policy, "name", cfg.policy.backend),
               "split": cfg.split, "runs": ev.runs,
               "temperature": ev.temperature, "env": settings, "reward": asdict(cfg.reward), "metrics": summary,
               "stated_letters": letter_spread(rows)}
     if scorer.judge_summary:
         result["judge"] = scorer.judge_summary  # parse failures per judge; agreement of two judges
-    write_json(out_dir / "metrics.json", result)
+    write_json(out_dir / METRICS_FILE, result)
     atomic_write_text(out_dir / "metrics.md", metrics_markdown(name, summary, env.metric_descriptions) + (
         "\n## Judge\n\n" + judge_markdown(scorer.judge_summary) if scorer.judge_summary else ""))
     if cfg.split == "test":
@@ -238,7 +238,7 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
 
 
 def _update_results(run_dir: Path, name: str, result: dict[str, Any]) -> None:
-    path = run_dir / "results.json"
+    path = RunDir(run_dir).results_json
     results = read_json(path) if path.exists() else {"methods": {}}
     results["methods"][name] = {"model": result["model"], "metrics": result["metrics"]}
     write_json(path, results)

@@ -40,7 +40,7 @@ from turnrl.algorithms.registry import get_algorithm
 from turnrl.algorithms.config import AlgoConfig
 from turnrl.errors import ConfigError, InputError
 from turnrl.generation import derive_seed
-from turnrl.layout import SCORED, export_file
+from turnrl.layout import RunDir, SCORED
 from turnrl.records import Trajectory, read_trajectories, write_jsonl
 from turnrl.log import get_logger
 from turnrl.registry import Registry
@@ -246,7 +246,7 @@ def export(cfg: ExportConfig) -> Path:
     build_rows = FORMATS.lookup(cfg.format)
     run_dir = Path(cfg.run_dir)
     path = run_dir / cfg.input
-    out = run_dir / cfg.output if cfg.output else export_file(run_dir, cfg.format)
+    out = run_dir / cfg.output if cfg.output else RunDir(run_dir).export(cfg.format)
     trajectories = read_trajectories(path)
     if not trajectories:
         raise InputError(f"{path}: no trajectories to export; {out} is left as it was")

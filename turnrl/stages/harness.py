@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from turnrl.errors import InputError
-from turnrl.layout import eval_dir, harness_dir, task_dir, task_file
+from turnrl.layout import METRICS_FILE, RunDir
 from turnrl.log import get_logger
 from turnrl.records import Task, atomic_write_text, read_json, read_tasks, write_json, write_jsonl
 
@@ -131,17 +131,18 @@ def harness_results(metrics: dict[str, Any], name: str) -> dict[str, Any]:
 def harness(cfg: HarnessConfig) -> Path:
     """Write the run's harness tasks and results; return the folder."""
     run_dir = Path(cfg.run_dir)
-    if not task_dir(run_dir).is_dir():
-        raise InputError(f"{task_dir(run_dir)}: no task files (run `turnrl simulate` or `turnrl run` first)")
-    out = Path(cfg.out) if cfg.out else harness_dir(run_dir)
+    run = RunDir(run_dir)
+    if not run.tasks.is_dir():
+        raise InputError(f"{run.tasks}: no task files (run `turnrl simulate` or `turnrl run` first)")
+    out = Path(cfg.out) if cfg.out else run.harness
     written = []
-    for path in sorted(task_dir(run_dir).glob("*.jsonl")):
+    for path in sorted(run.tasks.glob("*.jsonl")):
         split = path.stem
         name = task_name(run_dir, split)
-        n = write_task(read_tasks(task_file(run_dir, split)), name, out / "tasks" / name)
+        n = write_task(read_tasks(run.task_file(split)), name, out / "tasks" / name)
         if n:
             written.append(f"{name} ({n} questions)")
-        for metrics_file in sorted(eval_dir(run_dir, split=split).glob("*/metrics.json")):
+        for metrics_file in sorted(run.eval(split=split).glob(f"*/{METRICS_FILE}")):
             metrics = read_json(metrics_file)
             protocol = f"{name}_{re.sub(r'[^0-9a-zA-Z]+', '_', metrics['env']['name'])}"
             write_json(out / "results" / split / metrics["name"] / "results.json", harness_results(metrics, protocol))

@@ -36,7 +36,7 @@ from typing import Any
 
 from turnrl.errors import ConfigError, InputError
 from turnrl.judge import LABELS, METRICS, PRIMARY, SECOND, Judge, JudgeConfig
-from turnrl.layout import CONVERSATIONS, SCORED, eval_dir, run_tasks, second_judge_file
+from turnrl.layout import CONVERSATIONS, RunDir, SCORED, second_judge_file
 from turnrl.records import ResumableJsonlWriter, Task, iter_jsonl, read_json, read_trajectories, \
     write_json, write_jsonl
 from turnrl.stats import RaterAgreement, rater_agreement
@@ -81,7 +81,7 @@ def judge_settings(cfg: JudgeConfig) -> dict[str, Any]:
 
 def default_logs(run_dir: Path) -> list[Path]:
     logs = [run_dir / SCORED] if (run_dir / SCORED).exists() else []
-    return logs + sorted(eval_dir(run_dir).glob(f"*/{CONVERSATIONS}"))
+    return logs + sorted(RunDir(run_dir).eval().glob(f"*/{CONVERSATIONS}"))
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -175,7 +175,7 @@ def rejudge(cfg: RejudgeConfig) -> list[Path]:
     for log in logs:
         if not log.exists():
             raise InputError(f"{log}: file not found")
-    tasks = run_tasks(run_dir)
+    tasks = RunDir(run_dir).tasks_by_id()
     judge = Judge(cfg.judge)  # one backend for every log, loaded on the first cache miss
     outputs = []
     for log in logs:

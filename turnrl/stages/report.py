@@ -29,7 +29,7 @@ import numpy as np
 from turnrl import stats
 from turnrl.errors import has_extra
 from turnrl.judge import METRICS as JUDGE_METRICS, SECOND
-from turnrl.layout import CONVERSATIONS, SCORED, eval_dir, plots_dir, second_judge_file, task_file, train_dir
+from turnrl.layout import DIAGNOSTICS, RunDir, second_judge_file, TRAIN_LOG
 from turnrl.records import Task, Trajectory, atomic_write_text, iter_jsonl, read_json, read_tasks, \
     read_trajectories
 from turnrl.stages.rejudge import conversation_key, read_records
@@ -68,27 +68,29 @@ class RunFiles:
 def read_run(comparison: Comparison) -> RunFiles:
     run_dir = comparison.run_dir
 
-    def optional_json(name: str) -> Any:
-        return read_json(run_dir / name) if (run_dir / name).exists() else None
+    run = RunDir(run_dir)
 
-    logged = [obj for _, obj in iter_jsonl(run_dir / SCORED)] if (run_dir / SCORED).exists() else []
-    logs = {m: eval_dir(run_dir, m, comparison.split) / CONVERSATIONS for m in comparison.methods}
+    def optional_json(path: Path) -> Any:
+        return read_json(path) if path.exists() else None
+
+    logged = [obj for _, obj in iter_jsonl(run.scored)] if run.scored.exists() else []
+    logs = {m: run.conversations(m, comparison.split) for m in comparison.methods}
     conversations = {m: read_trajectories(log) for m, log in logs.items() if log.exists()}
     for m, trajectories in conversations.items():
         with_second_judge(trajectories, logs[m])
     tasks: dict[str, Task] = {}
     for split in ("test", "val", "train"):
-        if task_file(run_dir, split).exists():
-            for t in read_tasks(task_file(run_dir, split)):
+        if run.task_file(split).exists():
+            for t in read_tasks(run.task_file(split)):
                 tasks.setdefault(t.id, t)
     logs, diagnostics = {}, {}
-    for folder in sorted(train_dir(run_dir).glob("*")):
-        if (folder / "train_log.jsonl").exists():
-            logs[folder.name] = [obj for _, obj in iter_jsonl(folder / "train_log.jsonl")]
-        if (folder / "diagnostics.json").exists():
-            diagnostics[folder.name] = read_json(folder / "diagnostics.json")
-    return RunFiles(logged, conversations, tasks, logs, diagnostics, optional_json("run_config.json"),
-                    optional_json("timings.json"))
+    for folder in sorted(run.train().glob("*")):
+        if (folder / TRAIN_LOG).exists():
+            logs[folder.name] = [obj for _, obj in iter_jsonl(folder / TRAIN_LOG)]
+        if (folder / DIAGNOSTICS).exists():
+            diagnostics[folder.name] = read_json(folder / DIAGNOSTICS)
+    return RunFiles(logged, conversations, tasks, logs, diagnostics, optional_json(run.config),
+                    optional_json(run.timings))
 
 
 def with_second_judge(trajectories: list[Trajectory], log: Path) -> None:
@@ -273,7 +275,7 @@ def make_plots(comparison: Comparison, files: RunFiles, compare_against: str = "
 
 def write_plots(run_dir: Path, plots: list[Plot]) -> None:
     """plots/<key>.png, each written whole; plots of an earlier report that no longer apply are removed."""
-    folder = plots_dir(run_dir)
+    folder = RunDir(run_dir).plots
     folder.mkdir(parents=True, exist_ok=True)
     keep = {f"{p.key}.png" for p in plots}
     for old in folder.glob("*.png"):
@@ -315,6 +317,6 @@ def write_report(comparison: Comparison, compare_against: str = "base") -> Path:
         timings=files.timings,
         data=Markup(_script_json(conversation_data(comparison, files, compare_against))),
     )
-    out = run_dir / "report.html"
+    out = RunDir(run_dir).report_html
     atomic_write_text(out, page)
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from turnrl.errors import InputError
 from turnrl.judge import summary_markdown
-from turnrl.layout import ROLLOUTS, SCORED, run_tasks
+from turnrl.layout import ROLLOUTS, RunDir, SCORED
 from turnrl.records import read_trajectories, write_jsonl
 from turnrl.rewards.scoring import RewardConfig, Scorer
 from turnrl.log import get_logger
@@ -36,7 +36,7 @@ def score(cfg: ScoreConfig) -> Path:
     if not trajectories:
         raise InputError(f"{run_dir / cfg.input}: no trajectories to score; {out} is left as it was")
     scorer = Scorer(cfg.reward)
-    scorer.score(trajectories, run_tasks(run_dir), desc="score")
+    scorer.score(trajectories, RunDir(run_dir).tasks_by_id(), desc="score")
     write_jsonl(out, trajectories)
     rewards = [t.reward for t in trajectories if t.reward is not None]
     unset = len(trajectories) - len(rewards)

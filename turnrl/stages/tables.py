@@ -18,6 +18,7 @@ from turnrl.stages.evaluate import letter_spread
 from turnrl.stages.rejudge import agreement_note, agreement_rows, agreement_title, \
     AGREEMENT_HEADER
 from turnrl.stages.comparison import baseline_methods, Cell, cell, Comparison, display_name
+from turnrl.layout import RunDir
 
 
 @dataclass
@@ -198,7 +199,8 @@ def comparison_dict(comparison: Comparison) -> dict[str, Any]:
 
 def write_comparison(comparison: Comparison) -> list[Path]:
     run_dir = comparison.run_dir
-    atomic_write_text(run_dir / "results.md", comparison.markdown)
-    atomic_write_text(run_dir / "results.csv", csv_text(comparison))
-    write_json(run_dir / "comparison.json", comparison_dict(comparison))
-    return [run_dir / "results.md", run_dir / "results.csv", run_dir / "comparison.json"]
+    run = RunDir(run_dir)
+    atomic_write_text(run.results_md, comparison.markdown)
+    atomic_write_text(run.results_csv, csv_text(comparison))
+    write_json(run.comparison_json, comparison_dict(comparison))
+    return [run.results_md, run.results_csv, run.comparison_json]

@@ -54,11 +54,11 @@ def _log_summary(log: Path) -> dict[str, Any]:
 
 def _evaluations(checkpoint: Path, run_dir: Path, name: str) -> list[tuple[str, dict[str, Any]]]:
     """(split, summary) of each evaluation of this checkpoint's method in its run directory."""
-    from turnrl.layout import eval_dir
+    from turnrl.layout import RunDir
 
     out = []
     for split in ("val", "test"):
-        metrics = eval_dir(run_dir, name, split) / "metrics.json"
+        metrics = RunDir(run_dir).metrics(name, split)
         if metrics.exists():
             out.append((split, json.loads(metrics.read_text())))
     return out

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from turnrl.algorithms.config import AlgoConfig
 from turnrl.errors import ConfigError
-from turnrl.layout import SCORED, train_dir
+from turnrl.layout import RunDir, SCORED, TRAIN_LOG
 from turnrl.records import Trajectory, read_json, read_trajectories, write_json
 from turnrl.log import get_logger
 
@@ -106,7 +106,7 @@ class TrainConfig:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.run_dir) / self.output if self.output else train_dir(self.run_dir, self.algo.name)
+        return Path(self.run_dir) / self.output if self.output else RunDir(self.run_dir).train(self.algo.name)
 
 
 def resolved_precision(precision: str) -> str:
@@ -150,7 +150,7 @@ def checkpoint_or_start(cfg: TrainConfig) -> Path | None:
                               "resume it with the same settings, or pass --overwrite true to start over")
         if changed:
             shutil.rmtree(state)
-            (cfg.out_dir / "train_log.jsonl").unlink(missing_ok=True)
+            (cfg.out_dir / TRAIN_LOG).unlink(missing_ok=True)
             logger.info(f"train: {cfg.out_dir}: settings changed ({', '.join(changed)}); starting over")
     write_json(record, settings)
     return None

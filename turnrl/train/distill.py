@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from turnrl.algorithms.registry import get_algorithm
 from turnrl.errors import ConfigError, InputError, NothingToLearn
 from turnrl.models import load_model, resolve, stop_token_ids
-from turnrl.layout import train_dir
+from turnrl.layout import DIAGNOSTICS, RunDir
 from turnrl.train.config import checkpoint_or_start, OptimConfig, read_log, TrainConfig
 from turnrl.train.data import epoch_steps, micro_batches, pad_batch, process_share
 from turnrl.train.loop import finish_training, load_for_training, set_seed, TrainLoop, write_training_files
@@ -140,7 +140,7 @@ def train_distill(cfg: TrainConfig, teacher_optim: OptimConfig | None = None) ->
         raise ConfigError(f"algo.star_gate_d.alpha: {params.alpha}; expected a value in [0, 1]")
     if params.temperature <= 0:
         raise ConfigError(f"algo.star_gate_d.temperature: {params.temperature}; expected > 0")
-    teacher_dir = train_dir(cfg.run_dir, TEACHER)
+    teacher_dir = RunDir(cfg.run_dir).train(TEACHER)
     teacher = params.teacher or str(teacher_dir / "checkpoint")
     if params.teacher and not Path(params.teacher).exists():
         raise InputError(f"algo.star_gate_d.teacher: {params.teacher}: no such checkpoint")
@@ -168,7 +168,7 @@ def train_distill(cfg: TrainConfig, teacher_optim: OptimConfig | None = None) ->
     loop = TrainLoop(lm, tokenizer, optim, cfg.out_dir, model_name, steps,
                      wrap=lambda student: DistillLM(student, teacher_lm, params.temperature))
     teacher_lm.to(loop.accelerator.device)
-    write_training_files(loop, {"diagnostics.json": diagnostics})
+    write_training_files(loop, {DIAGNOSTICS: diagnostics})
     loop.accelerator.print(f"train {algo.name}: {len(items)} trajectories distilled from {teacher}, {len(steps)} "
                            f"steps, dropped {dropped}")
     history = loop.run(distill_step_loss(params.alpha, params.temperature, optim.normalization,

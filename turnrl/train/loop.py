@@ -23,6 +23,7 @@ from turnrl.errors import TrainingDiverged
 from turnrl.records import atomic_write_text, read_json, write_json, write_jsonl
 from turnrl.train.config import OptimConfig, TrainConfig, resolved_precision
 from turnrl.train.passes import engine_asked
+from turnrl.layout import DIAGNOSTICS, TRAIN_LOG
 
 
 def set_seed(seed: int) -> None:
@@ -155,7 +156,7 @@ class TrainLoop:
         scheduler = get_scheduler(optim.schedule if optim.schedule != "constant" else "constant_with_warmup",
                                   optimizer, num_warmup_steps=warmup, num_training_steps=max(1, len(steps)))
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
-        self.log_path = out_dir / "train_log.jsonl"
+        self.log_path = out_dir / TRAIN_LOG
         self.done_steps = 0
         self.resumed_history: list[dict[str, Any]] = []
         self.tracking = bool(trackers)
@@ -326,10 +327,10 @@ def write_training_files(loop: "TrainLoop", files: dict[str, Any]) -> None:
         loop.out_dir.mkdir(parents=True, exist_ok=True)
         for name, content in files.items():
             (write_jsonl if name.endswith(".jsonl") else write_json)(loop.out_dir / name, content)
-    if "diagnostics.json" in files and loop.tracking and not loop.resuming_from:
+    if DIAGNOSTICS in files and loop.tracking and not loop.resuming_from:
         from turnrl.train.tracking import scalars
 
-        loop.accelerator.log(scalars(files["diagnostics.json"], "diagnostics/"), step=0)
+        loop.accelerator.log(scalars(files[DIAGNOSTICS], "diagnostics/"), step=0)
     loop.accelerator.wait_for_everyone()
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from turnrl.algorithms.preference import build_preference_data
 from turnrl.algorithms.registry import get_algorithm
 from turnrl.errors import ConfigError, NothingToLearn
-from turnrl.layout import BRANCHES
+from turnrl.layout import BRANCHES, DIAGNOSTICS
 from turnrl.models import stop_token_ids
 from turnrl.records import read_trajectories
 from turnrl.train.config import checkpoint_or_start, read_log, TrainConfig
@@ -206,7 +206,7 @@ def train_preference(cfg: TrainConfig) -> Path:
     diagnostics.update({"reference": ref_name, "precompute_reference": params.precompute_reference})
     loop = TrainLoop(lm, tokenizer, optim, cfg.out_dir, model_name, steps, wrap=MaskedLogprobLM)
     write_training_files(loop, {"examples.jsonl" if kto else "pairs.jsonl": [asdict(d) for d in data],
-                                "diagnostics.json": diagnostics})
+                                DIAGNOSTICS: diagnostics})
     pad = tokenizer.pad_token_id
     if params.precompute_reference:
         reference = Reference(values=reference_values(loop, ref_lm, steps, cfg.out_dir, pad,

@@ -25,6 +25,7 @@ from turnrl.train.data import epoch_steps, micro_batches, pad_batch, process_sha
 from turnrl.train.loop import finish_training, load_for_training, set_seed, TrainLoop, write_training_files
 from turnrl.train.passes import accumulate
 from turnrl.train.logprobs import MaskedLogprobLM
+from turnrl.layout import DIAGNOSTICS
 
 
 @dataclass
@@ -104,7 +105,7 @@ def train_weighted(cfg: TrainConfig) -> Path:
                              "nothing to learn")
     steps = epoch_steps(items, cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.seed)
     loop = TrainLoop(lm, tokenizer, cfg.optim, cfg.out_dir, model_name, steps, wrap=MaskedLogprobLM)
-    write_training_files(loop, {"diagnostics.json": diagnostics})
+    write_training_files(loop, {DIAGNOSTICS: diagnostics})
     loop.accelerator.print(f"train {cfg.algo.name}: {len(items)} trajectories ({diagnostics['nonzero']} with non-zero "
                            f"weight, ESS {diagnostics['ess']:.1f}), {len(steps)} steps, dropped {dropped}")
     history = loop.run(weighted_step_loss(cfg.optim.normalization, cfg.optim.micro_batch_tokens,

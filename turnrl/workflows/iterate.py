@@ -46,7 +46,7 @@ from turnrl.errors import ConfigError
 from turnrl.stages.evaluate import EvalOptions, EvaluateConfig, evaluate
 from turnrl.filters import ToolFilterConfig, filter_tool_trajectories
 from turnrl.generation import BackendConfig, derive_seed
-from turnrl.layout import FILTERED, ROLLOUTS, SCORED, TASKS
+from turnrl.layout import FILTERED, ROLLOUTS, RunDir, SCORED, TASKS
 from turnrl.models import DEFAULT_MODEL
 from turnrl.records import Task, read_json, read_trajectories, write_json, write_jsonl
 from turnrl.rollout import build_jobs, log_rollouts
@@ -242,7 +242,7 @@ def _iterate(cfg: IterateConfig, run_dir: Path, prompts: list[Task], trackers: S
     # One fixed scorer for every policy: gold_likelihood by pi_0, not by whichever policy wrote the trajectory.
     reward = replace(cfg.reward, likelihood_model=cfg.reward.likelihood_model or cfg.model)
     history: list[dict[str, Any]] = []
-    base_dir = run_dir / "iter_0"
+    base_dir = RunDir(run_dir).iteration(0).root
     if (base_dir / "iteration.json").exists():
         history.append(read_json(base_dir / "iteration.json"))
     else:
@@ -252,7 +252,7 @@ def _iterate(cfg: IterateConfig, run_dir: Path, prompts: list[Task], trackers: S
         history.append(record)
     trackers.log(_tracked(history[0]), step=0)
     for t in range(1, cfg.iterations + 1):
-        it_dir = run_dir / f"iter_{t}"
+        it_dir = RunDir(run_dir).iteration(t).root
         if (it_dir / "iteration.json").exists():
             history.append(read_json(it_dir / "iteration.json"))
             trackers.log(_tracked(history[-1]), step=t)

@@ -22,7 +22,7 @@ from turnrl.errors import ConfigError, NothingToLearn
 from turnrl.stages.evaluate import EvalOptions, EvaluateConfig, evaluate
 from turnrl.generation import BackendConfig
 from turnrl.models import DEFAULT_MODEL
-from turnrl.layout import BRANCHES, SCORED, SCORED_BRANCHES
+from turnrl.layout import BRANCHES, refresh_folder, RunDir, SCORED, SCORED_BRANCHES
 from turnrl.records import read_trajectories, write_json
 from turnrl.rewards.scoring import RewardConfig, check_reward_fits_tasks
 from turnrl.stages.score import ScoreConfig, score
@@ -145,7 +145,7 @@ def train_with_refresh(cfg: RunConfig, name: str) -> Path:
     stage_optim = replace(optim, epochs=optim.epochs / (cfg.refresh.rounds + 1))
     model, scored = cfg.model, SCORED
     for r in range(cfg.refresh.rounds + 1):
-        folder = f"refresh/{name}/round{r}"
+        folder = refresh_folder(name, r)
         if r > 0:
             simulate(SimulateConfig(run_dir=cfg.run_dir, dataset=cfg.dataset, env=cfg.env,
                                     policy=_override(cfg.generation, {"model": model}, "generation"),
@@ -235,7 +235,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     where = machine()
     logger.info(f"run: {where['cpu']}, {where['cores']} cores, native bf16 {'yes' if where['native_bf16'] else 'no'}: "
                 f"precision auto -> {where['precision']}; evaluating on the {cfg.split} pool")
-    write_json(run_dir / "run_config.json", {**asdict(cfg), "machine": where})
+    write_json(RunDir(run_dir).config, {**asdict(cfg), "machine": where})
     for name in cfg.per_algorithm:
         if name not in cfg.algorithms:
             raise ConfigError(f"per_algorithm.{name}: {name!r} is not in algorithms {cfg.algorithms}")
@@ -271,10 +271,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     methods = [m for m in (["base"] if cfg.evaluate_base else []) + list(cfg.algorithms)
                + [f"{name}-refresh" for name in cfg.refresh.algorithms] if m not in skipped] + list(references)
-    write_json(run_dir / "timings.json", timings)  # before the report, which shows them
+    write_json(RunDir(run_dir).timings, timings)  # before the report, which shows them
     comparison, report = timed("compare", compare_run, CompareConfig(run_dir=cfg.run_dir, methods=methods,
                                                                      split=cfg.split))
-    write_json(run_dir / "timings.json", timings)
+    write_json(RunDir(run_dir).timings, timings)
     logger.info(f"report: {report}")
     for name, reason in skipped.items():
         logger.info(f"run: {name} is not in the table: {reason}")

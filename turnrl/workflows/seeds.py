@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from turnrl import stats
-from turnrl.layout import eval_dir
+from turnrl.layout import RunDir
 from turnrl.records import atomic_write_text, iter_jsonl, write_json
 from turnrl.log import get_logger
 
@@ -27,7 +27,7 @@ logger = get_logger(__name__)
 
 
 def seed_config(cfg, seed: int):
-    return replace(cfg, seeds=[], run_dir=str(Path(cfg.run_dir) / f"seed{seed}"),
+    return replace(cfg, seeds=[], run_dir=str(RunDir(cfg.run_dir).seed(seed).root),
                    rollout=replace(cfg.rollout, seed=seed), optim=replace(cfg.optim, seed=seed),
                    evaluation=replace(cfg.evaluation, seed=cfg.evaluation.seed + seed))
 
@@ -40,7 +40,7 @@ def run_seeds(cfg, run: Callable[[Any], dict[str, Any]], machine: dict[str, Any]
         raise ConfigError(f"seeds: {cfg.seeds} repeats a seed")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "run_config.json", {**asdict(cfg), "machine": machine})
+    write_json(RunDir(run_dir).config, {**asdict(cfg), "machine": machine})
     per_seed = {}
     for seed in cfg.seeds:
         logger.info(f"run: seed {seed} of {cfg.seeds}")
@@ -53,8 +53,8 @@ def run_seeds(cfg, run: Callable[[Any], dict[str, Any]], machine: dict[str, Any]
               for m in task_metrics(run_dir, cfg.seeds, methods, cfg.split)}
     markdown = "\n".join([table["markdown"], *(o["markdown"].replace("# Results over", f"## {m}: results over", 1)
                                               for m, o in others.items())])
-    atomic_write_text(run_dir / "results.md", markdown)
-    atomic_write_text(run_dir / "results.csv", table["csv"])
+    atomic_write_text(RunDir(run_dir).results_md, markdown)
+    atomic_write_text(RunDir(run_dir).results_csv, table["csv"])
     write_json(run_dir / "seeds.json", {**{k: v for k, v in table.items() if k not in ("markdown", "csv")},
                                         "by_metric": {m: {k: v for k, v in o.items() if k not in ("markdown", "csv")}
                                                       for m, o in others.items()}})
@@ -77,7 +77,7 @@ def task_metrics(run_dir: Path, seeds: list[int], methods: list[str], split: str
 
 
 def _rows(run_dir: Path, seed: int, method: str, split: str) -> dict[str, dict[str, Any]] | None:
-    path = eval_dir(run_dir / f"seed{seed}", method, split) / "per_question.jsonl"
+    path = RunDir(run_dir).seed(seed).per_question(method, split)
     if not path.exists():
         return None
     return {row["task_id"]: row for _, row in iter_jsonl(path)}

@@ -25,6 +25,7 @@ from turnrl.workflows.pipeline import RunConfig, algorithm_settings, evaluate_po
 from turnrl.records import atomic_write_text, write_json
 from turnrl.tasks import prepare_split
 from turnrl.log import get_logger
+from turnrl.layout import RunDir, sweep_folder
 
 logger = get_logger(__name__)
 
@@ -101,7 +102,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
         raise ConfigError("sweep: learning_rates and epochs must be non-empty, epochs at least 1")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "run_config.json", asdict(cfg))
+    write_json(RunDir(run_dir).config, asdict(cfg))
     prepare_split(cfg.dataset, run_dir)
     timings: dict[str, float] = {}
     log_stages(cfg, timings)
@@ -115,7 +116,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
         for lr in cfg.sweep.learning_rates:
             grid_optim = replace(optim, learning_rate=lr, epochs=epochs[-1], snapshot_epochs=epochs[:-1])
             checkpoint = timed_stage(timings, f"train {name} lr {lr:g}", train, cfg.run_dir, cfg.model, algo,
-                                     grid_optim, False, "", f"sweep/{name}/lr{lr:g}")
+                                     grid_optim, False, "", sweep_folder(name, lr))
             for e in epochs:
                 policy = checkpoint if e == epochs[-1] else checkpoint.parent / f"epoch{e}"
                 result = timed_stage(timings, f"validate {grid_label(name, lr, e)}", evaluate_policy, cfg,
@@ -123,18 +124,18 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
                 mean, se, n = _accuracy(result)
                 rows.append({"algorithm": name, "learning_rate": lr, "epochs": e, "val_accuracy": mean,
                              "val_se": se, "n": n, "policy": str(policy)})
-    write_results_csv(rows, run_dir / "sweep" / "results.csv")
+    write_results_csv(rows, RunDir(run_dir).sweep_results)
     base_mean = _accuracy(base_val)[0]
     if has_extra("plots"):
-        plot_validation(rows, base_mean, run_dir / "sweep" / "validation.png")
+        plot_validation(rows, base_mean, RunDir(run_dir).sweep_plot)
     chosen = choose(rows)
-    write_json(run_dir / "sweep" / "chosen.json", {"base_val_accuracy": base_mean, "chosen": chosen})
+    write_json(RunDir(run_dir).sweep_choice, {"base_val_accuracy": base_mean, "chosen": chosen})
     for name, row in chosen.items():
         accuracy = stats.Estimate(row['val_accuracy'], row['val_se'], row['n']).fmt(100)
         logger.info(f"sweep: {name} chose lr {row['learning_rate']:g}, {row['epochs']} epoch(s): validation accuracy "
                     f"{accuracy} % (Base {100 * base_mean:.1f})")
     if cfg.split != "test":
-        write_json(run_dir / "timings.json", timings)
+        write_json(RunDir(run_dir).timings, timings)
         logger.info("sweep: the test pool was not evaluated (final numbers: rerun with --split test)")
         return {"table": "", "chosen": chosen, "timings": timings, "report": None}
     # The test split, once: Base and each algorithm's chosen policy.
@@ -145,10 +146,10 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
     from turnrl.stages.compare import CompareConfig, compare_run
 
     methods = (["base"] if cfg.evaluate_base else []) + list(cfg.algorithms)
-    write_json(run_dir / "timings.json", timings)
+    write_json(RunDir(run_dir).timings, timings)
     comparison, report = timed_stage(timings, "compare", compare_run,
                                      CompareConfig(run_dir=cfg.run_dir, methods=methods))
-    write_json(run_dir / "timings.json", timings)
+    write_json(RunDir(run_dir).timings, timings)
     logger.info(f"report: {report}")
     return {"table": comparison.markdown, "chosen": chosen, "timings": timings, "report": report}
 
