@@ -163,3 +163,41 @@ def test_no_module_over_450_lines_but_the_sandbox():
     the exception docs/design.md names."""
     long = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > 450 and m != "sandbox"}
     assert not long, f"modules over 450 lines: {long}"
+
+
+STATISTICS = {"sqrt", "std", "var", "quantile", "percentile", "sem", "bootstrap"}
+"""Calls that compute a standard error or an interval: only stats.py makes them (docs/design.md section 9)."""
+STATISTICS_ALLOWED = {"stats", "rewards.math_answers", "rewards.symbolic", "algorithms.swift"}
+"""The math checker compares expressions that contain sqrt; Swift standardises rewards (000 eq. 9), not an SE."""
+
+
+def test_statistics_are_defined_in_stats_only():
+    found = []
+    for module, path in modules().items():
+        if module in STATISTICS_ALLOWED:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if name in STATISTICS:
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {name}()")
+    assert not found, "statistics computed outside turnrl/stats.py: " + ", ".join(found)
+
+
+ANSWER_READERS = {"rewards.answers", "rewards.math_answers"}
+
+
+def test_answers_are_read_by_the_answer_rule_only():
+    """A regular expression about an answer ("the answer is X", a boxed value) outside the two readers would be a
+    second answer rule (docs/design.md section 6)."""
+    found = []
+    for module, path in modules().items():
+        if module in ANSWER_READERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    isinstance(node.func.value, ast.Name) and node.func.value.id == "re" and node.args and \
+                    isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str) and \
+                    any(word in node.args[0].value.lower() for word in ("answer", "boxed")):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.args[0].value!r}")
+    assert not found, "answers read outside turnrl/rewards/answers.py and math_answers.py: " + ", ".join(found)

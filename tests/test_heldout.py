@@ -11,7 +11,8 @@ import torch
 
 from turnrl.cli import main
 from turnrl.records import write_jsonl
-from turnrl.stages.heldout import bootstrap_gap, outcome_groups
+from turnrl.stages.heldout import outcome_groups
+from turnrl.stats import two_sample_bootstrap
 
 CONVERSATIONS = [
     ({"messages": [{"role": "user", "content": "My order never came."},
@@ -83,9 +84,9 @@ def test_many_rewards_split_at_the_mean():
 
 def test_the_gap_interval_resamples_each_group():
     changes = [1.0, 1.2, 0.8, 1.0, 0.0, 0.1, -0.1, 0.0]
-    low, high = bootstrap_gap(changes, [0, 1, 2, 3], [4, 5, 6, 7], 2000, 0)
+    low, high = two_sample_bootstrap(changes, [0, 1, 2, 3], [4, 5, 6, 7], 2000, 0)
     assert low < 1.0 < high and low > 0.7 and high < 1.3
-    assert np.isnan(bootstrap_gap(changes, [0], [4, 5], 100, 0)[0])  # one conversation: no interval
+    assert np.isnan(two_sample_bootstrap(changes, [0], [4, 5], 100, 0)[0])  # one conversation: no interval
 
 
 def test_a_log_without_rewards_is_refused(tmp_path, capsys):

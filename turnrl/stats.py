@@ -5,6 +5,8 @@
   n the number of questions (runs of one question are averaged first, so they are not counted as independent).
 - A difference between two methods on the same questions: the paired difference of per-question values, with a
   percentile bootstrap interval over questions (fixed seed) and the counts of questions won and lost.
+- A difference between two independent groups (different items): SE sqrt(se_a^2 + se_b^2)
+  (:func:`se_of_difference`) and a percentile bootstrap resampling each group apart (:func:`two_sample_bootstrap`).
 - A proportion's 95 % interval: Wilson's score interval (:func:`wilson`; scipy's), which stays inside [0, 1]
   and is not empty at 0/n or n/n, where the binomial SE is 0.
 - Over several seeds (each a fresh log, training and evaluation on the same questions): a two-level percentile
@@ -61,6 +63,24 @@ def effective_sample_size(weights: list[float]) -> float:
     """(sum |w|)^2 / sum w^2: how many equally weighted examples the weights are worth (0 for all-zero weights)."""
     w = np.abs(np.asarray(weights, dtype=float))
     return float(w.sum() ** 2 / (w ** 2).sum()) if (w ** 2).sum() > 0 else 0.0
+
+
+def se_of_difference(se_a: float, se_b: float) -> float:
+    """The standard error of the difference of two independent means, sqrt(se_a^2 + se_b^2)."""
+    return math.sqrt(se_a ** 2 + se_b ** 2)
+
+
+def two_sample_bootstrap(values: list[float], first: list[int], second: list[int], n_boot: int, seed: int
+                         ) -> tuple[float, float]:
+    """Percentile 95 % interval of mean(values[first]) - mean(values[second]) for two independent groups (indices
+    into ``values``), each resampled apart; nan where a group has fewer than two values."""
+    if n_boot <= 0 or len(first) < 2 or len(second) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(values)[first], np.asarray(values)[second]
+    gaps = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1) - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1)
+    low, high = np.quantile(gaps, [0.025, 0.975])
+    return float(low), float(high)
 
 
 def estimate(values: list[float], binary: bool) -> Estimate:

@@ -117,18 +117,6 @@ def outcome_groups(rewards: list[float], max_groups: int = 5) -> dict[float, lis
             round(float(np.mean([rewards[i] for i in low])), 4): low}
 
 
-def bootstrap_gap(changes: list[float], best: list[int], worst: list[int], n_boot: int, seed: int
-                  ) -> tuple[float, float]:
-    """Percentile 95 % interval of mean(changes[best]) - mean(changes[worst]), each group resampled apart."""
-    if n_boot <= 0 or len(best) < 2 or len(worst) < 2:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    a, b = np.asarray(changes)[best], np.asarray(changes)[worst]
-    gaps = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1) - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1)
-    low, high = np.quantile(gaps, [0.025, 0.975])
-    return float(low), float(high)
-
-
 def measure(trajectories: list[Trajectory], policies: list[tuple[str, str]], batch_tokens: int = 2048,
             max_groups: int = 5, n_boot: int = 10_000, seed: int = 0) -> dict[str, Any]:
     """Per-conversation mean log-probability per assistant token under each policy, and the summaries."""
@@ -154,13 +142,13 @@ def measure(trajectories: list[Trajectory], policies: list[tuple[str, str]], bat
         if label != base and len(rewards) > 1:
             best, worst = row[str(rewards[0])], row[str(rewards[-1])]
             changes = [per_conv[label][i] - per_conv[base][i] for i in range(len(trajectories))]
-            low, high = bootstrap_gap(changes, groups[rewards[0]], groups[rewards[-1]], n_boot, seed)
+            low, high = stats.two_sample_bootstrap(changes, groups[rewards[0]], groups[rewards[-1]], n_boot, seed)
             row["best_minus_worst_change"] = {
                 "mean": best["change"] - worst["change"],
-                "se": math.sqrt(best["change_se"] ** 2 + worst["change_se"] ** 2), "low": low, "high": high}
+                "se": stats.se_of_difference(best["change_se"], worst["change_se"]), "low": low, "high": high}
             rest = mean_se([per_conv[label][i] - per_conv[base][i] for r in rewards[1:] for i in groups[r]])
             row["best_minus_rest_change"] = {"mean": best["change"] - rest[0],
-                                             "se": math.sqrt(best["change_se"] ** 2 + rest[1] ** 2)}
+                                             "se": stats.se_of_difference(best["change_se"], rest[1])}
         table["policies"][label] = row
     table["per_conversation"] = {label: [round(v, 5) for v in values] for label, values in per_conv.items()}
     table["ids"] = [t.id for t in trajectories]
