@@ -14,10 +14,10 @@ which the paper keeps (Table 8). They are computed through log-sum-exp, so retur
     log w_k = R_k / beta - logsumexp_j(R_j / beta) + log K.
 
 The loss (eq. 14-15) is the weighted NLL of each conversation's final assistant turn given its whole history,
-``turns: final`` in the weighted trainer (:mod:`turnrl.train.weighted`, which sums a turn's token log-probs as
-eq. 15 does; ``optim.normalization: mean`` is closer to the released code's per-token mean); ``algo.trained_turns:
-all`` puts the weight on every assistant turn instead (004's ablation, Fig. 3). SFT-5turn (004's baseline) is the same
-data with every weight 1: ``algo: sft-final``.
+``algo.trained_turns: final`` in the weighted trainer (:mod:`turnrl.train.weighted`, which sums a turn's token
+log-probs as eq. 15 does; ``optim.normalization: mean`` is closer to the released code's per-token mean);
+``algo.trained_turns: all`` puts the weight on every assistant turn instead (004's ablation, Fig. 3). SFT-5turn
+(004's baseline) is the same data with every weight 1: ``algo: sft-final``.
 
 Diagnostics for the report: the effective sample size (sum w)^2 / sum w^2 of each group (K for uniform weights,
 1 when one conversation takes all the weight), and how many groups are all-fail, all-success or mixed (004
