@@ -110,3 +110,13 @@ def test_per_algorithm_overrides_reach_one_algorithm_and_its_sections():
     bad = RunConfig(algorithms=["swift"], per_algorithm={"swift": {"algo": {"swift": {"flor": 1}}}})
     with pytest.raises(ConfigError, match=r"per_algorithm\.swift\.algo\.swift\.flor: unknown option"):
         algorithm_settings(bad, "swift")
+
+
+def test_an_old_option_name_in_per_algorithm_names_the_new_one():
+    from turnrl.errors import ConfigError
+    from turnrl.workflows.pipeline import algorithm_settings
+
+    cfg = RunConfig(algorithms=["swift"], per_algorithm={"swift": {"algo": {"negative_floor": -1.0}}})
+    with pytest.raises(ConfigError, match=r"option 'per_algorithm\.swift\.algo\.negative_floor' is now "
+                                          r"'per_algorithm\.swift\.algo\.swift\.floor' \(the floor is Swift's own"):
+        algorithm_settings(cfg, "swift")

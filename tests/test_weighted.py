@@ -337,3 +337,22 @@ def test_a_lora_checkpoint_of_an_alias_loads_with_peft_alone(smollm2_dir, tmp_pa
     assert uploaded["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"] == \
         str(smollm2_dir.resolve())
+
+
+def test_settings_saved_before_the_algorithm_sections_resume_unchanged():
+    """A run killed while algo was one flat bag saved algo.drift_beta, algo.negative_floor (unset) and so on; under
+    the names they have now those are the same settings, so the resume is not refused."""
+    from dataclasses import asdict
+
+    from turnrl.train.config import TrainConfig, _flat, _with_current_names
+
+    old_algo = {"name": "drift", "top_k": 1, "min_reward": 0.0, "shift_negative": False, "negative_floor": None,
+                "kl_coef": 0.0, "turns": "", "drift_beta": 0.1, "dpo_beta": 0.1, "pairing": "", "dpo_context": "history",
+                "pairs_per_group": 1, "mask_observations": True, "kto_lambda_d": 1.0, "kto_lambda_u": 1.0,
+                "reference": "", "precompute_reference": True, "branches": "branches/scored.jsonl", "teacher": "",
+                "distill_alpha": 0.5, "distill_temperature": 2.0, "extra": {}}
+    now = _flat(asdict(TrainConfig(algo=AlgoConfig(name="drift"))))
+    saved = _with_current_names(_flat({**asdict(TrainConfig()), "algo": old_algo}))
+    assert {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v} == {}
+    changed = _with_current_names(_flat({"algo": {**old_algo, "drift_beta": 0.2}}))
+    assert changed["algo.drift.beta"] == 0.2

@@ -14,6 +14,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from turnrl.algorithms.config import RENAME_NOTES as ALGO_RENAME_NOTES, RENAMED as ALGO_RENAMED
 from turnrl.errors import TurnrlError
 
 
@@ -116,17 +117,14 @@ def _config_files(argv: list[str]) -> list[str]:
 
 RENAMED = {("EnvConfig", "turns"): "max_turns", ("RewardConfig", "reference"): "likelihood_model",
            ("RewardConfig", "reference_dtype"): "likelihood_dtype", ("CompareConfig", "baseline"): "compare_against",
-           **{("AlgoConfig", old): new for old, new in (
-               ("turns", "trained_turns"), ("top_k", "star_gate.top_k"), ("min_reward", "star_gate.min_reward"),
-               ("shift_negative", "refit.shift_negative"), ("negative_floor", "swift.floor"),
-               ("drift_beta", "drift.beta"), ("dpo_beta", "preference.beta"), ("pairing", "preference.pairing"),
-               ("pairs_per_group", "preference.pairs_per_group"),
-               ("mask_observations", "preference.mask_observations"), ("reference", "preference.ref_policy"),
-               ("precompute_reference", "preference.precompute_reference"), ("dpo_context", "dpo.context"),
-               ("branches", "step_dpo.branches"), ("kto_lambda_d", "m_kto.lambda_d"),
-               ("kto_lambda_u", "m_kto.lambda_u"), ("teacher", "star_gate_d.teacher"),
-               ("distill_alpha", "star_gate_d.alpha"), ("distill_temperature", "star_gate_d.temperature"))}}
+           **{("AlgoConfig", old): new for old, new in ALGO_RENAMED.items()}}
 """Options renamed (class, old name) -> new name: a config or flag with the old name is told the new one."""
+
+
+def _note(kind: type, old: str) -> str:
+    """What a renamed option's new name alone does not say."""
+    note = ALGO_RENAME_NOTES.get(old) if kind.__name__ == "AlgoConfig" else None
+    return f" ({note})" if note else ""
 
 
 def _dataclass_of(tp: Any) -> type | None:
@@ -145,13 +143,13 @@ def _renamed_flag(cls: type, argv: list[str]) -> str | None:
     def renamed(kind: type, parts: list[str], prefix: str) -> str | None:
         if len(parts) == 1:
             new = RENAMED.get((kind.__name__, parts[0]))
-            return None if new is None else f"{prefix}{new}"
+            return None if new is None else f"{prefix}{new}'{_note(kind, parts[0])}"
         inner = _dataclass_of(typing.get_type_hints(kind).get(parts[0]))
         return renamed(inner, parts[1:], f"{prefix}{parts[0]}.") if inner is not None else None
 
     for arg in argv:
         if arg.startswith("--") and (new := renamed(cls, arg[2:].split("=", 1)[0].split("."), "")) is not None:
-            return f"option '{arg.split('=', 1)[0]}' is now '--{new}'"
+            return f"option '{arg.split('=', 1)[0]}' is now '--{new}"
     return None
 
 
@@ -172,7 +170,7 @@ def _unknown_key(cls: type, argv: list[str]) -> str | None:
             name = key.value
             if (kind.__name__, name) in RENAMED:
                 return (f"{path}:{key.start_mark.line + 1}:{key.start_mark.column + 1}: option '{prefix}{name}' is "
-                        f"now '{prefix}{RENAMED[kind.__name__, name]}'")
+                        f"now '{prefix}{RENAMED[kind.__name__, name]}'{_note(kind, name)}")
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; {kind.__name__} takes " + \

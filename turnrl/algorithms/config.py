@@ -52,3 +52,21 @@ class AlgoConfig:
     star_gate_d: StarGateDParams = field(default_factory=StarGateDParams)
     extra: dict[str, Any] = field(default_factory=dict)
     """Parameters of algorithms registered by extensions."""
+
+
+RENAMED = {"turns": "trained_turns", "top_k": "star_gate.top_k", "min_reward": "star_gate.min_reward",
+           "shift_negative": "refit.shift_negative", "negative_floor": "swift.floor", "drift_beta": "drift.beta",
+           "dpo_beta": "preference.beta", "pairing": "preference.pairing",
+           "pairs_per_group": "preference.pairs_per_group", "mask_observations": "preference.mask_observations",
+           "reference": "preference.ref_policy", "precompute_reference": "preference.precompute_reference",
+           "dpo_context": "dpo.context", "branches": "step_dpo.branches", "kto_lambda_d": "m_kto.lambda_d",
+           "kto_lambda_u": "m_kto.lambda_u", "teacher": "star_gate_d.teacher", "distill_alpha": "star_gate_d.alpha",
+           "distill_temperature": "star_gate_d.temperature"}
+"""Options of ``algo`` before each algorithm had its own section: old name -> new (dotted) name."""
+RENAME_NOTES = {"negative_floor": "the floor is Swift's own parameter; swift-literal keeps its negative weights"}
+
+
+def renamed_message(old: str, prefix: str = "") -> str:
+    """How an old ``algo`` option is told its new name."""
+    note = f" ({RENAME_NOTES[old]})" if old in RENAME_NOTES else ""
+    return f"option '{prefix}{old}' is now '{prefix}{RENAMED[old]}'{note}"

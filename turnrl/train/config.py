@@ -123,6 +123,21 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _with_current_names(flat: dict[str, Any]) -> dict[str, Any]:
+    """Settings saved before each algorithm's parameters had a section of ``algo`` (``algo.drift_beta``), under
+    their names now (``algo.drift.beta``), so that a run killed then resumes; an unset ``negative_floor`` was
+    Swift's floor of 0."""
+    from turnrl.algorithms.config import RENAMED
+
+    out = {}
+    for key, value in flat.items():
+        old = key.removeprefix("algo.")
+        if key.startswith("algo.") and old in RENAMED:
+            key, value = f"algo.{RENAMED[old]}", (0.0 if old == "negative_floor" and value is None else value)
+        out[key] = value
+    return out
+
+
 UNTRACKED_SETTINGS = ("report_to", "push_to_hub", "hub_model_id", "hub_private")
 """Recorded with a run's settings but free to change on resume: they do not change what is trained."""
 
@@ -143,7 +158,7 @@ def checkpoint_or_start(cfg: TrainConfig) -> Path | None:
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "overwrite")}
     if (state / "trainer_state.json").exists():
         saved = read_json(record) if record.exists() else {}
-        now, before = _flat(settings), _flat(saved)
+        now, before = _flat(settings), _with_current_names(_flat(saved))
         changed = sorted(k for k in now if before.get(k) != now[k] and k not in UNTRACKED_SETTINGS)
         if changed and not cfg.overwrite:
             raise ConfigError(f"{state}: a killed run saved this state with other settings ({', '.join(changed)}); "

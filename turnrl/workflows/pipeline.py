@@ -85,8 +85,12 @@ class RunConfig:
 def _override(obj: Any, updates: dict[str, Any], where: str) -> Any:
     """A copy of the config ``obj`` with ``updates`` set, a nested mapping going into its section
     ({"swift": {"floor": -1.0}} sets obj.swift.floor)."""
+    from turnrl.algorithms.config import RENAMED, renamed_message
+
     obj = copy.deepcopy(obj)
     for key, value in updates.items():
+        if isinstance(obj, AlgoConfig) and key in RENAMED:
+            raise ConfigError(renamed_message(key, f"{where}."))
         if not hasattr(obj, key):
             raise ConfigError(f"{where}.{key}: unknown option")
         if isinstance(value, dict) and is_dataclass(getattr(obj, key)):
@@ -239,6 +243,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     for name in cfg.per_algorithm:
         if name not in cfg.algorithms:
             raise ConfigError(f"per_algorithm.{name}: {name!r} is not in algorithms {cfg.algorithms}")
+    for name in cfg.algorithms:  # every override checked now, not hours later when its algorithm's turn comes
+        algorithm_settings(cfg, name)
     timings: dict[str, float] = {}
 
     def timed(stage: str, fn, *args):

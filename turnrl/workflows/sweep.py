@@ -100,6 +100,8 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
                           "(e.g. --dataset.n_val 100, carved from the training pool)")
     if not cfg.sweep.learning_rates or not cfg.sweep.epochs or min(cfg.sweep.epochs) < 1:
         raise ConfigError("sweep: learning_rates and epochs must be non-empty, epochs at least 1")
+    for name in cfg.algorithms:  # every override checked before any training
+        algorithm_settings(cfg, name)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(RunDir(run_dir).config, asdict(cfg))
