@@ -274,3 +274,25 @@ def test_filters_need_scores_and_a_tokenizer():
         filter_tool_trajectories([unscored], ToolFilterConfig(max_tokens=0))
     with pytest.raises(ConfigError, match="tokenizer"):
         filter_tool_trajectories([unscored], ToolFilterConfig())
+
+
+def test_at_the_tool_limit_the_last_output_is_read_as_003_reads_it(env):
+    """003 extracts the answer from the text after the last assistant marker, which at the tool-call limit holds
+    the final observation: a last program that prints the right number is right; a turn's own answer still wins."""
+    from turnrl.rewards import final_answer
+
+    def ended(last_output: str, final_turn: str = "```python\nprint(16 - 3 - 4)\n```\n") -> Trajectory:
+        messages = [{"role": "user", "content": TASK.question}, {"role": "assistant", "content": final_turn},
+                    {"role": "tool", "content": f"```output\n{last_output}\n```\n{LIMIT_NOTE}"}]
+        return Trajectory(id="x", task_id=TASK.id, group_id="g", messages=messages,
+                          turns=[TurnInfo(5, False)], finish="tool_limit")
+
+    assert final_answer(ended("18"), TASK)["correct"] is True
+    assert final_answer(ended("9"), TASK)["correct"] is False
+    assert final_answer(ended("Timeout Error"), TASK)["correct"] is False
+    assert final_answer(ended("9", "So \\boxed{18}."), TASK)["answer"] == "18"  # the turn's boxed answer wins
+    done = Trajectory(id="y", task_id=TASK.id, group_id="g", messages=[
+        {"role": "user", "content": TASK.question}, {"role": "assistant", "content": "```python\nprint(18)\n```\n"},
+        {"role": "tool", "content": "```output\n18\n```"}, {"role": "assistant", "content": "I am not sure."}],
+        turns=[TurnInfo(5, False)] * 2, finish="done")
+    assert final_answer(done, TASK)["correct"] is False  # a final turn without an answer is read alone

@@ -48,7 +48,11 @@ def final_answer(traj: Trajectory, task: Task) -> dict[str, Any]:
                 "well_formatted": parsed.well_formatted}
     from turnrl.rewards.math_answers import extract_math_answer, math_equal
 
-    answer = extract_math_answer(text)
+    # 003 reads the text after the last assistant marker: the final turn and, where the conversation stopped at the
+    # tool-call limit, the observation that follows it, so a final program's printed result is read (the ```output
+    # step of the extraction) when the turn states no answer itself.
+    after = traj.messages[traj.assistant_indices()[-1] + 1:] if traj.assistant_indices() else []
+    answer = extract_math_answer("\n".join([text] + [m["content"] for m in after if m["role"] == "tool"]))
     return {"answer": answer, "status": "ok" if answer is not None else "none",
             "correct": answer is not None and math_equal(answer, task.answer), "well_formatted": answer is not None}
 

@@ -3,7 +3,9 @@ r"""Math answers: extracting a final answer from a solution and deciding whether
 Used by the tool environment (003), the feedback environment (004) and the scorer for open-answer tasks. The rule
 is written down here and only here.
 
-**Extraction** (:func:`extract_math_answer`, applied to one assistant turn), the first that applies:
+**Extraction** (:func:`extract_math_answer`, applied to the final assistant turn; where a tool conversation stopped
+at the tool-call limit, to that turn and the observation after it, as 003 reads the text after the last assistant
+marker), the first that applies:
 
 1. the content of the last ``\boxed{...}`` (or ``\fbox{...}``), braces matched; ``\boxed 5`` without braces reads
    up to the next ``$`` or line end. A turn with a ``\boxed`` is read only there (an empty box is no answer);
