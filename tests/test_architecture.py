@@ -102,7 +102,9 @@ def test_no_import_cycles():
 RUN_DIR_PARTS = {"tasks", "rollouts", "scored", "branches", "filtered", "train", "eval", "plots", "export", "refresh",
                  "sweep", "lm-eval"}
 RUN_DIR_FILES = {"results.json", "results.md", "results.csv", "comparison.json", "report.html", "per_question.jsonl",
-                 "metrics.json", "run_config.json", "timings.json", "diagnostics.json", "train_log.jsonl"}
+                 "metrics.json", "run_config.json", "timings.json", "diagnostics.json", "train_log.jsonl",
+                 "train_settings.json", "reference_logps.json", "evaluation.json", "conversations.jsonl", "seeds.json",
+                 "skipped.json", "iterate.json", "summary.json"}
 RUN_DIR_FOLDER_STARTS = ("seed", "iter_", "eval-")
 """f-strings that start a run directory's folder: seed<s>/, iter_<t>/, refresh/<algo>/round<r>/, eval-<split>/."""
 NOT_RUN_DIR_PATHS = {

@@ -42,6 +42,12 @@ DIAGNOSTICS = "diagnostics.json"
 """A training's weights or pairs, counted, in ``train/<algo>/``."""
 TRAIN_LOG = "train_log.jsonl"
 """A training's loss and figures per step, in ``train/<algo>/``."""
+TRAIN_SETTINGS = "train_settings.json"
+"""The settings a training started with (what a resume must match), in ``train/<algo>/``."""
+REFERENCE_LOGPS = "reference_logps.json"
+"""Preference learning's precomputed reference log-probabilities, in ``train/<algo>/``."""
+EVALUATION_SETTINGS = "evaluation.json"
+"""The settings an evaluation's conversations were generated with, in ``eval/<name>/``."""
 
 
 def second_judge_file(log: str | Path) -> Path:
@@ -172,6 +178,25 @@ class RunDir:
     @property
     def sweep_plot(self) -> Path:
         return self.root / "sweep" / "validation.png"
+
+    @property
+    def skipped(self) -> Path:
+        """``turnrl run``: the algorithms the log gave nothing to learn, with the reason."""
+        return self.root / "skipped.json"
+
+    @property
+    def seeds_summary(self) -> Path:
+        """``turnrl run --seeds``: the tables over seeds as data."""
+        return self.root / "seeds.json"
+
+    @property
+    def iterate_record(self) -> Path:
+        """``turnrl iterate``: each finished iteration's policy and held-out scores (what a resume reads)."""
+        return self.root / "iterate.json"
+
+    @property
+    def iterate_summary(self) -> Path:
+        return self.root / "summary.json"
 
     @property
     def timings(self) -> Path:

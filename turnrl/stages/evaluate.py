@@ -19,7 +19,7 @@ from turnrl.envs import EnvConfig, make_env
 from turnrl.errors import ConfigError
 from turnrl.generation import BackendConfig, make_generator
 from turnrl.judge import LABELS as JUDGE_LABELS, summary_markdown as judge_markdown
-from turnrl.layout import METRICS_FILE, PER_QUESTION, RunDir
+from turnrl.layout import CONVERSATIONS, EVALUATION_SETTINGS, METRICS_FILE, PER_QUESTION, RunDir
 from turnrl.records import Task, Trajectory, atomic_write_text, read_json, read_trajectories, write_json, write_jsonl
 from turnrl.rewards import answer_changed, answers_per_turn, final_answer, uses_thinking_tags
 from turnrl.rollout import build_jobs, check_resume, log_rollouts
@@ -201,10 +201,10 @@ def evaluate(cfg: EvaluateConfig, generator=None) -> dict[str, Any]:
     env = make_env(cfg.env)
     settings = env.settings()
     jobs = build_jobs(tasks, settings, ev.runs, [ev.temperature], ev.top_p, 0, ev.seed)
-    conversations = out_dir / "conversations.jsonl"
+    conversations = out_dir / CONVERSATIONS
     policy = generator or make_generator(cfg.policy)
     # Resume a killed evaluation of the same policy; start over if the policy or the settings changed.
-    check_resume(conversations, out_dir / "evaluation.json",
+    check_resume(conversations, out_dir / EVALUATION_SETTINGS,
                  {"model": cfg.policy.model, "revision": getattr(policy, "revision", ""), "env": settings,
                   "evaluation": asdict(ev), "split": cfg.split}, on_change="restart")
     log_rollouts(conversations, env, jobs, cfg.policy, chunk_size=ev.chunk_size, desc=f"evaluate {name}",

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from turnrl.algorithms.config import AlgoConfig
 from turnrl.errors import ConfigError
-from turnrl.layout import RunDir, SCORED, TRAIN_LOG
+from turnrl.layout import RunDir, SCORED, TRAIN_LOG, TRAIN_SETTINGS
 from turnrl.records import Trajectory, read_json, read_trajectories, write_json
 from turnrl.log import get_logger
 
@@ -154,7 +154,7 @@ def checkpoint_or_start(cfg: TrainConfig) -> Path | None:
     if (checkpoint / "turnrl_train.json").exists() and not cfg.overwrite:
         logger.info(f"train: {checkpoint} exists; nothing to do (--overwrite true to train again)")
         return checkpoint
-    record, state = cfg.out_dir / "train_settings.json", cfg.out_dir / "state"
+    record, state = cfg.out_dir / TRAIN_SETTINGS, cfg.out_dir / "state"
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "overwrite")}
     if (state / "trainer_state.json").exists():
         saved = read_json(record) if record.exists() else {}

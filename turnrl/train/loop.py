@@ -23,7 +23,7 @@ from turnrl.errors import TrainingDiverged
 from turnrl.records import atomic_write_text, read_json, write_json, write_jsonl
 from turnrl.train.config import OptimConfig, TrainConfig, resolved_precision
 from turnrl.train.passes import engine_asked
-from turnrl.layout import DIAGNOSTICS, TRAIN_LOG
+from turnrl.layout import DIAGNOSTICS, TRAIN_LOG, TRAIN_SETTINGS
 
 
 def set_seed(seed: int) -> None:
@@ -183,7 +183,7 @@ class TrainLoop:
         """The trackers the run's settings record asks for (not started), and the record."""
         from turnrl.train.tracking import make_trackers, parse_report_to, run_label
 
-        record = out_dir / "train_settings.json"
+        record = out_dir / TRAIN_SETTINGS
         settings = read_json(record) if record.exists() else {}
         names = parse_report_to(settings.get("report_to", "none"))
         # TensorBoard hides what an earlier writer of the folder logged from the first step this run logs: after a

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from turnrl.errors import ConfigError
+from turnrl.layout import REFERENCE_LOGPS
 from turnrl.models import load_model, resolve
 from turnrl.records import read_json, write_json
 from turnrl.train.data import pad_batch, process_share, TokenizedSequence
@@ -142,7 +143,7 @@ def reference_model(reference: str, lm, fresh_adapter: bool, precompute: bool):
 def reference_values(loop: TrainLoop, ref_lm, steps: list[list[Any]], out_dir: Path, pad_id: int,
                       micro_batch_tokens: int) -> dict[str, float]:
     """The precomputed reference log-probabilities: computed now, or, when resuming, those of the original start."""
-    cache = out_dir / "reference_logps.json"
+    cache = out_dir / REFERENCE_LOGPS
     needed = {s.key for step in steps for seqs in step_sequences(step, micro_batch_tokens) for s in seqs}
     if (loop.state_dir / "trainer_state.json").exists():
         values = read_json(cache) if cache.exists() else {}

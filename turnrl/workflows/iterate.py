@@ -128,7 +128,7 @@ def _check(cfg: IterateConfig, n_prompts: int) -> None:
 
 def _start_or_resume(cfg: IterateConfig, run_dir: Path) -> None:
     """A resumed loop must use the settings it started with; only the number of iterations may grow."""
-    record = run_dir / "iterate.json"
+    record = RunDir(run_dir).iterate_record
     current = asdict(cfg)
     if record.exists():
         old = read_json(record)
@@ -292,6 +292,6 @@ def _iterate(cfg: IterateConfig, run_dir: Path, prompts: list[Task], trackers: S
             split=cfg.split))["metrics"]
         trackers.log(scalars(summary["best"]["test"], "test/"), step=best["iteration"])
     trackers.log({"best_iteration": best["iteration"]}, step=cfg.iterations)
-    write_json(run_dir / "summary.json", summary)
+    write_json(RunDir(run_dir).iterate_summary, summary)
     logger.info(f"iterate: best on the held-out prompts: iteration {best['iteration']} ({best['policy']})")
     return summary

@@ -272,7 +272,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         train_and_evaluate(name, train_one, cfg.run_dir, cfg.model, *algorithm_settings(cfg, name), cfg)
     for name in cfg.refresh.algorithms:
         train_and_evaluate(f"{name}-refresh", train_with_refresh, cfg, name)
-    write_json(run_dir / "skipped.json", skipped)
+    write_json(RunDir(run_dir).skipped, skipped)
     from turnrl.stages.compare import CompareConfig, compare_run
 
     methods = [m for m in (["base"] if cfg.evaluate_base else []) + list(cfg.algorithms)

@@ -55,7 +55,7 @@ def run_seeds(cfg, run: Callable[[Any], dict[str, Any]], machine: dict[str, Any]
                                               for m, o in others.items())])
     atomic_write_text(RunDir(run_dir).results_md, markdown)
     atomic_write_text(RunDir(run_dir).results_csv, table["csv"])
-    write_json(run_dir / "seeds.json", {**{k: v for k, v in table.items() if k not in ("markdown", "csv")},
+    write_json(RunDir(run_dir).seeds_summary, {**{k: v for k, v in table.items() if k not in ("markdown", "csv")},
                                         "by_metric": {m: {k: v for k, v in o.items() if k not in ("markdown", "csv")}
                                                       for m, o in others.items()}})
     print(markdown)
