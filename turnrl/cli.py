@@ -140,16 +140,18 @@ def _renamed_flag(cls: type, argv: list[str]) -> str | None:
     """A command-line flag under an old option name, e.g. --env.turns, with the name it has now."""
     import typing
 
-    def renamed(kind: type, parts: list[str], prefix: str) -> str | None:
+    def renamed(kind: type, parts: list[str], prefix: str) -> tuple[str, str] | None:
+        """(the new dotted name, a note) of an old one."""
         if len(parts) == 1:
             new = RENAMED.get((kind.__name__, parts[0]))
-            return None if new is None else f"{prefix}{new}'{_note(kind, parts[0])}"
+            return None if new is None else (f"{prefix}{new}", _note(kind, parts[0]))
         inner = _dataclass_of(typing.get_type_hints(kind).get(parts[0]))
         return renamed(inner, parts[1:], f"{prefix}{parts[0]}.") if inner is not None else None
 
     for arg in argv:
-        if arg.startswith("--") and (new := renamed(cls, arg[2:].split("=", 1)[0].split("."), "")) is not None:
-            return f"option '{arg.split('=', 1)[0]}' is now '--{new}"
+        if arg.startswith("--") and (found := renamed(cls, arg[2:].split("=", 1)[0].split("."), "")) is not None:
+            new, note = found
+            return f"option '{arg.split('=', 1)[0]}' is now '--{new}'{note}"
     return None
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from turnrl.algorithms.registry import get_algorithm
-from turnrl.algorithms.config import AlgoConfig
+from turnrl.algorithms.config import AlgoConfig, RENAMED as ALGO_RENAMED, renamed_message
 from turnrl.envs import EnvConfig
 from turnrl.errors import ConfigError, NothingToLearn
 from turnrl.stages.evaluate import EvalOptions, EvaluateConfig, evaluate
@@ -65,8 +65,8 @@ class RunConfig:
     """Algorithm parameters shared by all algorithms (the name is set per algorithm)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     per_algorithm: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Overrides for one algorithm, e.g. {swift: {optim: {learning_rate: 5.0e-6}, algo: {kl_coef: 0.1}}}. An algorithm's own
-    parameters need none: each section of ``algo`` is read only by the algorithms it belongs to."""
+    """Overrides for one algorithm, e.g. {swift: {optim: {learning_rate: 5.0e-6}, algo: {kl_coef: 0.1}}}. An
+    algorithm's own parameters need none: each section of ``algo`` is read only by the algorithms it belongs to."""
     evaluation: EvalOptions = field(default_factory=EvalOptions)
     evaluate_base: bool = True
     refresh: RefreshOptions = field(default_factory=RefreshOptions)
@@ -85,11 +85,9 @@ class RunConfig:
 def _override(obj: Any, updates: dict[str, Any], where: str) -> Any:
     """A copy of the config ``obj`` with ``updates`` set, a nested mapping going into its section
     ({"swift": {"floor": -1.0}} sets obj.swift.floor)."""
-    from turnrl.algorithms.config import RENAMED, renamed_message
-
     obj = copy.deepcopy(obj)
     for key, value in updates.items():
-        if isinstance(obj, AlgoConfig) and key in RENAMED:
+        if isinstance(obj, AlgoConfig) and key in ALGO_RENAMED:
             raise ConfigError(renamed_message(key, f"{where}."))
         if not hasattr(obj, key):
             raise ConfigError(f"{where}.{key}: unknown option")

@@ -40,7 +40,8 @@ def run_seeds(cfg, run: Callable[[Any], dict[str, Any]], machine: dict[str, Any]
         raise ConfigError(f"seeds: {cfg.seeds} repeats a seed")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(RunDir(run_dir).config, {**asdict(cfg), "machine": machine})
+    folder = RunDir(run_dir)
+    write_json(folder.config, {**asdict(cfg), "machine": machine})
     per_seed = {}
     for seed in cfg.seeds:
         logger.info(f"run: seed {seed} of {cfg.seeds}")
@@ -53,11 +54,11 @@ def run_seeds(cfg, run: Callable[[Any], dict[str, Any]], machine: dict[str, Any]
               for m in task_metrics(run_dir, cfg.seeds, methods, cfg.split)}
     markdown = "\n".join([table["markdown"], *(o["markdown"].replace("# Results over", f"## {m}: results over", 1)
                                               for m, o in others.items())])
-    atomic_write_text(RunDir(run_dir).results_md, markdown)
-    atomic_write_text(RunDir(run_dir).results_csv, table["csv"])
-    write_json(RunDir(run_dir).seeds_summary, {**{k: v for k, v in table.items() if k not in ("markdown", "csv")},
-                                        "by_metric": {m: {k: v for k, v in o.items() if k not in ("markdown", "csv")}
-                                                      for m, o in others.items()}})
+    atomic_write_text(folder.results_md, markdown)
+    atomic_write_text(folder.results_csv, table["csv"])
+    write_json(folder.seeds_summary, {**{k: v for k, v in table.items() if k not in ("markdown", "csv")},
+                                      "by_metric": {m: {k: v for k, v in o.items() if k not in ("markdown", "csv")}
+                                                    for m, o in others.items()}})
     print(markdown)
     return {"table": markdown, "per_seed": per_seed, "methods": methods}
 
