@@ -129,3 +129,13 @@ def test_an_epoch_snapshot_is_the_policy_of_the_shorter_run(swept, tiny_model_di
 def test_sweep_without_a_validation_split_is_refused(tmp_path, capsys):
     assert main(["sweep", "--run_dir", str(tmp_path), "--dataset.n_val", "0"]) == 2
     assert "dataset.n_val" in capsys.readouterr().err
+
+
+def test_sweep_refuses_an_override_for_an_algorithm_it_does_not_sweep(tmp_path, capsys):
+    """As `turnrl run` does: a per_algorithm entry for an algorithm not in the list is a slip (a typo, or one
+    left out), refused before anything is written."""
+    config = tmp_path / "sweep.yaml"
+    config.write_text("algorithms: [sft]\nper_algorithm:\n  refit: {optim: {learning_rate: 1.0e-5}}\n")
+    assert main(["sweep", "--config", str(config), "--run_dir", str(tmp_path / "run"), "--dataset.n_val", "4"]) == 2
+    assert "per_algorithm.refit: 'refit' is not in algorithms ['sft']" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

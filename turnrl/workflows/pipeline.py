@@ -107,6 +107,16 @@ def algorithm_settings(cfg: RunConfig, name: str) -> tuple[AlgoConfig, OptimConf
     return algo, optim
 
 
+def check_per_algorithm(cfg: RunConfig) -> None:
+    """Every per_algorithm override names an algorithm of the list and applies cleanly: checked when a run or a
+    sweep starts, not hours later when that algorithm's turn comes."""
+    for name in cfg.per_algorithm:
+        if name not in cfg.algorithms:
+            raise ConfigError(f"per_algorithm.{name}: {name!r} is not in algorithms {cfg.algorithms}")
+    for name in cfg.algorithms:
+        algorithm_settings(cfg, name)
+
+
 def branch_rollouts(run_dir: str, logged: str, simulate_cfg: SimulateConfig, reward: RewardConfig,
                     output: str = SCORED_BRANCHES) -> Path:
     """StepDPO's data, a stage before its training: branch rollouts from every step of the logged trajectories
@@ -238,11 +248,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     logger.info(f"run: {where['cpu']}, {where['cores']} cores, native bf16 {'yes' if where['native_bf16'] else 'no'}: "
                 f"precision auto -> {where['precision']}; evaluating on the {cfg.split} pool")
     write_json(RunDir(run_dir).config, {**asdict(cfg), "machine": where})
-    for name in cfg.per_algorithm:
-        if name not in cfg.algorithms:
-            raise ConfigError(f"per_algorithm.{name}: {name!r} is not in algorithms {cfg.algorithms}")
-    for name in cfg.algorithms:  # every override checked now, not hours later when its algorithm's turn comes
-        algorithm_settings(cfg, name)
+    check_per_algorithm(cfg)
     timings: dict[str, float] = {}
 
     def timed(stage: str, fn, *args):

@@ -21,7 +21,8 @@ from typing import Any
 
 from turnrl import stats
 from turnrl.errors import ConfigError, has_extra
-from turnrl.workflows.pipeline import RunConfig, algorithm_settings, evaluate_policy, log_stages, timed_stage
+from turnrl.workflows.pipeline import RunConfig, algorithm_settings, check_per_algorithm, evaluate_policy, \
+    log_stages, timed_stage
 from turnrl.records import atomic_write_text, write_json
 from turnrl.tasks import prepare_split
 from turnrl.log import get_logger
@@ -100,8 +101,7 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
                           "(e.g. --dataset.n_val 100, carved from the training pool)")
     if not cfg.sweep.learning_rates or not cfg.sweep.epochs or min(cfg.sweep.epochs) < 1:
         raise ConfigError("sweep: learning_rates and epochs must be non-empty, epochs at least 1")
-    for name in cfg.algorithms:  # every override checked before any training
-        algorithm_settings(cfg, name)
+    check_per_algorithm(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(RunDir(run_dir).config, asdict(cfg))
