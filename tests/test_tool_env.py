@@ -296,3 +296,60 @@ def test_at_the_tool_limit_the_last_output_is_read_as_003_reads_it(env):
         {"role": "tool", "content": "```output\n18\n```"}, {"role": "assistant", "content": "I am not sure."}],
         turns=[TurnInfo(5, False)] * 2, finish="done")
     assert final_answer(done, TASK)["correct"] is False  # a final turn without an answer is read alone
+
+
+WORKED = [{"role": "user", "content": "7 * 8 + 5 ="},
+          {"role": "assistant", "content": "```python\nprint(7 * 8 + 5)\n```\n"},
+          {"role": "tool", "content": "```output\n61\n```"}, {"role": "assistant", "content": "\\boxed{61}"}]
+
+
+def test_behaviour_turns_are_shown_to_the_logging_policy_and_not_logged(env, tmp_path):
+    """rollout.behaviour_turns: the logging policy sees the worked example before the conversation's own messages
+    (its own turns counted after it); the logged conversation, which the trained policy is evaluated on, holds
+    only its own messages, and its record names what the policy was shown."""
+    from turnrl.generation import BackendConfig
+    from turnrl.records import read_trajectories
+    from turnrl.rollout import build_jobs, log_rollouts
+
+    task = Task(id="a/1", source="arithmetic", question="19 * 5 + 6 =", answer="101")
+    seen = []
+
+    class Policy(ScriptedPolicy):
+        def generate(self, requests, desc=None):
+            seen.extend(r.messages for r in requests)
+            own = [len([m for m in r.messages if m["role"] == "assistant"]) - 2 for r in requests]
+            return [GenResult(text=["```python\nprint(19 * 5 + 6)\n```\n", "\\boxed{101}"][k], tokens=5,
+                              finish="stop") for k in own]
+
+    jobs = build_jobs([task], env.settings(), samples=1, temperatures=[0.0], top_p=1.0, top_k=0, seed=0)
+    out = tmp_path / "log.jsonl"
+    log_rollouts(out, env, jobs, BackendConfig(), chunk_size=4, desc="t", generator=Policy({}),
+                 behaviour_turns=WORKED)
+    assert [m["role"] for m in seen[0]] == ["user", "assistant", "tool", "assistant", "user"]
+    assert seen[0][:4] == WORKED and seen[0][4]["content"] == "19 * 5 + 6 ="
+    assert seen[1][5:] == [{"role": "assistant", "content": "```python\nprint(19 * 5 + 6)\n```\n"},
+                           {"role": "tool", "content": "```output\n101\n```"}]
+    (logged,) = read_trajectories(out)
+    assert [m["role"] for m in logged.messages] == ["user", "assistant", "tool", "assistant"]
+    assert logged.messages[0]["content"] == "19 * 5 + 6 =" and logged.messages[-1]["content"] == "\\boxed{101}"
+    assert logged.policy["behaviour_turns"] == WORKED and "behaviour_prompt" not in logged.policy
+
+
+@pytest.mark.parametrize("turns, message", [
+    ([{"role": "system", "content": "x"}, *WORKED], r"behaviour_turns\[0\].*role user, assistant, tool"),
+    (WORKED[:3], "the last message is a tool message"),
+    ([{"role": "user", "text": "7 * 8 ="}], r"behaviour_turns\[0\]"),
+])
+def test_malformed_behaviour_turns_are_refused_by_name(turns, message, tmp_path, capsys):
+    from turnrl.cli import main
+    from turnrl.errors import ConfigError
+    from turnrl.rollout import check_behaviour_turns
+
+    with pytest.raises(ConfigError, match=message):
+        check_behaviour_turns(turns)
+    config = tmp_path / "c.yaml"
+    import yaml
+    config.write_text(yaml.safe_dump({"rollout": {"behaviour_turns": turns}}))
+    assert main(["simulate", "--config", str(config), "--run_dir", str(tmp_path / "run")]) == 2
+    assert "rollout.behaviour_turns" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

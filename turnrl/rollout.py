@@ -220,19 +220,39 @@ def check_resume(out: Path, record: Path, fingerprint: dict[str, Any],
     write_json(record, fingerprint)
 
 
-class BehaviourPrompt:
-    """A backend that shows the policy ``system`` in place of each conversation's own system message: a declared
-    logging policy (``rollout.behaviour_prompt``). The conversations keep, and the log records, the environment's
-    own system message, which the trained policy is evaluated under."""
+BEHAVIOUR_ROLES = ("user", "assistant", "tool")
 
-    def __init__(self, backend: Backend, system: str):
-        self.backend, self.system = backend, system
+
+def check_behaviour_turns(turns: list[dict[str, str]]) -> None:
+    """``rollout.behaviour_turns``: user, assistant and tool messages with text, ending with an assistant turn."""
+    for i, m in enumerate(turns):
+        if not isinstance(m, dict) or m.get("role") not in BEHAVIOUR_ROLES or not isinstance(m.get("content"), str) \
+                or set(m) - {"role", "content"}:
+            raise ConfigError(f"rollout.behaviour_turns[{i}]: {m!r}; expected a message {{role, content}} with role "
+                              f"{', '.join(BEHAVIOUR_ROLES)} and text content")
+    if turns and turns[-1]["role"] != "assistant":
+        raise ConfigError("rollout.behaviour_turns: the last message is a "
+                          f"{turns[-1]['role']} message; worked examples end with the assistant's turn")
+
+
+class BehaviourPrompt:
+    """A backend that shows the policy ``system`` in place of each conversation's own system message, and ``turns``
+    (worked examples, as earlier turns of the conversation) before the conversation's own messages: a declared
+    logging policy (``rollout.behaviour_prompt``, ``rollout.behaviour_turns``). The conversations keep, and the
+    log records, only the environment's own messages, under which the trained policy is evaluated."""
+
+    def __init__(self, backend: Backend, system: str, turns: list[dict[str, str]] | None = None):
+        check_behaviour_turns(turns or [])
+        self.backend, self.system, self.turns = backend, system, list(turns or [])
         self.name = backend.name
 
     def generate(self, requests: list[GenRequest], desc: str | None = None) -> list[GenResult]:
-        shown = [replace(r, messages=[{"role": "system", "content": self.system},
-                                      *[m for m in r.messages if m["role"] != "system"]]) for r in requests]
-        return self.backend.generate(shown, desc)
+        def shown(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+            system = [{"role": "system", "content": self.system}] if self.system else \
+                [m for m in messages if m["role"] == "system"]
+            return [*system, *self.turns, *[m for m in messages if m["role"] != "system"]]
+
+        return self.backend.generate([replace(r, messages=shown(r.messages)) for r in requests], desc)
 
     def __getattr__(self, name: str) -> Any:  # revision, release, ...: the wrapped backend's
         return getattr(self.backend, name)
@@ -242,23 +262,25 @@ def log_rollouts(out: Path, env: Environment, jobs: list[Job], policy: BackendCo
                  desc: str, teacher: BackendConfig | None = None, teacher_temperature: float = 0.0,
                  generator: Backend | None = None,
                  to_trajectory: Callable[..., Trajectory] = episode_to_trajectory,
-                 behaviour_prompt: str = "") -> int:
+                 behaviour_prompt: str = "", behaviour_turns: list[dict[str, str]] | None = None) -> int:
     """Roll out every job of ``jobs`` that ``out`` does not hold yet and append its trajectory, ``chunk_size``
     jobs at a time (in the order of ``jobs``; a chunk is one batch of conversations). The backends are loaded only
     if there is work; ``generator`` reuses a loaded policy. ``behaviour_prompt``: the system message the policy is
-    shown instead of the environment's (:class:`BehaviourPrompt`). Returns how many trajectories were written."""
+    shown instead of the environment's; ``behaviour_turns``: worked examples shown before each conversation
+    (:class:`BehaviourPrompt`). Returns how many trajectories were written."""
     with ResumableJsonlWriter(out) as writer:
         chunks = [jobs[i: i + chunk_size] for i in range(0, len(jobs), chunk_size)]
         todo = [chunk for chunk in chunks if any(j.id not in writer.done for j in chunk)]
         if not todo:
             return 0
         generator = generator or make_generator(policy)
-        if behaviour_prompt:
-            generator = BehaviourPrompt(generator, behaviour_prompt)
+        if behaviour_prompt or behaviour_turns:
+            generator = BehaviourPrompt(generator, behaviour_prompt, behaviour_turns)
         teacher_generator = make_generator(teacher) if teacher is not None and env.needs_teacher else None
         info = {"model": policy.model, "revision": getattr(generator, "revision", ""),
                 "backend": getattr(generator, "name", policy.backend),
-                **({"behaviour_prompt": behaviour_prompt} if behaviour_prompt else {})}
+                **({"behaviour_prompt": behaviour_prompt} if behaviour_prompt else {}),
+                **({"behaviour_turns": behaviour_turns} if behaviour_turns else {})}
         done = len(writer.done)
         bar = tqdm(total=len(jobs), initial=len(jobs) - sum(map(len, todo)), desc=desc, unit="conv")
         for chunk in todo:

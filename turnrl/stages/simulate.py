@@ -17,8 +17,8 @@ from turnrl.errors import ConfigError, InputError
 from turnrl.generation import BackendConfig, Sampling, derive_seed
 from turnrl.layout import BRANCHES, ROLLOUTS
 from turnrl.records import Task, Trajectory, read_trajectories
-from turnrl.rollout import Job, build_jobs, check_resume, episode_to_trajectory, log_rollouts, recorded_orders, \
-    showing
+from turnrl.rollout import Job, build_jobs, check_behaviour_turns, check_resume, episode_to_trajectory, log_rollouts, \
+    recorded_orders, showing
 from turnrl.tasks import DatasetConfig, prepare_split
 from turnrl.log import get_logger
 
@@ -49,6 +49,11 @@ class RolloutOptions:
     """A system message the logging policy is shown instead of the environment's own (e.g. one that encourages
     asking): a declared behaviour policy. The log records the environment's own system message, under which the
     trained policy is evaluated, and names the behaviour prompt in each trajectory's ``policy``."""
+    behaviour_turns: list[dict[str, str]] = field(default_factory=list)
+    """Worked examples the logging policy is shown before each conversation, as earlier turns of it (user,
+    assistant and tool messages, ending with an assistant turn): a declared behaviour policy, like
+    ``behaviour_prompt``, and recorded with it in each trajectory's ``policy``; the conversations do not hold them,
+    so the trained policy is evaluated without them."""
     chunk_size: int = 64
     """Tasks per resumable chunk (all their trajectories are generated together)."""
     limit: int = 0
@@ -88,6 +93,7 @@ def simulate(cfg: SimulateConfig) -> Path:
         raise ConfigError("rollout: samples must be >= 1 and temperatures a non-empty list of values >= 0")
     if not 0.0 <= ro.explore <= 1.0:
         raise ConfigError(f"rollout.explore: {ro.explore}; expected a share between 0 and 1")
+    check_behaviour_turns(ro.behaviour_turns)
     train, test = prepare_split(cfg.dataset, run_dir)
     tasks = train if cfg.split == "train" else test
     if ro.limit:
@@ -109,7 +115,8 @@ def simulate(cfg: SimulateConfig) -> Path:
             jobs, to_trajectory = _exploratory_jobs(env, jobs, ro.explore, ro.seed)
     written = log_rollouts(out, env, jobs, cfg.policy, chunk_size=ro.chunk_size * ro.samples, desc="simulate",
                            teacher=cfg.teacher, teacher_temperature=ro.teacher_temperature,
-                           to_trajectory=to_trajectory, behaviour_prompt=ro.behaviour_prompt)
+                           to_trajectory=to_trajectory, behaviour_prompt=ro.behaviour_prompt,
+                           behaviour_turns=ro.behaviour_turns)
     logger.info(f"simulate: wrote {written} trajectories to {out}" if written else
                 f"simulate: {out} is complete ({len(jobs)} trajectories)")
     return out

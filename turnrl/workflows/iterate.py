@@ -49,7 +49,7 @@ from turnrl.generation import BackendConfig, derive_seed
 from turnrl.layout import FILTERED, ROLLOUTS, RunDir, SCORED, TASKS
 from turnrl.models import DEFAULT_MODEL
 from turnrl.records import Task, read_json, read_trajectories, write_json, write_jsonl
-from turnrl.rollout import build_jobs, log_rollouts
+from turnrl.rollout import build_jobs, check_behaviour_turns, log_rollouts
 from turnrl.workflows.pipeline import branch_rollouts
 from turnrl.rewards.scoring import RewardConfig
 from turnrl.stages.score import ScoreConfig, score
@@ -116,6 +116,7 @@ def _check(cfg: IterateConfig, n_prompts: int) -> None:
     if not 0 <= cfg.previous_samples < cfg.rollout.samples:
         raise ConfigError(f"previous_samples: {cfg.previous_samples}; expected 0 <= it < rollout.samples "
                           f"({cfg.rollout.samples}), leaving at least one sample to the current policy")
+    check_behaviour_turns(cfg.rollout.behaviour_turns)
     if cfg.heldout < 1:
         raise ConfigError("heldout: expected >= 1 (the best policy is selected on held-out prompts)")
     if n_prompts < 1:
@@ -152,7 +153,8 @@ def _rollouts(cfg: IterateConfig, out: Path, tasks: list[Task], env, seed: int, 
         if model_jobs:
             log_rollouts(out, env, model_jobs, replace(cfg.generation, model=model),
                          chunk_size=ro.chunk_size * ro.samples, desc=f"{out.parent.parent.name} rollouts",
-                         teacher=cfg.teacher, teacher_temperature=ro.teacher_temperature)
+                         teacher=cfg.teacher, teacher_temperature=ro.teacher_temperature,
+                         behaviour_prompt=ro.behaviour_prompt, behaviour_turns=ro.behaviour_turns)
     return out
 
 
