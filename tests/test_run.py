@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,21 @@ def test_an_old_option_name_in_per_algorithm_names_the_new_one():
     with pytest.raises(ConfigError, match=r"option 'per_algorithm\.swift\.algo\.negative_floor' is now "
                                           r"'per_algorithm\.swift\.algo\.swift\.floor' \(the floor is Swift's own"):
         algorithm_settings(cfg, "swift")
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_experiment_config_is_read_by_the_command_it_names(config, capsys):
+    """Each config under configs/ parses, with no stale option name, under the command its header gives for it
+    ("turnrl sweep configs/sciq.yaml"; `turnrl run` where none is named)."""
+    import re
+
+    from turnrl.cli import main
+
+    named = re.search(rf"turnrl (\w+) (?:--config )?configs/{re.escape(config.name)}", config.read_text())
+    command = named.group(1) if named else "run"
+    try:
+        status = main([command, "--config", str(config), "--print_config"])
+    except SystemExit as printed:  # --print_config prints the whole configuration and exits
+        status = printed.code
+    assert status in (0, None), capsys.readouterr().err
