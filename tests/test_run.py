@@ -139,3 +139,17 @@ def test_every_experiment_config_is_read_by_the_command_it_names(config, capsys)
     except SystemExit as printed:  # --print_config prints the whole configuration and exits
         status = printed.code
     assert status in (0, None), capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seeds", [[], [0, 1]])
+def test_a_bad_per_algorithm_override_is_refused_before_anything_is_written(seeds, tmp_path, capsys):
+    """Checked first, so that an existing run's run_config.json is never overwritten by a config that is refused
+    (with seeds too, whose top-level record is written before any seed runs)."""
+    from turnrl.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"algorithms: [sft]\nseeds: {seeds}\n"
+                      "per_algorithm:\n  refit: {optim: {learning_rate: 1.0e-5}}\n")
+    assert main(["run", "--config", str(config), "--run_dir", str(tmp_path / "run")]) == 2
+    assert "per_algorithm.refit: 'refit' is not in algorithms ['sft']" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -236,6 +236,7 @@ def machine() -> dict[str, Any]:
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
+    check_per_algorithm(cfg)
     if cfg.seeds:
         from turnrl.workflows.seeds import run_seeds
 
@@ -248,7 +249,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     logger.info(f"run: {where['cpu']}, {where['cores']} cores, native bf16 {'yes' if where['native_bf16'] else 'no'}: "
                 f"precision auto -> {where['precision']}; evaluating on the {cfg.split} pool")
     write_json(RunDir(run_dir).config, {**asdict(cfg), "machine": where})
-    check_per_algorithm(cfg)
     timings: dict[str, float] = {}
 
     def timed(stage: str, fn, *args):
