@@ -36,8 +36,8 @@ def summarise(run: Path, method: str, split: str) -> dict | None:
     if not path.exists():
         return None
     tasks = rundir.tasks_by_id()
-    per_question = {json.loads(line)["task_id"]: json.loads(line)
-                    for line in rundir.per_question(method, split).read_text().splitlines()}
+    rows = [json.loads(line) for line in rundir.per_question(method, split).read_text().splitlines()]
+    per_question = {row["task_id"]: row for row in rows}
     by_kind: dict[str, list[float]] = {}
     pastes = boxed = coded = 0
     trajectories = read_trajectories(path)
